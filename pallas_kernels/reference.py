@@ -1,0 +1,80 @@
+"""Naive token-by-token recurrences: the ground truth every other backend is tested against.
+
+Shapes follow flash-linear-attention: q, k [B, T, H, K]; v [B, T, H, V]; beta, g [B, T, H];
+states [B, H, K, V]. g is the per-step log decay (<= 0); g=None means plain DeltaNet.
+All math is done in float32.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def _step(S_BHKV, q_BHK, k_BHK, v_BHV, beta_BH, g_BH):
+  """One token of the (gated) delta rule. Returns the new state and the output."""
+  if g_BH is not None:
+    S_BHKV = S_BHKV * jnp.exp(g_BH)[..., None, None]
+  # Delta rule: S <- S + beta k (v - S^T k)^T.
+  pred_BHV = jnp.einsum("bhk,bhkv->bhv", k_BHK, S_BHKV)
+  delta_BHV = beta_BH[..., None] * (v_BHV - pred_BHV)
+  S_BHKV = S_BHKV + jnp.einsum("bhk,bhv->bhkv", k_BHK, delta_BHV)
+  o_BHV = jnp.einsum("bhk,bhkv->bhv", q_BHK, S_BHKV)
+  return S_BHKV, o_BHV
+
+
+def recurrent(q, k, v, beta, g=None, *, scale=None, initial_state=None):
+  """Returns (o [B,T,H,V], final_state [B,H,K,V]) by a lax.scan over tokens."""
+  B, T, H, K = q.shape
+  V = v.shape[-1]
+  scale = K ** -0.5 if scale is None else scale
+  f32 = lambda x: x.astype(jnp.float32)
+  S0 = (jnp.zeros((B, H, K, V), jnp.float32) if initial_state is None
+        else f32(initial_state))
+  xs = (f32(q) * scale, f32(k), f32(v), f32(beta), None if g is None else f32(g))
+  xs = jax.tree.map(lambda a: jnp.moveaxis(a, 1, 0), xs)
+
+  def body(S, x):
+    q_t, k_t, v_t, b_t, g_t = x
+    return _step(S, q_t, k_t, v_t, b_t, g_t)
+
+  S, o_TBHV = jax.lax.scan(body, S0, xs)
+  return jnp.moveaxis(o_TBHV, 0, 1).astype(v.dtype), S
+
+
+def recurrent_chunk_states(q, k, v, beta, g=None, *, scale=None, initial_state=None,
+                           chunk_size=64):
+  """Like `recurrent`, plus the state *before* each chunk: [B, ceil(T/C), H, K, V].
+
+  chunk_states[:, c] is the state after tokens [0, c*C) (c = 0: the initial state).
+  """
+  B, T, H, K = q.shape
+  V = v.shape[-1]
+  S0 = (jnp.zeros((B, H, K, V), jnp.float32) if initial_state is None
+        else initial_state.astype(jnp.float32))
+  n = -(-T // chunk_size)
+  states, S = [S0], S0
+  outs = []
+  for c in range(n):
+    sl = slice(c * chunk_size, min(T, (c + 1) * chunk_size))
+    o_c, S = recurrent(q[:, sl], k[:, sl], v[:, sl], beta[:, sl],
+                       None if g is None else g[:, sl], scale=scale, initial_state=S)
+    outs.append(o_c)
+    states.append(S)
+  return jnp.concatenate(outs, axis=1), S, jnp.stack(states[:-1], axis=1)
+
+
+def recurrent_advance(state, k, v, beta, g=None, mask=None):
+  """Advances `state` [B,H,K,V] through tokens k [B,L,H,K], v, beta, g where mask [B,L] is 1.
+
+  Masked-out tokens are exact no-ops (beta = 0 and g = 0 make the update the identity).
+  """
+  f32 = lambda x: x.astype(jnp.float32)
+  beta = f32(beta)
+  if mask is not None:
+    beta = beta * mask[..., None]
+    if g is not None:
+      g = f32(g) * mask[..., None]
+  B, L, H, K = k.shape
+  q = jnp.zeros_like(k)
+  _, S = recurrent(q, k, v, beta, g, scale=1.0, initial_state=state)
+  return S
