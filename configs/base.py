@@ -1,0 +1,70 @@
+"""Base config shared by every stage; stage files (configs/<stage>.py) start from get_config().
+
+Every field can be overridden on the command line, e.g.
+  python -m refine_jax.main --config=configs/pretrain.py --config.train.steps=100 \
+      --config.model.hidden=256 --config.mesh.fsdp=4 --workdir=runs/my-run
+Unknown fields are rejected (the config is locked), and main.py validates the resolved config
+before anything is built.
+"""
+
+from ml_collections import config_dict
+
+
+def _model_config():
+  from refine_jax.models import default_model_config  # pylint: disable=g-import-not-at-top
+  return default_model_config()
+
+
+def _data_config():
+  from refine_jax.data.config import default_data_config  # pylint: disable=g-import-not-at-top
+  return default_data_config()
+
+
+def get_config():
+  c = config_dict.ConfigDict()
+  c.stage = "pretrain"  # which refine_jax.train stage runs: pretrain | midtrain | posttrain | ttt
+  c.seed = 0            # params init, per-step RNG (fold_in(seed, step)); data has its own seed
+
+  # model.*: architecture and sizes (owned by refine_jax.models.default_model_config).
+  c.model = _model_config()
+  c.model.vocab_size = 259  # the default byte tokenizer: 256 bytes + pad/bos/eos
+
+  # data.*: source, tokenizer, seq_len, packing (owned by refine_jax.data).
+  c.data = _data_config()
+
+  # train.*: optimiser and loop.
+  c.train = config_dict.ConfigDict()
+  c.train.batch_size = 8       # global sequences per step (split over mesh.data * mesh.fsdp)
+  c.train.steps = 1000         # total optimiser steps (a resumed run stops at the same step)
+  c.train.lr = 3e-4            # peak AdamW learning rate
+  c.train.warmup_steps = 100   # linear warmup from 0
+  c.train.schedule = "cosine"  # after warmup: cosine | constant | linear
+  c.train.min_lr_ratio = 0.1   # final lr = lr * min_lr_ratio (cosine / linear)
+  c.train.weight_decay = 0.1   # decoupled, on matrices only
+  c.train.b1 = 0.9
+  c.train.b2 = 0.95
+  c.train.eps = 1e-8
+  c.train.grad_clip = 1.0      # global-norm clip; 0 disables
+  c.train.eval_every = 100     # held-out perplexity every N steps (and at the end); 0 = never
+  c.train.eval_batches = 4     # batches of the held-out split per eval
+  c.train.progress_bar = True  # tqdm bar with loss and tokens/s (process 0)
+
+  # mesh.*: devices per axis (data x fsdp x tensor); -1 = all remaining devices.
+  c.mesh = config_dict.ConfigDict()
+  c.mesh.data = -1    # pure data parallel (batch split, params replicated)
+  c.mesh.fsdp = 1     # batch split + params/optimiser sharded on the embed dimension
+  c.mesh.tensor = 1   # heads / mlp / vocab split
+
+  # checkpoint.*: Orbax, under <workdir>/checkpoints.
+  c.checkpoint = config_dict.ConfigDict()
+  c.checkpoint.every_steps = 200  # save every N steps (and at the last step); 0 = only at the end
+  c.checkpoint.keep = 3           # keep the newest N steps
+  c.checkpoint.async_save = True  # write in the background while training continues
+
+  # Params-only start point: a run dir, its checkpoints/ dir, a step dir or an Orbax params
+  # checkpoint. Ignored when the workdir already has a checkpoint (that one resumes).
+  c.init_checkpoint = ""
+
+  # refine.*: ReFINE fields; filled in by configs/midtrain.py (and the other ReFINE stages).
+  c.refine = config_dict.ConfigDict()
+  return c

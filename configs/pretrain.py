@@ -1,0 +1,38 @@
+"""NTP pretraining of a tiny DeltaNet on the embedded corpus (byte tokenizer, no downloads).
+
+  python -m refine_jax.main --config=configs/pretrain.py [--workdir=runs/pretrain-deltanet]
+
+Default: hidden 128, 2 layers, 2 heads, seq_len 128, batch 8, 300 steps. On a 2-core CPU it
+takes a few minutes; training loss falls from ~5.6 (ln 259) to about 2.3 and held-out
+perplexity to ~10 (measured figures are in WORKSPACE.md). Rerunning the same command resumes.
+Scale up with e.g. --config.model.hidden=1024 --config.model.layers=24 --config.data.seq_len=2048.
+"""
+
+import os
+import sys
+
+try:
+  from configs import base
+except ImportError:  # loaded by path from outside the repo root
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from configs import base
+
+
+def get_config():
+  c = base.get_config()
+  c.stage = "pretrain"
+  c.model.arch = "deltanet"
+  c.model.hidden = 128
+  c.model.layers = 2
+  c.model.heads = 2
+  c.model.chunk_size = 64
+  c.data.seq_len = 128
+  c.train.batch_size = 8
+  c.train.steps = 300
+  c.train.lr = 3e-3
+  c.train.warmup_steps = 30
+  c.train.weight_decay = 0.01
+  c.train.eval_every = 100
+  c.train.eval_batches = 2
+  c.checkpoint.every_steps = 100
+  return c

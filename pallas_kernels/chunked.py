@@ -1,0 +1,147 @@
+"""XLA chunked (WY / UT) form of the (gated) delta rule.
+
+Per chunk of C tokens, with chunk-start state S, G the within-chunk cumulative log decay
+(G = 0 for plain DeltaNet) and u_j the delta-rule "new value" of token j:
+
+    S_i   = exp(G_i) S + sum_{j<=i} exp(G_i - G_j) k_j u_j^T
+    (I + A) U = diag(beta) V - diag(beta exp(G)) K S,   A_jl = beta_j exp(G_j - G_l) k_j.k_l  (l < j)
+
+so with W = (I+A)^-1 diag(beta exp(G)) K and U0 = (I+A)^-1 diag(beta) V (one triangular solve,
+no dependence on S): U = U0 - W S, S' = exp(G_C) S + (exp(G_C - G) * K)^T U and
+O = scale * [exp(G) * Q S + (Q K^T o M) U], M_ij = exp(G_i - G_j) for j <= i.
+
+Only `U = U0 - W S` and the state update are sequential (a lax.scan over chunks); everything
+else is batched over all chunks. Plain autodiff through the scan keeps one K x V state per
+chunk (the carry) and token-sized tensors, never a per-token state.
+
+Every exponent is <= 0 when g <= 0: differences are masked *before* exp, so large decays
+underflow to 0 instead of overflowing (positive g is not checked; it is the caller's contract).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+_HI = jax.lax.Precision.HIGHEST
+
+
+def _ein(spec, *xs):
+  # Highest precision: this is the reference fallback path; TF32/bf16 passes would make it drift.
+  return jnp.einsum(spec, *xs, precision=_HI)
+
+
+def _to_chunks(x, C):
+  """[B, T, H, ...] -> [N, B, H, C, ...] (zero-padded to N*C tokens)."""
+  B, T = x.shape[:2]
+  N = -(-T // C)
+  pad = N * C - T
+  if pad:
+    x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+  x = x.reshape((B, N, C) + x.shape[2:])
+  # [B, N, C, H, ...] -> [N, B, H, C, ...]
+  return jnp.moveaxis(jnp.moveaxis(x, 1, 0), 2, 3)
+
+
+def _from_chunks(x_NBHCD, T):
+  """[N, B, H, C, D] -> [B, T, H, D]."""
+  N, B, H, C, D = x_NBHCD.shape
+  x = jnp.moveaxis(jnp.moveaxis(x_NBHCD, 3, 2), 0, 1)  # [B, N, C, H, D]
+  return x.reshape(B, N * C, H, D)[:, :T]
+
+
+def _decay_matrix(G_NBHC, strict):
+  """exp(G_i - G_j) on (strictly) lower-triangular (i, j), 0 elsewhere; masked before exp."""
+  C = G_NBHC.shape[-1]
+  mask_CC = jnp.tril(jnp.ones((C, C), bool), -1 if strict else 0)
+  diff = G_NBHC[..., :, None] - G_NBHC[..., None, :]
+  return jnp.where(mask_CC, jnp.exp(jnp.where(mask_CC, diff, 0.0)), 0.0)
+
+
+def _scan_states(S0_BHKV, W_NBHCK, U0_NBHCV, kdec_NBHCK, decC_NBH):
+  """Sequential part. Returns (final state, chunk-start states [N,B,H,K,V], U [N,B,H,C,V])."""
+
+  def body(S_BHKV, xs):
+    W, U0, kdec, decC = xs
+    U_BHCV = U0 - _ein("bhck,bhkv->bhcv", W, S_BHKV)
+    S_next = _ein("bhck,bhcv->bhkv", kdec, U_BHCV)
+    S_next = S_next + (S_BHKV if decC is None else decC[..., None, None] * S_BHKV)
+    return S_next, (S_BHKV, U_BHCV)
+
+  S, (states, U) = jax.lax.scan(body, S0_BHKV, (W_NBHCK, U0_NBHCV, kdec_NBHCK, decC_NBH))
+  return S, states, U
+
+
+def _prepare(k, v, beta, g, C):
+  """Chunked, S-independent quantities: W, U0, decayed keys, chunk decay, cumulative G."""
+  f32 = lambda x: x.astype(jnp.float32)
+  k_NBHCK = _to_chunks(f32(k), C)
+  v_NBHCV = _to_chunks(f32(v), C)
+  b_NBHC = _to_chunks(f32(beta), C)
+  KK = _ein("nbhik,nbhjk->nbhij", k_NBHCK, k_NBHCK)
+  if g is None:
+    G_NBHC = None
+    A_NBHCC = b_NBHC[..., :, None] * jnp.tril(KK, -1)
+    rhs_k = b_NBHC[..., None] * k_NBHCK
+    kdec_NBHCK, decC_NBH = k_NBHCK, None
+  else:
+    G_NBHC = jnp.cumsum(_to_chunks(f32(g), C), axis=-1)
+    A_NBHCC = b_NBHC[..., :, None] * KK * _decay_matrix(G_NBHC, strict=True)
+    rhs_k = (b_NBHC * jnp.exp(G_NBHC))[..., None] * k_NBHCK
+    GC_NBH = G_NBHC[..., -1]
+    kdec_NBHCK = jnp.exp(GC_NBH[..., None] - G_NBHC)[..., None] * k_NBHCK
+    decC_NBH = jnp.exp(GC_NBH)
+  Kdim = k.shape[-1]
+  C_ = A_NBHCC.shape[-1]
+  eye = jnp.eye(C_, dtype=jnp.float32)
+  rhs = jnp.concatenate([rhs_k, b_NBHC[..., None] * v_NBHCV], axis=-1)
+  # One unit-lower-triangular solve for both W and U0: (I + A) [W U0] = [bK bV].
+  sol = jax.lax.linalg.triangular_solve(eye + A_NBHCC, rhs, left_side=True, lower=True,
+                                        unit_diagonal=True)
+  return k_NBHCK, sol[..., :Kdim], sol[..., Kdim:], kdec_NBHCK, decC_NBH, G_NBHC
+
+
+def chunked(q, k, v, beta, g=None, *, scale=None, initial_state=None, chunk_size=64):
+  """Chunked (gated) delta rule. Returns (o [B,T,H,V] in v.dtype, final_state [B,H,K,V] f32,
+  chunk_states [B,N,H,K,V] f32) with chunk_states[:, c] the state after tokens [0, c*C).
+
+  Any T: the tail chunk is zero-padded (beta = 0, g = 0 tokens are exact no-ops).
+  Inputs are not validated here; see ops.py.
+  """
+  B, T, H, K = q.shape
+  V = v.shape[-1]
+  C = chunk_size
+  scale = K ** -0.5 if scale is None else scale
+  S0 = (jnp.zeros((B, H, K, V), jnp.float32) if initial_state is None
+        else initial_state.astype(jnp.float32))
+  k_NBHCK, W, U0, kdec, decC, G_NBHC = _prepare(k, v, beta, g, C)
+  S, states_NBHKV, U_NBHCV = _scan_states(S0, W, U0, kdec, decC)
+
+  q_NBHCK = _to_chunks(q.astype(jnp.float32), C) * scale
+  QK = _ein("nbhik,nbhjk->nbhij", q_NBHCK, k_NBHCK)
+  if G_NBHC is None:
+    QK = jnp.tril(QK)
+    q_inter = q_NBHCK
+  else:
+    QK = QK * _decay_matrix(G_NBHC, strict=False)
+    q_inter = jnp.exp(G_NBHC)[..., None] * q_NBHCK
+  o_NBHCV = (_ein("nbhck,nbhkv->nbhcv", q_inter, states_NBHKV)
+             + _ein("nbhij,nbhjv->nbhiv", QK, U_NBHCV))
+  o = _from_chunks(o_NBHCV, T).astype(v.dtype)
+  return o, S, jnp.moveaxis(states_NBHKV, 0, 1)
+
+
+def chunked_advance(state, k, v, beta, g=None, mask=None, *, chunk_size=64):
+  """Advances `state` [B,H,K,V] through k [B,L,H,K], v [B,L,H,V], beta/g [B,L,H] where
+  mask [B,L] is 1, by the chunked form. Masked tokens are exact no-ops (beta = 0, g = 0)."""
+  L = k.shape[1]
+  beta = beta.astype(jnp.float32)
+  if mask is not None:
+    m_BL1 = mask.astype(jnp.float32)[..., None]
+    beta = beta * m_BL1
+    if g is not None:
+      g = g.astype(jnp.float32) * m_BL1
+  # Short advances (decode-time prefixes) need not pad to a full chunk.
+  C = min(chunk_size, 1 << max(L - 1, 0).bit_length())
+  _, W, U0, kdec, decC, _ = _prepare(k, v, beta, g, C)
+  S, _, _ = _scan_states(state.astype(jnp.float32), W, U0, kdec, decC)
+  return S

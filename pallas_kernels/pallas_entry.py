@@ -1,0 +1,138 @@
+"""Entry from pallas_kernels.ops into the Pallas kernels: checks, padding, custom_vjp.
+
+`pallas_delta_rule` runs the chunked (gated) delta rule with the GPU (Triton) or TPU (Mosaic)
+kernels, forward and backward. `unsupported_reason` says, without tracing anything, whether
+a kernel takes a shape; ops falls back to the XLA path on a reason.
+"""
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+f32 = jnp.float32
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _pow2(n):
+  return n > 0 and n & (n - 1) == 0
+
+
+def unsupported_reason(q_shape, v_shape, dtype, chunk_size, target):
+  """None if the `target` ("gpu" | "tpu") kernel takes these shapes, else why not."""
+  if target not in ("gpu", "tpu"):
+    return f"target must be 'gpu' or 'tpu', got {target!r}"
+  if len(q_shape) != 4 or len(v_shape) != 4:
+    return f"q and v must be [B, T, H, K] / [B, T, H, V]; got {q_shape} and {v_shape}"
+  B, T, H, K = q_shape
+  if tuple(v_shape[:3]) != (B, T, H):
+    return (f"v {v_shape} must share B, T, H with q {q_shape} (expand q/k heads to the "
+            "value heads before calling)")
+  V = v_shape[3]
+  if jnp.dtype(dtype).name not in _DTYPES:
+    return f"dtype {jnp.dtype(dtype).name} not supported; use one of {_DTYPES}"
+  if T < 1:
+    return "T must be >= 1"
+  C = chunk_size
+  if target == "gpu":
+    # Triton dots need every dim >= 16 and power-of-two block shapes; the state block and the
+    # per-chunk temporaries live in registers, so K and V are capped.
+    if not (_pow2(C) and 16 <= C <= 128):
+      return f"chunk_size={C}: the GPU kernel needs a power of two in [16, 128]"
+    for name, d in (("K", K), ("V", V)):
+      if not (_pow2(d) and 16 <= d <= 256):
+        return f"{name}={d}: the GPU kernel needs a power of two in [16, 256]"
+  else:
+    # Mosaic blocks: second-minor dims multiples of 8; the whole K x V state sits in VMEM.
+    if C % 8 or not 8 <= C <= 256:
+      return f"chunk_size={C}: the TPU kernel needs a multiple of 8 in [8, 256]"
+    for name, d in (("K", K), ("V", V)):
+      if d % 8 or d > 1024:
+        return f"{name}={d}: the TPU kernel needs a multiple of 8, at most 1024"
+  return None
+
+
+class _Opts(NamedTuple):   # static (hashable) kernel options
+  target: str
+  scale: float
+  chunk_size: int
+  interpret: bool
+  return_chunk_states: bool
+  block_v: int | None
+
+
+def _backend(target):
+  if target == "gpu":
+    from pallas_kernels import pallas_gpu
+    return pallas_gpu
+  from pallas_kernels import pallas_tpu
+  return pallas_tpu
+
+
+def _fwd_call(q, k, v, beta, g, S0, opts):
+  return _backend(opts.target).fwd(q, k, v, beta, g, S0, scale=opts.scale,
+                                   chunk_size=opts.chunk_size, interpret=opts.interpret,
+                                   block_v=opts.block_v)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _core(q, k, v, beta, g, S0, opts):
+  o, ST, cs = _fwd_call(q, k, v, beta, g, S0, opts)
+  return (o, ST, cs) if opts.return_chunk_states else (o, ST)
+
+
+def _core_fwd(q, k, v, beta, g, S0, opts):
+  o, ST, cs = _fwd_call(q, k, v, beta, g, S0, opts)
+  out = (o, ST, cs) if opts.return_chunk_states else (o, ST)
+  # Chunk-boundary states are the only saved activations; the backward recomputes
+  # everything inside a chunk from them.
+  return out, (q, k, v, beta, g, cs)
+
+
+def _core_bwd(opts, res, cts):
+  q, k, v, beta, g, cs = res
+  do, dST = cts[0], cts[1]
+  dcs = cts[2] if opts.return_chunk_states else None
+  dq, dk, dv, dbeta, dg, dS0 = _backend(opts.target).bwd(
+      q, k, v, beta, g, cs, do, dST, dcs, scale=opts.scale, chunk_size=opts.chunk_size,
+      interpret=opts.interpret, block_v=opts.block_v)
+  return (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype),
+          dbeta.astype(beta.dtype), None if g is None else dg.astype(g.dtype), dS0)
+
+
+_core.defvjp(_core_fwd, _core_bwd)
+
+
+def pallas_delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None,
+                      chunk_size=64, target="gpu", interpret=False,
+                      return_chunk_states=False, block_v=None):
+  """Chunked (gated) delta rule with Pallas kernels, differentiable.
+
+  q, k [B,T,H,K]; v [B,T,H,V]; beta, g [B,T,H] (g None: plain DeltaNet); initial_state
+  [B,H,K,V] or None (zeros). Returns (o [B,T,H,V] in v.dtype, final_state [B,H,K,V] f32,
+  chunk_states [B,N,H,K,V] f32 (state before each chunk) or None).
+  """
+  reason = unsupported_reason(q.shape, v.shape, q.dtype, chunk_size, target)
+  if reason is not None:
+    raise ValueError(f"pallas_delta_rule ({target}): {reason}")
+  if k.shape != q.shape or beta.shape != q.shape[:3] or (g is not None and g.shape != q.shape[:3]):
+    raise ValueError(f"shapes: q {q.shape} k {k.shape} beta {beta.shape} "
+                     f"g {None if g is None else g.shape}; need k = q and beta/g = q[:3]")
+  B, T, H, K = q.shape
+  V = v.shape[-1]
+  scale = K ** -0.5 if scale is None else float(scale)
+  S0 = jnp.zeros((B, H, K, V), f32) if initial_state is None else initial_state.astype(f32)
+  if S0.shape != (B, H, K, V):
+    raise ValueError(f"initial_state {S0.shape} must be [B, H, K, V] = {(B, H, K, V)}")
+  C = chunk_size
+  pad = -T % C
+  if pad:  # beta = 0 and g = 0 tokens leave the state unchanged: exact no-ops
+    padT = lambda x: jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+    q, k, v, beta = padT(q), padT(k), padT(v), padT(beta)
+    g = None if g is None else padT(g)
+  opts = _Opts(target, scale, C, bool(interpret), bool(return_chunk_states), block_v)
+  out = _core(q, k, v, beta, g, S0, opts)
+  o = out[0][:, :T] if pad else out[0]
+  return o, out[1], (out[2] if return_chunk_states else None)

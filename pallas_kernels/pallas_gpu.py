@@ -1,0 +1,165 @@
+"""Chunked (gated) delta rule as Pallas kernels with the Triton lowering (GPU).
+
+One program per (batch * head, V-block). It walks the chunks in order (forward) or in reverse
+(backward) with a fori_loop, keeping the float32 state block S [K, BV] (or its cotangent) in
+registers, and reads q/k/v/beta/g straight from the FLA layout [B, T, H, *] (no transposes).
+The per-chunk math lives in pallas_math. Inputs here are already padded to T % C == 0;
+pallas_entry does the padding and the custom_vjp.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+from pallas_kernels import pallas_math as pm
+
+f32 = jnp.float32
+
+
+def _compiler_params(num_warps, num_stages):
+  # Passing Triton compiler params selects the Triton lowering (jax >= 0.10 would otherwise
+  # default to Mosaic GPU when jax_pallas_use_mosaic_gpu is set).
+  from jax.experimental.pallas import triton as pltriton
+  return pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
+
+
+def _cfg(dtype):
+  prec = (jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32
+          else jax.lax.Precision.DEFAULT)
+  return pm.MathCfg(precision=prec, explicit_transpose=False)
+
+
+def _block_v(V, block_v):
+  BV = min(V, 64) if block_v is None else block_v
+  if V % BV:
+    raise ValueError(f"block_v={BV} must divide V={V}; pick a power of two <= V.")
+  return BV
+
+
+def _fwd_kernel(*refs, C, N, H, BV, scale, gated, cfg):
+  if gated:
+    q_ref, k_ref, v_ref, b_ref, g_ref, s0_ref, o_ref, sT_ref, cs_ref = refs
+  else:
+    q_ref, k_ref, v_ref, b_ref, s0_ref, o_ref, sT_ref, cs_ref = refs
+    g_ref = None
+  bh, iv = pl.program_id(0), pl.program_id(1)
+  b, h = bh // H, bh % H
+  vs = pl.ds(pl.multiple_of(iv * BV, BV), BV)
+  S0 = s0_ref[b, h, :, vs].astype(f32)
+
+  def body(n, S_KV):
+    ts = pl.ds(pl.multiple_of(n * C, C), C)
+    q = q_ref[b, ts, h, :].astype(f32) * scale
+    k = k_ref[b, ts, h, :]
+    v = v_ref[b, ts, h, vs]
+    beta = b_ref[b, ts, h].astype(f32)[:, None]
+    g = None if g_ref is None else g_ref[b, ts, h].astype(f32)[:, None]
+    cs_ref[b, n, h, :, vs] = S_KV
+    o, S_KV = pm.chunk_fwd(q, k, v, beta, g, S_KV, cfg)
+    o_ref[b, ts, h, vs] = o.astype(o_ref.dtype)
+    return S_KV
+
+  sT_ref[b, h, :, vs] = jax.lax.fori_loop(0, N, body, S0)
+
+
+def fwd(q, k, v, beta, g, S0, *, scale, chunk_size, interpret=False, block_v=None,
+        num_warps=4, num_stages=2):
+  """Returns (o [B,T,H,V] in v.dtype, final state [B,H,K,V] f32, chunk states [B,N,H,K,V] f32).
+
+  T must be a multiple of chunk_size (pallas_entry pads)."""
+  B, T, H, K = q.shape
+  V = v.shape[-1]
+  C = chunk_size
+  N = T // C
+  BV = _block_v(V, block_v)
+  gated = g is not None
+  kernel = functools.partial(_fwd_kernel, C=C, N=N, H=H, BV=BV, scale=float(scale),
+                             gated=gated, cfg=_cfg(q.dtype))
+  args = (q, k, v, beta) + ((g,) if gated else ()) + (S0.astype(f32),)
+  out_shape = (jax.ShapeDtypeStruct((B, T, H, V), v.dtype),
+               jax.ShapeDtypeStruct((B, H, K, V), f32),
+               jax.ShapeDtypeStruct((B, N, H, K, V), f32))
+  return pl.pallas_call(
+      kernel, out_shape=out_shape, grid=(B * H, V // BV), interpret=interpret,
+      compiler_params=None if interpret else _compiler_params(num_warps, num_stages),
+      name="delta_rule_fwd_gpu")(*args)
+
+
+def _bwd_kernel(*refs, C, N, H, BV, scale, gated, has_dcs, cfg):
+  refs = list(refs)
+  q_ref, k_ref, v_ref, b_ref = refs[:4]
+  del refs[:4]
+  g_ref = refs.pop(0) if gated else None
+  cs_ref, do_ref, dsT_ref = refs[:3]
+  del refs[:3]
+  dcs_ref = refs.pop(0) if has_dcs else None
+  dq_ref, dk_ref, dv_ref, db_ref = refs[:4]
+  del refs[:4]
+  dg_ref = refs.pop(0) if gated else None
+  (ds0_ref,) = refs
+
+  bh, iv = pl.program_id(0), pl.program_id(1)
+  b, h = bh // H, bh % H
+  vs = pl.ds(pl.multiple_of(iv * BV, BV), BV)
+  dS_T = dsT_ref[b, h, :, vs].astype(f32)
+
+  def body(i, dS_KV):
+    n = N - 1 - i
+    ts = pl.ds(pl.multiple_of(n * C, C), C)
+    q = q_ref[b, ts, h, :].astype(f32) * scale
+    k = k_ref[b, ts, h, :]
+    v = v_ref[b, ts, h, vs]
+    beta = b_ref[b, ts, h].astype(f32)[:, None]
+    g = None if g_ref is None else g_ref[b, ts, h].astype(f32)[:, None]
+    S_KV = cs_ref[b, n, h, :, vs]
+    dO = do_ref[b, ts, h, vs]
+    dq, dk, dv, dbeta, dg, dS_KV = pm.chunk_bwd(q, k, v, beta, g, S_KV, dO, dS_KV, cfg)
+    dq_ref[iv, b, ts, h, :] = dq * scale
+    dk_ref[iv, b, ts, h, :] = dk
+    dv_ref[b, ts, h, vs] = dv.astype(dv_ref.dtype)
+    db_ref[iv, b, ts, h] = dbeta[:, 0]
+    if gated:
+      dg_ref[iv, b, ts, h] = dg[:, 0]
+    if has_dcs:  # chunk_states[n] is the state entering chunk n
+      dS_KV = dS_KV + dcs_ref[b, n, h, :, vs]
+    return dS_KV
+
+  ds0_ref[b, h, :, vs] = jax.lax.fori_loop(0, N, body, dS_T)
+
+
+def bwd(q, k, v, beta, g, chunk_states, do, dsT, dcs, *, scale, chunk_size,
+        interpret=False, block_v=None, num_warps=4, num_stages=1):
+  """Cotangents (dq, dk, dv, dbeta, dg or None, dS0) of `fwd`; dcs (or None) is the
+  cotangent of the chunk states. dq/dk/dbeta/dg come back float32 (summed over V-blocks)."""
+  B, T, H, K = q.shape
+  V = v.shape[-1]
+  C = chunk_size
+  N = T // C
+  BV = _block_v(V, block_v)
+  NV = V // BV
+  gated = g is not None
+  has_dcs = dcs is not None
+  kernel = functools.partial(_bwd_kernel, C=C, N=N, H=H, BV=BV, scale=float(scale),
+                             gated=gated, has_dcs=has_dcs, cfg=_cfg(q.dtype))
+  args = ((q, k, v, beta) + ((g,) if gated else ()) + (chunk_states, do, dsT.astype(f32))
+          + ((dcs.astype(f32),) if has_dcs else ()))
+  out_shape = [jax.ShapeDtypeStruct((NV, B, T, H, K), f32),
+               jax.ShapeDtypeStruct((NV, B, T, H, K), f32),
+               jax.ShapeDtypeStruct((B, T, H, V), v.dtype),
+               jax.ShapeDtypeStruct((NV, B, T, H), f32)]
+  if gated:
+    out_shape.append(jax.ShapeDtypeStruct((NV, B, T, H), f32))
+  out_shape.append(jax.ShapeDtypeStruct((B, H, K, V), f32))
+  outs = pl.pallas_call(
+      kernel, out_shape=tuple(out_shape), grid=(B * H, NV), interpret=interpret,
+      compiler_params=None if interpret else _compiler_params(num_warps, num_stages),
+      name="delta_rule_bwd_gpu")(*args)
+  outs = list(outs)
+  dq, dk, dv, dbeta = outs[:4]
+  dg = outs[4] if gated else None
+  dS0 = outs[-1]
+  dsum = lambda x: x.sum(0)
+  return (dsum(dq), dsum(dk), dv, dsum(dbeta), None if dg is None else dsum(dg), dS0)

@@ -1,0 +1,198 @@
+"""One chunk of the (gated) delta rule, forward and backward, on in-kernel values.
+
+Shared by the GPU (Triton) and TPU (Mosaic) kernels, so it only uses ops both lowerings
+take: 2-D dots, elementwise ops, iota masks and keepdims reductions (no slicing of values,
+no cumsum primitive, no scalars extracted from vectors). Per-token scalars travel as [C, 1]
+columns; a row [1, C] is made from a column with a masked reduction.
+
+Chunk math (DESIGN.md §4), C tokens, entering state S [K, V], gc = cumsum(g) in the chunk:
+  D_ij = exp(gc_i - gc_j) for j <= i       (decay from token j to token i)
+  A = tril(beta_i (k_i . k_j) D_ij, -1),   X = (I + A)^-1
+  U~ = X (beta v),  W~ = X (beta exp(gc) k),  u = U~ - W~ S      (the delta of each token)
+  O = (exp(gc) q) S + (q k^T o D, causal) u
+  S' = exp(gc_C) S + (k exp(gc_C - gc))^T u
+X is built as its transpose Y = X^T, one column per step of a forward substitution.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+f32 = jnp.float32
+
+
+@dataclasses.dataclass(frozen=True)
+class MathCfg:
+  precision: jax.lax.Precision   # HIGHEST for fp32 inputs, DEFAULT (TF32 / bf16 MXU) else
+  explicit_transpose: bool       # Mosaic: transpose operands instead of contracting dim 0
+
+
+def mm(a, b, cfg: MathCfg, ta=False, tb=False):
+  """a @ b in float32 accumulation; ta / tb use a^T / b^T."""
+  a = a.astype(f32)
+  b = b.astype(f32)
+  if cfg.explicit_transpose and ta:
+    a, ta = a.T, False
+  dims = (((0,) if ta else (1,), (1,) if tb else (0,)), ((), ()))
+  return jax.lax.dot_general(a, b, dims, precision=cfg.precision,
+                             preferred_element_type=f32)
+
+
+def _iotas(C):
+  r = jax.lax.broadcasted_iota(jnp.int32, (C, C), 0)
+  c = jax.lax.broadcasted_iota(jnp.int32, (C, C), 1)
+  return r, c
+
+
+def _row(x_C1, r, c):
+  """[C, 1] column -> [1, C] row."""
+  return jnp.sum(jnp.where(r == c, x_C1, 0.0), axis=0, keepdims=True)
+
+
+def _col(x_1C, r, c):
+  """[1, C] row -> [C, 1] column."""
+  return jnp.sum(jnp.where(r == c, x_1C, 0.0), axis=1, keepdims=True)
+
+
+def _inverse_t(A_CC, r, c):
+  """Y = ((I + A)^-1)^T for strictly lower-triangular A, by forward substitution.
+
+  Column i of Y is row i of X: X_i = e_i - sum_{m<i} A_im X_m, and the columns m < i of Y
+  are final when column i is made. Rows are used as given (no pivoting needed: unit diagonal).
+  """
+  C = A_CC.shape[0]
+  Y0 = (r == c).astype(f32)
+
+  def body(i, Y):
+    a_1C = jnp.sum(jnp.where(r == i, A_CC, 0.0), axis=0, keepdims=True)   # A[i, :]
+    x_C1 = -jnp.sum(Y * a_1C, axis=1, keepdims=True)                      # -(Y a)
+    newcol = jnp.where(r == i, 1.0, x_C1)
+    return jnp.where(c == i, newcol, Y)
+
+  return jax.lax.fori_loop(1, C, body, Y0)
+
+
+def _decays(g_C1, r, c):
+  """gc [C,1], D [C,C] (causal incl. diagonal, 0 above), gL [1,1] = gc of the last token."""
+  g_1C = _row(g_C1, r, c)
+  gc_C1 = jnp.sum(jnp.where(c <= r, g_1C, 0.0), axis=1, keepdims=True)
+  gc_1C = _row(gc_C1, r, c)
+  # Mask before exp so the (positive) upper-triangle differences never overflow.
+  D_CC = jnp.exp(jnp.where(r >= c, gc_C1 - gc_1C, -jnp.inf))
+  gL_11 = jnp.sum(g_C1, axis=0, keepdims=True)
+  return gc_C1, D_CC, gL_11
+
+
+def _prep(q, k, v, beta_C1, g_C1, S_KV, cfg, r, c):
+  """Recomputable per-chunk quantities shared by forward and backward."""
+  kk_CC = mm(k, k, cfg, tb=True)
+  if g_C1 is None:
+    D_CC = (r >= c).astype(f32)
+    gam_C1 = None
+    gL_11 = None
+  else:
+    gc_C1, D_CC, gL_11 = _decays(g_C1, r, c)
+    gam_C1 = jnp.exp(gc_C1)
+  kkD_CC = jnp.where(r > c, kk_CC * D_CC, 0.0)          # strictly lower
+  A_CC = beta_C1 * kkD_CC
+  Y_CC = _inverse_t(A_CC, r, c)
+  bv = beta_C1 * v
+  bk = beta_C1 * k if gam_C1 is None else (beta_C1 * gam_C1) * k
+  U_CV = mm(Y_CC, bv, cfg, ta=True)                      # X (beta v)
+  W_CK = mm(Y_CC, bk, cfg, ta=True)                      # X (beta gam k)
+  u_CV = U_CV - mm(W_CK, S_KV, cfg)
+  P_CC = mm(q, k, cfg, tb=True) * D_CC                   # D is 0 above the diagonal
+  if gam_C1 is None:
+    qg, kd, kdf_C1 = q, k, None
+  else:
+    qg = gam_C1 * q
+    kdf_C1 = jnp.exp(gL_11 - gc_C1)                      # decay from token i to chunk end
+    kd = kdf_C1 * k
+  return dict(kk=kk_CC, D=D_CC, gam=gam_C1, gL=gL_11, kkD=kkD_CC, A=A_CC, Y=Y_CC,
+              bv=bv, bk=bk, W=W_CK, u=u_CV, P=P_CC, qg=qg, kd=kd, kdf=kdf_C1)
+
+
+def chunk_fwd(q, k, v, beta_C1, g_C1, S_KV, cfg: MathCfg):
+  """q (already scaled) [C,K], k [C,K], v [C,V], beta/g [C,1] (g None: plain DeltaNet),
+  S [K,V] float32. Returns (o [C,V], S' [K,V]) in float32."""
+  r, c = _iotas(q.shape[0])
+  q, k, v = q.astype(f32), k.astype(f32), v.astype(f32)
+  p = _prep(q, k, v, beta_C1.astype(f32), None if g_C1 is None else g_C1.astype(f32),
+            S_KV, cfg, r, c)
+  o_CV = mm(p["qg"], S_KV, cfg) + mm(p["P"], p["u"], cfg)
+  S_new = S_KV if p["gL"] is None else jnp.exp(p["gL"]) * S_KV
+  S_new = S_new + mm(p["kd"], p["u"], cfg, ta=True)
+  return o_CV, S_new
+
+
+def chunk_bwd(q, k, v, beta_C1, g_C1, S_KV, dO_CV, dSn_KV, cfg: MathCfg):
+  """Gradients of one chunk. dSn is the cotangent of the leaving state.
+
+  Returns (dq (w.r.t. the scaled q), dk, dv, dbeta [C,1], dg [C,1] or None, dS [K,V]),
+  where dS is the cotangent of the entering state. With a V-block of the state, dq, dk,
+  dbeta and dg are this block's partial sums (they add up over V-blocks); dv and dS are exact.
+  """
+  C = q.shape[0]
+  r, c = _iotas(C)
+  gated = g_C1 is not None
+  q, k, v = q.astype(f32), k.astype(f32), v.astype(f32)
+  beta_C1 = beta_C1.astype(f32)
+  dO_CV = dO_CV.astype(f32)
+  p = _prep(q, k, v, beta_C1, g_C1.astype(f32) if gated else None, S_KV, cfg, r, c)
+  Y, u, P, D = p["Y"], p["u"], p["P"], p["D"]
+
+  # Leaving state S' = eL S + kd^T u.
+  du = mm(P, dO_CV, cfg, ta=True) + mm(p["kd"], dSn_KV, cfg)
+  dS = dSn_KV if not gated else jnp.exp(p["gL"]) * dSn_KV
+  dS = dS + mm(p["qg"], dO_CV, cfg, ta=True) - mm(p["W"], du, cfg, ta=True)
+
+  # Output O = qg S + P u.
+  dOS_CK = mm(dO_CV, S_KV, cfg, tb=True)
+  dq = dOS_CK if not gated else p["gam"] * dOS_CK
+  dP = mm(dO_CV, u, cfg, tb=True)                       # cotangent of P
+  dQK = dP * D                                           # P = (q k^T) o D, D causal
+  dq = dq + mm(dQK, k, cfg)
+  dk = mm(dQK, q, cfg, ta=True)
+  dKd = mm(u, dSn_KV, cfg, tb=True)                      # cotangent of kd
+  dk = dk + (dKd if not gated else p["kdf"] * dKd)
+
+  # u = X (beta v) - X (beta gam k) S.
+  dW = -mm(du, S_KV, cfg, tb=True)
+  dX = mm(du, p["bv"], cfg, tb=True) + mm(dW, p["bk"], cfg, tb=True)
+  dbv = mm(Y, du, cfg)                                   # X^T du
+  dbk = mm(Y, dW, cfg)
+  dv = beta_C1 * dbv
+  dbeta = jnp.sum(v * dbv, axis=1, keepdims=True)
+  sk_C1 = jnp.sum(k * dbk, axis=1, keepdims=True)
+  if gated:
+    dk = dk + (beta_C1 * p["gam"]) * dbk
+    dbeta = dbeta + p["gam"] * sk_C1
+  else:
+    dk = dk + beta_C1 * dbk
+    dbeta = dbeta + sk_C1
+
+  # X = (I + A)^-1: dA = -X^T dX X^T = -Y dX Y, strictly lower.
+  dA = jnp.where(r > c, -mm(mm(Y, dX, cfg), Y, cfg), 0.0)
+  dbeta = dbeta + jnp.sum(dA * p["kkD"], axis=1, keepdims=True)
+  dKK = dA * beta_C1 * D
+  dk = dk + mm(dKK, k, cfg) + mm(dKK, k, cfg, ta=True)
+
+  if not gated:
+    return dq, dk, dv, dbeta, None, dS
+
+  # Log-decay cotangents, first w.r.t. gc (cumulative), then reverse-cumsum to g.
+  dgc = p["gam"] * jnp.sum(q * dOS_CK, axis=1, keepdims=True)   # from qg = gam q
+  dgc = dgc + (beta_C1 * p["gam"]) * sk_C1                        # from bk = beta gam k
+  L = dP * P + dA * p["A"]                                        # d/d(gc_i - gc_j)
+  dgc = dgc + jnp.sum(L, axis=1, keepdims=True) - _col(jnp.sum(L, axis=0, keepdims=True), r, c)
+  t_C1 = jnp.sum(dKd * p["kd"], axis=1, keepdims=True)            # kd = exp(gL - gc) k
+  dgL = (jnp.sum(t_C1, axis=0, keepdims=True)
+         + jnp.exp(p["gL"]) * jnp.sum(jnp.sum(dSn_KV * S_KV, axis=1, keepdims=True),
+                                      axis=0, keepdims=True))
+  rC1 = jax.lax.broadcasted_iota(jnp.int32, (C, 1), 0)
+  dgc = dgc - t_C1 + jnp.where(rC1 == C - 1, dgL, 0.0)
+  dgc_1C = _row(dgc, r, c)
+  dg = jnp.sum(jnp.where(c >= r, dgc_1C, 0.0), axis=1, keepdims=True)  # sum over t >= i
+  return dq, dk, dv, dbeta, dg, dS

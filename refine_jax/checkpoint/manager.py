@@ -1,0 +1,127 @@
+"""Orbax CheckpointManager wrapper: params + optimiser + data-iterator state, safe resume.
+
+On disk, `<run>/checkpoints/<step>/` holds items `params` (nnx pure dict), `opt_state` (optax
+state as nested dict by path), `data` (per-process iterator JSON) and `meta` (step, stage).
+Orbax writes each step into a temporary directory and renames it when complete, so a kill -9
+during a save leaves the previous steps untouched. A finalised step that fails to restore
+(truncated/deleted files) is moved to `<run>/checkpoints.corrupt/` with a warning and the
+previous step is used.
+"""
+
+import dataclasses
+import os
+import time
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+
+from refine_jax.checkpoint import data_state, trees
+
+
+@dataclasses.dataclass
+class Restored:
+  step: int
+  params: Any
+  opt_state: Any
+  data: Any  # data_state snapshot or None
+  meta: dict
+
+
+class Checkpointer:
+  """Saves every `every_steps` (decided by the caller) and keeps the last `keep` steps."""
+
+  def __init__(self, directory, *, keep=3, async_save=True):
+    self.directory = epath.Path(os.path.abspath(os.fspath(directory)))
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
+        cleanup_tmp_directories=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def all_steps(self):
+    return sorted(self._manager.all_steps())
+
+  def save(self, step, params, opt_state, data=None, meta=None):
+    """Starts a (possibly async) save of step `step`; `data` is a data_state.snapshot."""
+    items = dict(
+        params=ocp.args.StandardSave(trees.params_to_pure(params)),
+        opt_state=ocp.args.StandardSave(trees.tree_to_nested(opt_state)),
+        meta=ocp.args.JsonSave(dict(meta or {}, step=int(step))),
+    )
+    if data is not None:
+      items["data"] = data_state.DataStateSave(data)
+    self._manager.save(int(step), args=ocp.args.Composite(**items), force=True)
+
+  def restore_latest(self, abstract_params, abstract_opt_state):
+    """Newest step that restores cleanly (shardings from the abstract trees), or None."""
+    steps = sorted(self._manager.all_steps(), reverse=True)
+    bad, first_error = [], None
+    for step in steps:
+      try:
+        restored = self._restore(step, abstract_params, abstract_opt_state)
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("checkpoint step %d in %s failed to restore (%s: %s); trying the one "
+                        "before.", step, self.directory, type(e).__name__, str(e)[:300])
+        bad.append(step)
+        first_error = first_error or e
+        continue
+      if bad:
+        # An older step restored with the same target, so the newer ones are damaged files, not
+        # a config mismatch: move them aside so the next saves of those step numbers can proceed.
+        self._quarantine(bad)
+        logging.warning("resumed from checkpoint step %d; damaged newer steps %s moved to %s",
+                        step, bad, self._quarantine_dir())
+      return restored
+    if first_error is not None:
+      raise RuntimeError(f"no checkpoint in {self.directory} could be restored (steps {steps}); "
+                         f"the newest failed with: {first_error}. If the model or optimiser config "
+                         "changed, use a new --workdir (or init_checkpoint to load params only).") \
+          from first_error
+    return None
+
+  def _restore(self, step, abstract_params, abstract_opt_state):
+    item_names = set(self._item_names(step))
+    args = dict(
+        params=ocp.args.StandardRestore(trees.params_to_pure(abstract_params)),
+        opt_state=ocp.args.StandardRestore(trees.tree_to_nested(abstract_opt_state)),
+        meta=ocp.args.JsonRestore(),
+    )
+    if "data" in item_names:
+      args["data"] = data_state.DataStateRestore()
+    out = self._manager.restore(step, args=ocp.args.Composite(**args))
+    return Restored(
+        step=int(step),
+        params=trees.params_from_pure(abstract_params, out["params"]),
+        opt_state=trees.tree_from_nested(abstract_opt_state, out["opt_state"]),
+        data=out["data"] if "data" in item_names else None,
+        meta=dict(out["meta"]))
+
+  def _item_names(self, step):
+    path = self.directory / str(step)
+    return [p.name for p in path.iterdir() if p.is_dir()] if path.exists() else []
+
+  def _quarantine_dir(self):
+    return epath.Path(os.fspath(self.directory) + ".corrupt")
+
+  def _quarantine(self, steps):
+    if jax.process_index() == 0:
+      dest = self._quarantine_dir()
+      dest.mkdir(parents=True, exist_ok=True)
+      for step in steps:
+        src = self.directory / str(step)
+        if src.exists():
+          src.rename(dest / f"{step}-{int(time.time())}")
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("refine_jax_checkpoint_quarantine")
+    self._manager.reload()
+
+  def wait(self):
+    """Blocks until the pending async save is on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self):
+    self._manager.wait_until_finished()
+    self._manager.close()

@@ -1,0 +1,96 @@
+"""Convert between FLA/HF checkpoints and refine_jax bundles.
+
+    python -m refine_jax.convert --from-hf DIR --out OUT
+        FLA `DeltaNetForCausalLM` / `GatedDeltaNetForCausalLM` (config.json + model.safetensors,
+        or shards + model.safetensors.index.json) -> a refine_jax bundle (params + config.json
+        + tokenizer files), loadable by `refine_jax.load_pretrained(OUT)`, usable as
+        `--config.init_checkpoint=OUT`.
+    python -m refine_jax.convert --to-hf SRC --out OUT [--dtype bfloat16] [--max-shard-size 5GB]
+        Any model load_pretrained takes (run dir, Orbax checkpoint, bundle) -> FLA format
+        (config.json with FLA's model_type/architectures + model.safetensors), loadable by
+        `AutoModelForCausalLM.from_pretrained(OUT)` with `import fla`.
+
+Importing then exporting gives back bit-identical float32 tensors. Only safetensors are read:
+pickled .bin/.pt files are refused (unpickling can run arbitrary code).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def from_hf(hf_dir: str, out_dir: str) -> str:
+  from refine_jax.interop import bundle, hf_checkpoint
+  model, config, hf_cfg = hf_checkpoint.load_hf(hf_dir)
+  bundle.save_bundle(out_dir, model, config, source=f"hf:{os.path.abspath(hf_dir)}",
+                     tokenizer_dir=hf_dir, hf_config=hf_cfg)
+  return out_dir
+
+
+def to_hf(src: str, out_dir: str, *, dtype: str | None = None,
+          max_shard_bytes: int | None = None) -> list[str]:
+  from refine_jax.interop import bundle, hf_checkpoint
+  from refine_jax.pretrained import load_pretrained
+  model, config = load_pretrained(src)
+  hf_base = bundle.read_hf_config_copy(src) if bundle.is_bundle(src) else None
+  if hf_base is None and hf_checkpoint.is_hf_dir(src):
+    from refine_jax.interop.hf_config import read_hf_config
+    hf_base = read_hf_config(src)
+  return hf_checkpoint.save_hf(model, config, out_dir, hf_base=hf_base, dtype=dtype,
+                               max_shard_bytes=max_shard_bytes,
+                               tokenizer_dir=_tokenizer_dir(config))
+
+
+def _tokenizer_dir(config) -> str | None:
+  data = config.get("data") if hasattr(config, "get") else None
+  path = data.get("tokenizer_path", "") if data is not None else ""
+  if not path or data.get("tokenizer", "byte") == "byte":
+    return None
+  return path if os.path.isdir(path) else os.path.dirname(path)
+
+
+def parse_size(text: str) -> int:
+  """'5GB' / '500MB' / '1234' -> bytes (HF's max_shard_size spelling)."""
+  t = text.strip().upper()
+  for unit, mult in (("GIB", 2**30), ("MIB", 2**20), ("KIB", 2**10), ("GB", 10**9),
+                     ("MB", 10**6), ("KB", 10**3), ("B", 1)):
+    if t.endswith(unit):
+      return int(float(t[:-len(unit)]) * mult)
+  return int(t)
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog="python -m refine_jax.convert", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  src = p.add_mutually_exclusive_group(required=True)
+  src.add_argument("--from-hf", metavar="DIR", help="FLA/HF checkpoint dir to import")
+  src.add_argument("--to-hf", metavar="SRC", help="run dir / Orbax checkpoint / bundle to export")
+  p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+  p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                 help="--to-hf tensor dtype (default float32, exact)")
+  p.add_argument("--max-shard-size", default=None,
+                 help="--to-hf: shard past this size, e.g. 5GB (default: one file)")
+  args = p.parse_args(argv)
+  try:
+    return _run(p, args)
+  except (ValueError, FileNotFoundError) as e:  # bad input: the message says what to fix
+    print(f"refine_jax.convert: error: {e}", file=sys.stderr)
+    return 2
+
+
+def _run(p, args) -> int:
+  if args.from_hf:
+    if args.dtype or args.max_shard_size:
+      p.error("--dtype and --max-shard-size apply to --to-hf only")
+    out = from_hf(args.from_hf, args.out)
+    print(f"converted {args.from_hf} -> {out} (load with refine_jax.load_pretrained)")
+  else:
+    size = parse_size(args.max_shard_size) if args.max_shard_size else None
+    files = to_hf(args.to_hf, args.out, dtype=args.dtype, max_shard_bytes=size)
+    print(f"exported {args.to_hf} -> {args.out}: {', '.join(files)}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

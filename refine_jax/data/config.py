@@ -1,0 +1,53 @@
+"""`default_data_config()`: every data.* field, its default, and what it means."""
+
+import ml_collections
+
+TASK_NAMES = ("niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery",
+              "variable_tracking")
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  # Tokens per training sequence (inputs/targets are [b, seq_len]; packing reads seq_len + 1).
+  c.seq_len = 256
+  # Where documents come from: "embedded" (shipped KJV + Shakespeare, no downloads),
+  # "text" (.txt; one document per file, or per blank-line-separated block with
+  # text_split="paragraph"), "jsonl", "parquet", "array_record". .gz/.xz text is read directly.
+  c.source = "embedded"
+  c.path = ""  # files for non-embedded sources: comma-separated paths or globs
+  c.text_field = "text"  # jsonl / parquet column / ArrayRecord json key holding the text
+  c.text_split = "file"  # "file" | "paragraph": how .txt files are cut into documents
+  c.embedded = "kjv,shakespeare"  # which embedded corpora to use (comma-separated)
+  # Held-out split: every eval_every-th document of the source (never seen in training),
+  # unless eval_path names separate files of the same source kind.
+  c.eval_every = 50
+  c.eval_path = ""
+  # Tokenizer: "byte" (259 ids, offline default), "sentencepiece" (.model) or "hf"
+  # (tokenizer.json file or directory). The special token strings are optional overrides
+  # for "hf" (else tokenizer_config.json, else common names; bos/pad fall back to eos).
+  c.tokenizer = "byte"
+  c.tokenizer_path = ""
+  c.tokenizer_bos = ""
+  c.tokenizer_eos = ""
+  c.tokenizer_pad = ""
+  c.add_bos = True  # prepend bos to every document
+  c.add_eos = True  # append eos to every document
+  # Mixture: about this fraction of training tokens are synthetic task samples (RULER-style
+  # NIAH / variable tracking, prompt + answer) generated from a seed stream disjoint from eval.
+  c.synthetic_weight = 0.1
+  c.synthetic_tasks = ",".join(TASK_NAMES)
+  c.synthetic_min_tokens = 64  # prompt length is drawn in [min, seq_len - 48] tokens
+  c.synthetic_haystack = "mixed"  # "noise" (RULER's), "corpus" (a training doc) or "mixed"
+  c.synthetic_loss = "all"  # "all": NTP on the whole sample; "answer": only on the answer
+
+  # Order: documents are shuffled (and reshuffled every epoch) from this seed.
+  c.shuffle_seed = 0
+  # Packed rows are shuffled in a window of this many sequences (0 = off), so one long
+  # document does not fill consecutive rows of a batch.
+  c.shuffle_window = 128
+  # Threads that read + tokenise documents ahead of packing (0 = in the calling thread;
+  # raise it for slow BPE tokenizers or remote files). Any value gives the same batches.
+  c.read_threads = 0
+  # Eval batch size; 0 means train.batch_size.
+  c.eval_batch_size = 0
+  return c

@@ -1,0 +1,73 @@
+"""Build a model from flat params without random init, and read flat params back.
+
+Flat params are {nnx path tuple: array} over the model's nnx.Param variables; the rest of
+the model's state (RNG counters, buffers) is materialised by a jitted build whose parameter
+initialisers XLA drops as dead code, so a 1B model never draws 1B random numbers here.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+
+def _get(var):  # flax >= 0.12 prefers get_value(); older ones only have .value
+  return var.get_value() if hasattr(var, "get_value") else var.value
+
+
+def _set(var, value):
+  if hasattr(var, "set_value"):
+    var.set_value(value)
+  else:
+    var.value = value
+
+
+def _builder(model_cfg):
+  from refine_jax.models import build_model
+  return lambda: build_model(model_cfg, rngs=nnx.Rngs(0))
+
+
+def abstract_params(model_cfg) -> dict[tuple, jax.ShapeDtypeStruct]:
+  """{nnx path: ShapeDtypeStruct} of the model's params (no compute)."""
+  model = nnx.eval_shape(_builder(model_cfg))
+  _, params, _ = nnx.split(model, nnx.Param, ...)
+  return {tuple(p): _get(v) for p, v in nnx.to_flat_state(params)}
+
+
+def flat_params(model) -> dict[tuple, np.ndarray]:
+  """{nnx path: numpy array} of a live model's params."""
+  _, params, _ = nnx.split(model, nnx.Param, ...)
+  return {tuple(p): np.asarray(jax.device_get(_get(v))) for p, v in nnx.to_flat_state(params)}
+
+
+def abstract_state(model_cfg):
+  """(graphdef, abstract params nnx.State, abstract rest) of the model `model_cfg` builds."""
+  return nnx.split(nnx.eval_shape(_builder(model_cfg)), nnx.Param, ...)
+
+
+def model_from_state(model_cfg, params_state):
+  """A model with the given params nnx.State (structure of abstract_state's params)."""
+  build = _builder(model_cfg)
+  graphdef, _, abs_rest = abstract_state(model_cfg)
+  if jax.tree.leaves(abs_rest):
+    rest = jax.jit(lambda: nnx.split(build(), nnx.Param, ...)[2])()
+  else:
+    rest = abs_rest
+  return nnx.merge(graphdef, params_state, rest)
+
+
+def model_from_params(model_cfg, params: dict[tuple, Any]):
+  """A model whose params are `params` (all of them, shapes checked by the caller)."""
+  _, abs_params, _ = abstract_state(model_cfg)
+  flat = nnx.to_flat_state(abs_params)
+  for path, var in flat:
+    a = params[tuple(path)]
+    want = _get(var)
+    if tuple(a.shape) != tuple(want.shape):
+      raise ValueError(f"param {'.'.join(map(str, path))}: expected shape "
+                       f"{tuple(want.shape)}, got {tuple(a.shape)}")
+    _set(var, jnp.asarray(a, dtype=want.dtype))
+  return model_from_state(model_cfg, nnx.from_flat_state(flat))

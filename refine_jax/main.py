@@ -1,0 +1,45 @@
+"""Entry point: python -m refine_jax.main --config=configs/<stage>.py [--config.a.b=v ...]
+[--workdir=DIR]. Validates the config, then runs `config.stage` (see refine_jax.train.stages).
+Rerunning the same command on the same workdir resumes from its latest checkpoint."""
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/pretrain.py",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: runs/<stage>-<arch>).")
+
+
+def default_workdir(config):
+  return os.path.join("runs", f"{config.stage}-{config.model.arch}")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; overrides look like "
+                         "--config.train.steps=100")
+  # Must precede any other JAX call on multi-host launches.
+  from refine_jax.parallel import maybe_initialize_distributed  # pylint: disable=g-import-not-at-top
+  maybe_initialize_distributed()
+  from refine_jax.train import stages, validate  # pylint: disable=g-import-not-at-top
+
+  config = _CONFIG.value
+  if config is None:
+    raise app.UsageError("--config=configs/<stage>.py is required")
+  try:
+    validate.validate_config(config)
+  except ValueError as e:
+    logging.error("invalid config: %s", e)
+    print(f"error: invalid config: {e}", file=sys.stderr)
+    sys.exit(2)
+  workdir = _WORKDIR.value or default_workdir(config)
+  if not _WORKDIR.value:
+    print(f"no --workdir given; using {os.path.abspath(workdir)}")
+  stages.get_stage(config.stage)(config, workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,188 @@
+"""Softmax attention mixer (Transformer baseline): RoPE, causal, optional GQA and sliding window.
+
+Cache: a ring buffer of L = min(window, max_len) slots (L = max_len for full attention) holding
+post-RoPE keys and values, plus `length` [B] = tokens seen so far. Token at position p lives in
+slot p % L, so slot s holds position `length-1 - ((length-1-s) mod L)` (invalid if < 0). Rows of
+one batch may sit at different lengths (cache_at makes such caches). With full attention more
+than max_len tokens wrap around (the model then sees only recent tokens): size max_len
+for the longest sequence the cache will hold.
+
+The functions below (rope, kv_*) are reused by the LaCT mixer.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from refine_jax.models import layers
+
+ATTENTION_DEFAULTS = dict(
+    num_kv_heads=None,   # None = model.heads (no GQA); must divide model.heads
+    head_dim=None,       # None = model.hidden // model.heads
+    rope_theta=10000.0,
+    window=None,         # None = full causal; W = each token sees itself and the W-1 before it
+    qkv_bias=False,
+    impl=None,           # jax.nn.dot_product_attention implementation: None/"xla" or "cudnn"
+)
+
+
+def sub_config(cfg, name: str, defaults: dict) -> dict:
+  """cfg.<name> merged over `defaults`; unknown fields are an error (typos stay loud)."""
+  given = dict(cfg.get(name, None) or {})
+  unknown = set(given) - set(defaults)
+  if unknown:
+    raise ValueError(f"model.{name} has unknown fields {sorted(unknown)}; "
+                     f"known: {sorted(defaults)}")
+  return {**defaults, **given}
+
+
+def init_std(cfg) -> float:
+  return float(cfg.get("init_std", cfg.get("initializer_range", 0.02)))
+
+
+def dense(d_in, d_out, axes, *, bias: bool, std: float, dtype, rngs) -> nnx.Linear:
+  """Linear with N(0, std) kernel and optional zero bias, both with logical axes."""
+  return nnx.Linear(d_in, d_out, use_bias=bias, dtype=dtype, param_dtype=jnp.float32,
+                    kernel_init=layers.partitioned(layers.normal_init(std), axes),
+                    bias_init=layers.partitioned(nnx.initializers.zeros_init(), axes[-1:]),
+                    rngs=rngs)
+
+
+# ----------------------------------------------------------------------------- RoPE
+
+def rope(x_BTHD, pos_BT, theta: float):
+  """Rotary embedding, half-split layout (GPT-NeoX / FLA RotaryEmbedding, interleaved=False)."""
+  D = x_BTHD.shape[-1]
+  if D % 2:
+    raise ValueError(f"RoPE needs an even head_dim, got {D}")
+  inv_freq = theta ** (-jnp.arange(0, D, 2, dtype=jnp.float32) / D)          # [D/2]
+  ang_BT1F = (pos_BT.astype(jnp.float32)[..., None] * inv_freq)[:, :, None, :]
+  cos, sin = jnp.cos(ang_BT1F), jnp.sin(ang_BT1F)
+  x = x_BTHD.astype(jnp.float32)
+  x1, x2 = x[..., : D // 2], x[..., D // 2:]
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BTHD.dtype)
+
+
+# ----------------------------------------------------------------------------- KV ring buffer
+
+def kv_slots(max_len: int, window: int | None) -> int:
+  return max_len if window is None else min(window, max_len)
+
+
+def kv_init(batch: int, max_len: int, window, kv_heads: int, head_dim: int, dtype) -> dict:
+  L = kv_slots(max_len, window)
+  return dict(k=jnp.zeros((batch, L, kv_heads, head_dim), dtype),
+              v=jnp.zeros((batch, L, kv_heads, head_dim), dtype),
+              length=jnp.zeros((batch,), jnp.int32))
+
+
+def slot_positions(length_B, L: int):
+  """Absolute position held by each slot [B, L] (negative = empty)."""
+  last = length_B[:, None] - 1
+  return last - jnp.mod(last - jnp.arange(L)[None, :], L)
+
+
+def _window_mask(q_pos, k_pos, window):
+  ok = (k_pos <= q_pos) & (k_pos >= 0)
+  if window is not None:
+    ok &= q_pos - k_pos < window
+  return ok
+
+
+def attend(q_BTHD, k_BSKD, v_BSKD, *, window, impl=None):
+  """Causal (optionally windowed) attention of a whole sequence, no cache."""
+  local = None if window is None else (window - 1, 0)
+  return jax.nn.dot_product_attention(q_BTHD, k_BSKD, v_BSKD, is_causal=True,
+                                      local_window_size=local, implementation=impl)
+
+
+def kv_attend(q_BTHD, k_BTKD, v_BTKD, cache: dict, *, window):
+  """Attention of T new tokens that continue `cache`; returns (o [B,T,H,D], new cache).
+
+  Keys are [cache slots ; new tokens], masked by absolute position, so rows at different
+  lengths and multi-token prefills share one code path.
+  """
+  B, T = q_BTHD.shape[:2]
+  L = cache["k"].shape[1]
+  n_B = cache["length"]
+  q_pos = n_B[:, None] + jnp.arange(T)[None, :]                               # [B,T]
+  k_pos = jnp.concatenate([slot_positions(n_B, L), q_pos], axis=1)           # [B,L+T]
+  mask_BTS = _window_mask(q_pos[:, :, None], k_pos[:, None, :], window)
+  k_all = jnp.concatenate([cache["k"].astype(k_BTKD.dtype), k_BTKD], axis=1)
+  v_all = jnp.concatenate([cache["v"].astype(v_BTKD.dtype), v_BTKD], axis=1)
+  o = jax.nn.dot_product_attention(q_BTHD, k_all, v_all, mask=mask_BTS[:, None])
+  # Write the last min(T, L) new tokens (older ones would be overwritten anyway).
+  Tw = min(T, L)
+  slot_BT = jnp.mod(q_pos[:, T - Tw:], L)
+  b_B1 = jnp.arange(B)[:, None]
+  new = dict(k=cache["k"].at[b_B1, slot_BT].set(k_BTKD[:, T - Tw:].astype(cache["k"].dtype)),
+             v=cache["v"].at[b_B1, slot_BT].set(v_BTKD[:, T - Tw:].astype(cache["v"].dtype)),
+             length=n_B + T)
+  return o, new
+
+
+def kv_cache_at(k_BTKD, v_BTKD, positions_Bn, max_len: int, window) -> dict:
+  """Ring buffer after tokens[:p+1] for every p in positions_Bn, gathered from full-sequence
+  keys/values; batch B*n, row b*n+i <- (b, positions[b, i])."""
+  B, n = positions_Bn.shape
+  L = kv_slots(max_len, window)
+  length = (positions_Bn + 1).reshape(B * n).astype(jnp.int32)
+  src_RL = slot_positions(length, L)                                          # [B*n, L]
+  valid = (src_RL >= 0)[:, :, None, None]
+  row_b = jnp.repeat(jnp.arange(B), n)[:, None]
+  idx = jnp.clip(src_RL, 0, k_BTKD.shape[1] - 1)
+  k = jnp.where(valid, k_BTKD[row_b, idx], 0)
+  v = jnp.where(valid, v_BTKD[row_b, idx], 0)
+  return dict(k=k, v=v, length=length)
+
+
+# ----------------------------------------------------------------------------- the mixer
+
+class Attention(nnx.Module):
+  """Multi-head (GQA) causal softmax attention with RoPE; projections q/k/v/o_proj."""
+
+  def __init__(self, cfg, layer_idx: int, *, rngs: nnx.Rngs):
+    a = sub_config(cfg, "attention", ATTENTION_DEFAULTS)
+    D, H = int(cfg.hidden), int(cfg.heads)
+    K = int(a["num_kv_heads"] or H)
+    if H % K:
+      raise ValueError(f"model.attention.num_kv_heads={K} must divide model.heads={H}")
+    Dh = int(a["head_dim"] or D // H)
+    if a["window"] is not None and int(a["window"]) < 1:
+      raise ValueError(f"model.attention.window={a['window']} must be >= 1 or None")
+    self.layer_idx = layer_idx
+    self.heads, self.kv_heads, self.head_dim = H, K, Dh
+    self.window = None if a["window"] is None else int(a["window"])
+    self.theta = float(a["rope_theta"])
+    self.impl = a["impl"]
+    self.dtype = layers.compute_dtype(cfg.get("dtype", "float32"))
+    std, bias = init_std(cfg), bool(a["qkv_bias"])
+    mk = lambda i, o, ax, b: dense(i, o, ax, bias=b, std=std, dtype=self.dtype, rngs=rngs)
+    self.q_proj = mk(D, H * Dh, ("embed", "heads"), bias)
+    self.k_proj = mk(D, K * Dh, ("embed", "kv_heads"), bias)
+    self.v_proj = mk(D, K * Dh, ("embed", "kv_heads"), bias)
+    self.o_proj = mk(H * Dh, D, ("heads", "embed"), False)
+
+  def init_cache(self, batch: int, max_len: int) -> dict:
+    return kv_init(batch, max_len, self.window, self.kv_heads, self.head_dim, self.dtype)
+
+  def __call__(self, x_BTD, cache=None, *, capture: bool = False):
+    B, T, _ = x_BTD.shape
+    q = self.q_proj(x_BTD).reshape(B, T, self.heads, self.head_dim)
+    k = self.k_proj(x_BTD).reshape(B, T, self.kv_heads, self.head_dim)
+    v = self.v_proj(x_BTD).reshape(B, T, self.kv_heads, self.head_dim)
+    start_B = jnp.zeros((B,), jnp.int32) if cache is None else cache["length"]
+    pos_BT = start_B[:, None] + jnp.arange(T)[None, :]
+    q, k = rope(q, pos_BT, self.theta), rope(k, pos_BT, self.theta)
+    if cache is None:
+      o = attend(q, k, v, window=self.window, impl=self.impl)
+    else:
+      o, cache = kv_attend(q, k, v, cache, window=self.window)
+    y = self.o_proj(o.reshape(B, T, self.heads * self.head_dim))
+    captured = dict(k=k, v=v) if (capture and cache is None) else None
+    return y, cache, captured
+
+  def cache_at(self, captured: dict, positions_Bn, max_len: int) -> dict:
+    return kv_cache_at(captured["k"], captured["v"], positions_Bn, max_len, self.window)

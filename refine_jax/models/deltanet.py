@@ -1,0 +1,246 @@
+"""DeltaNet and Gated DeltaNet token mixers, matching FLA's `fla/layers/{delta_net,gated_deltanet}.py`.
+
+Per token (per head, state S is [K, V]):
+  q, k, v = act(conv(Linear(x)))           short causal depthwise conv (size 4), SiLU
+  q, k    = l2norm(q), l2norm(k)           eps inside the root
+  beta    = sigmoid(b_proj(x)) (x2 with allow_neg_eigval)
+  GDN:  g = -exp(A_log) * softplus(a_proj(x) + dt_bias);  S <- exp(g) S
+  S <- S + beta k (v - S^T k)^T ;  o = S^T (q * K^-0.5)
+  out = o_proj(RMSNorm_heads(o) [* silu(g_proj(x))])
+
+Parameter names are FLA's state-dict keys (see layers.py for the transposes). FLA keeps the GDN
+recurrent state as [B, HV, V, K]; ours is [B, HV, K, V] for both mixers.
+
+Cache (a dict pytree): state [B, HV, K, V] float32, conv (q, k, v) each [B, W, C] (the last W
+pre-conv inputs; () without short conv), pos [B] int32 (tokens consumed).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+import pallas_kernels
+from refine_jax.models import layers
+from refine_jax.models.config import delta_dims
+
+
+# ---- fast-weight ops (pallas_kernels dispatches on model.backend).
+
+def _rule(q, k, v, beta, g, *, initial_state, want_state, chunk_size, backend):
+  if g is None:
+    return pallas_kernels.delta_rule(q, k, v, beta, initial_state=initial_state,
+                                     output_final_state=want_state, chunk_size=chunk_size,
+                                     backend=backend)
+  return pallas_kernels.gated_delta_rule(q, k, v, g, beta, initial_state=initial_state,
+                                         output_final_state=want_state, chunk_size=chunk_size,
+                                         backend=backend)
+
+
+def _one_token(S_BHKV, q_BHK, k_BHK, v_BHV, beta_BH, g_BH):
+  """Single decode step of the (gated) delta rule; cheaper than any chunked kernel."""
+  S = S_BHKV
+  if g_BH is not None:
+    S = S * jnp.exp(g_BH)[..., None, None]
+  f32 = lambda a: a.astype(jnp.float32)
+  pred_BHV = jnp.einsum("bhk,bhkv->bhv", f32(k_BHK), S)
+  delta_BHV = beta_BH[..., None] * (f32(v_BHV) - pred_BHV)
+  S = S + jnp.einsum("bhk,bhv->bhkv", f32(k_BHK), delta_BHV)
+  scale = q_BHK.shape[-1] ** -0.5
+  o_BHV = jnp.einsum("bhk,bhkv->bhv", f32(q_BHK) * scale, S)
+  return o_BHV, S
+
+
+def _dt_bias_init(key, shape, dtype=jnp.float32):
+  """softplus^-1(dt), dt log-uniform in [1e-3, 0.1] floored at 1e-4 (FLA / Mamba2)."""
+  lo, hi = jnp.log(1e-3), jnp.log(0.1)
+  dt = jnp.exp(jax.random.uniform(key, shape) * (hi - lo) + lo)
+  dt = jnp.maximum(dt, 1e-4)
+  return (dt + jnp.log(-jnp.expm1(-dt))).astype(dtype)
+
+
+def _a_log_init(key, shape, dtype=jnp.float32):
+  """A_log = log(A), A ~ U(0, 16)."""
+  return jnp.log(jax.random.uniform(key, shape, minval=0.0, maxval=16.0)).astype(dtype)
+
+
+class DeltaNet(nnx.Module):
+  """FLA `DeltaNet` layer (gated=False) / `GatedDeltaNet` layer (gated=True)."""
+
+  gated = False
+
+  def __init__(self, cfg, layer_idx: int, *, rngs: nnx.Rngs):
+    gated = self.gated
+    self.layer_idx = layer_idx
+    self.dims = d = delta_dims(cfg, gated)
+    self.dtype = layers.compute_dtype(cfg.dtype)
+    self.chunk_size = cfg.chunk_size
+    self.backend = cfg.backend
+    self.conv_size = cfg.conv_size
+    self.use_short_conv = cfg.use_short_conv
+    # FLA's GatedDeltaNet hard-wires silu + l2 + beta; DeltaNet makes them options.
+    self.qk_activation = "silu" if gated else cfg.qk_activation
+    self.qk_norm = "l2" if gated else cfg.qk_norm
+    self.use_beta = True if gated else cfg.use_beta
+    self.allow_neg_eigval = cfg.allow_neg_eigval
+    self.use_gate = gated if cfg.use_gate is None else cfg.use_gate
+    std, D, dt = cfg.initializer_range, cfg.hidden, self.dtype
+
+    self.q_proj = layers.linear(D, d.key_dim, ("embed", "heads"), std=std, dtype=dt, rngs=rngs)
+    self.k_proj = layers.linear(D, d.key_dim, ("embed", "heads"), std=std, dtype=dt, rngs=rngs)
+    self.v_proj = layers.linear(D, d.value_dim, ("embed", "heads"), std=std, dtype=dt, rngs=rngs)
+    if gated:
+      self.a_proj = layers.linear(D, d.v_heads, ("embed", None), std=std, dtype=dt, rngs=rngs)
+      self.A_log = layers.make_param(rngs, _a_log_init, (d.v_heads,), (None,))
+      self.dt_bias = layers.make_param(rngs, _dt_bias_init, (d.v_heads,), (None,))
+    if self.use_beta:
+      self.b_proj = layers.linear(D, d.v_heads, ("embed", None), std=std, dtype=dt, rngs=rngs)
+    if self.use_short_conv:
+      qk_act = "silu" if self.qk_activation == "silu" else None
+      conv = lambda c, act: layers.ShortConv(c, cfg.conv_size, activation=act, std=std, rngs=rngs)
+      self.q_conv1d = conv(d.key_dim, qk_act)
+      self.k_conv1d = conv(d.key_dim, qk_act)
+      self.v_conv1d = conv(d.value_dim, "silu")
+    if self.use_gate:
+      self.g_proj = layers.linear(D, d.value_dim, ("embed", "heads"), std=std, dtype=dt,
+                                  rngs=rngs)
+      self.o_norm = layers.GatedRMSNorm(d.head_v_dim, eps=cfg.norm_eps, rngs=rngs)
+    else:
+      self.o_norm = layers.RMSNorm(d.head_v_dim, eps=cfg.norm_eps, out_dtype=jnp.float32,
+                                   rngs=rngs)
+    self.o_proj = layers.linear(d.value_dim, D, ("heads", "embed"), std=std, dtype=dt, rngs=rngs)
+
+  # ---- pieces shared by the forward pass and the cache.
+
+  def _features(self, x_BTD, conv_cache):
+    """q, k [B,T,HV,K] (repeated to value heads), v [B,T,HV,V], beta/g [B,T,HV] f32."""
+    B, T, _ = x_BTD.shape
+    d = self.dims
+    qp, kp, vp = self.q_proj(x_BTD), self.k_proj(x_BTD), self.v_proj(x_BTD)
+    if self.use_short_conv:
+      cq, ck, cv = conv_cache if conv_cache else (None, None, None)
+      q, cq = self.q_conv1d(qp, cq)
+      k, ck = self.k_conv1d(kp, ck)
+      v, cv = self.v_conv1d(vp, cv)
+      new_conv = (cq, ck, cv)
+    else:
+      act = jax.nn.silu if self.qk_activation == "silu" else (lambda a: a)
+      q, k, v = act(qp), act(kp), jax.nn.silu(vp)
+      new_conv = ()
+    q = q.reshape(B, T, d.heads, d.head_k_dim)
+    k = k.reshape(B, T, d.heads, d.head_k_dim)
+    v = v.reshape(B, T, d.v_heads, d.head_v_dim)
+    if self.qk_activation == "relu":
+      q, k = jax.nn.relu(q), jax.nn.relu(k)
+    elif self.qk_activation == "elu":
+      q, k = jax.nn.elu(q) + 1.0, jax.nn.elu(k) + 1.0
+    if self.qk_norm == "l2":
+      q, k = layers.l2_normalize(q), layers.l2_normalize(k)
+    else:  # "sum"
+      q = q / jnp.sum(q, axis=-1, keepdims=True)
+      k = k / jnp.sum(k, axis=-1, keepdims=True)
+    if self.use_beta:
+      beta = jax.nn.sigmoid(self.b_proj(x_BTD).astype(jnp.float32))
+    else:
+      beta = jnp.ones((B, T, d.v_heads), jnp.float32)
+    if self.allow_neg_eigval:
+      beta = beta * 2.0
+    g = None
+    if self.gated:
+      a = self.a_proj(x_BTD).astype(jnp.float32) + self.dt_bias[...]
+      g = -jnp.exp(self.A_log[...]) * jax.nn.softplus(a)
+    if d.v_heads > d.heads:  # GVA: value head j reads q/k head j // ratio
+      r = d.v_heads // d.heads
+      q, k = jnp.repeat(q, r, axis=2), jnp.repeat(k, r, axis=2)
+    return (q, k, v, beta, g), (qp, kp, vp), new_conv
+
+  def _output(self, x_BTD, o_BTHV):
+    B, T = x_BTD.shape[:2]
+    d = self.dims
+    if self.use_gate:
+      gate = self.g_proj(x_BTD).reshape(B, T, d.v_heads, d.head_v_dim)
+      o = self.o_norm(o_BTHV.astype(jnp.float32), gate)
+    else:
+      o = self.o_norm(o_BTHV.astype(jnp.float32))
+    return self.o_proj(o.reshape(B, T, d.value_dim).astype(self.dtype))
+
+  # ---- mixer contract.
+
+  def __call__(self, x_BTD, cache=None, *, capture=False):
+    """Returns (y [B,T,D], new cache or None, captured or None)."""
+    if capture and cache is not None:
+      raise ValueError("capture=True needs a full-sequence forward without a cache")
+    T = x_BTD.shape[1]
+    (q, k, v, beta, g), pre_conv, new_conv = self._features(
+        x_BTD, None if cache is None else cache["conv"])
+    captured = None
+    if cache is not None and T == 1:
+      o, S = _one_token(cache["state"], q[:, 0], k[:, 0], v[:, 0], beta[:, 0],
+                        None if g is None else g[:, 0])
+      o = o[:, None]
+    elif capture:
+      o, S, chunk_states = pallas_kernels.delta_rule_with_chunk_states(
+          q, k, v, beta, g, chunk_size=self.chunk_size, backend=self.backend)
+      captured = dict(chunk_states=chunk_states, k=k, v=v, beta=beta, g=g, pre_conv=pre_conv)
+    else:
+      o, S = _rule(q, k, v, beta, g, initial_state=None if cache is None else cache["state"],
+                   want_state=cache is not None, chunk_size=self.chunk_size,
+                   backend=self.backend)
+    y = self._output(x_BTD, o)
+    new_cache = None
+    if cache is not None:
+      new_cache = dict(state=S.astype(jnp.float32), conv=new_conv, pos=cache["pos"] + T)
+    return y, new_cache, captured
+
+  def init_cache(self, batch: int, max_len: int):
+    del max_len  # fixed-size state
+    d = self.dims
+    conv = ()
+    if self.use_short_conv:
+      W = self.conv_size
+      conv = (jnp.zeros((batch, W, d.key_dim), self.dtype),
+              jnp.zeros((batch, W, d.key_dim), self.dtype),
+              jnp.zeros((batch, W, d.value_dim), self.dtype))
+    return dict(state=jnp.zeros((batch, d.v_heads, d.head_k_dim, d.head_v_dim), jnp.float32),
+                conv=conv, pos=jnp.zeros((batch,), jnp.int32))
+
+  def cache_at(self, captured, positions_Bn, max_len: int):
+    """Cache after tokens[b, :positions[b, i] + 1], row b*n + i, from one captured pass.
+
+    State: the boundary state of the chunk holding the position, advanced through the chunk's
+    tokens up to the position (masked advance, L = chunk_size). Conv: the last W pre-conv
+    inputs sliced from the same pass. Differentiable in everything captured.
+    """
+    del max_len
+    B, n = positions_Bn.shape
+    C = self.chunk_size
+    p = positions_Bn.reshape(-1).astype(jnp.int32)            # [Bn]
+    b = jnp.repeat(jnp.arange(B), n)                           # sequence of each row
+    cs = captured["chunk_states"]                              # [B, N, HV, K, V]
+    N = cs.shape[1]
+    c = p // C
+    S0 = cs[b, c]
+
+    def chunk_of(a):  # [B, T, ...] -> the C tokens of chunk c[row]: [Bn, C, ...]
+      T = a.shape[1]
+      a = jnp.pad(a, [(0, 0), (0, N * C - T)] + [(0, 0)] * (a.ndim - 2))
+      return a.reshape((B, N, C) + a.shape[2:])[b, c]
+
+    mask = (jnp.arange(C)[None, :] <= (p - c * C)[:, None]).astype(jnp.float32)
+    g = captured["g"]
+    S = pallas_kernels.advance_state(S0, chunk_of(captured["k"]), chunk_of(captured["v"]),
+                                     chunk_of(captured["beta"]),
+                                     None if g is None else chunk_of(g), mask, chunk_size=C)
+    conv = ()
+    if self.use_short_conv:
+      W = self.conv_size
+      idx = p[:, None] + jnp.arange(W)[None, :]                 # padded index of u[p-W+1..p]
+      conv = tuple(jnp.pad(u, ((0, 0), (W - 1, 0), (0, 0)))[b[:, None], idx]
+                   for u in captured["pre_conv"])
+    return dict(state=S.astype(jnp.float32), conv=conv, pos=p + 1)
+
+
+class GatedDeltaNet(DeltaNet):
+  """FLA `GatedDeltaNet` layer: decay gate, GVA value heads, swish-gated output norm."""
+
+  gated = True

@@ -1,0 +1,65 @@
+"""`load_pretrained(path) -> (model, config)` for every kind of saved model.
+
+Accepted paths (detected in this order):
+  bundle     a dir from `refine_jax.convert` / `refine_jax.export` (bundle.json marks it)
+  HF / FLA   a dir with config.json (model_type delta_net | gated_deltanet) + safetensors
+  run dir    a training run (config.json + checkpoints/): params of the newest good step
+  Orbax      a run's checkpoints/ dir, one step dir (checkpoints/<step>) or its params/ item;
+             the run's config.json is found in a parent dir (or pass `config=`)
+The model's params are float32; config is a ConfigDict (model.*, data.* with the tokenizer).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+
+def load_pretrained(path: str, *, config=None):
+  """(model, config) from a bundle, an HF/FLA dir, a run dir or an Orbax checkpoint.
+
+  config: only needed for a bare Orbax params checkpoint with no run config.json above it.
+  """
+  from refine_jax.interop import bundle, hf_checkpoint
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f"load_pretrained: {path!r} does not exist; give a run directory, an Orbax "
+        "checkpoint (a run's checkpoints/<step>), an exported/converted bundle or an HF/FLA "
+        "checkpoint directory.")
+  if bundle.is_bundle(path):
+    return bundle.load_bundle(path)
+  if hf_checkpoint.is_hf_dir(path):
+    model, cfg, _ = hf_checkpoint.load_hf(path)
+    return model, cfg
+  return _load_orbax(path, config)
+
+
+def find_run_config(path: str, max_up: int = 4) -> str | None:
+  """The run's config.json at `path` or up to `max_up` parents (step -> checkpoints -> run)."""
+  d = os.path.abspath(path if os.path.isdir(path) else os.path.dirname(path))
+  for _ in range(max_up + 1):
+    cand = os.path.join(d, "config.json")
+    if os.path.isfile(cand):
+      return cand
+    parent = os.path.dirname(d)
+    if parent == d:
+      break
+    d = parent
+  return None
+
+
+def _load_orbax(path: str, config):
+  from refine_jax.checkpoint import load_params
+  from refine_jax.interop import bundle, modelio
+  if config is None:
+    cfg_path = find_run_config(path)
+    if cfg_path is None:
+      raise FileNotFoundError(
+          f"load_pretrained: no config.json in {path!r} or its parent dirs, so the model "
+          "cannot be rebuilt; pass the run directory (it holds config.json), or call "
+          "load_pretrained(path, config=...) with the run's config.")
+    with open(cfg_path) as f:
+      config = bundle.config_from_dict(json.load(f))
+  _, abs_params, _ = modelio.abstract_state(config.model)
+  params, _ = load_params(path, abs_params)
+  return modelio.model_from_state(config.model, params), config

@@ -1,0 +1,91 @@
+"""Where to branch: pick one rollout start position per chunk of each sequence.
+
+A selected position p means: the prefix is inputs[:, :p+1], the next-token distribution at p
+(logits[:, p]) gives the first rollout token, and the true continuation is targets[:, p:p+k]
+(= inputs[:, p+1:p+k+1]). So the entropy at p is the uncertainty of exactly the token the
+rollout starts with.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+MODES = ("entropy", "uniform", "argmax", "argmin")
+
+
+def token_entropy(logits_BTV):
+  """Entropy (nats) of softmax(logits) at every position: [B, T] float32."""
+  logp = jax.nn.log_softmax(logits_BTV.astype(jnp.float32), axis=-1)
+  return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+
+
+def smooth(x_BT, kernel):
+  """Centred moving average with an odd kernel; edges average only the in-range values."""
+  if kernel < 1 or kernel % 2 == 0:
+    raise ValueError(f"refine.smooth_kernel must be odd and >= 1, got {kernel}; "
+                     "use e.g. 5 (the paper uses rollout_len, rounded up to odd).")
+  if kernel == 1:
+    return x_BT
+  ones = jnp.ones((kernel,), x_BT.dtype)
+  conv = jax.vmap(lambda r: jnp.convolve(r, ones, mode="same"))
+  counts_T = jnp.convolve(jnp.ones(x_BT.shape[1], x_BT.dtype), ones, mode="same")
+  return conv(x_BT) / counts_T
+
+
+def chunk_ids(T, num_chunks):
+  """[T] int32: which of num_chunks near-equal contiguous chunks each position is in."""
+  if not 1 <= num_chunks <= T:
+    raise ValueError(f"refine.num_chunks={num_chunks} must be in [1, seq_len={T}].")
+  return (jnp.arange(T) * num_chunks // T).astype(jnp.int32)
+
+
+def valid_positions(T, rollout_len, margin, loss_mask_BT=None):
+  """[B or 1, T] bool: positions whose k-token true continuation exists (p + k <= T),
+  that leave at least `margin` tokens of prefix (p >= margin), and (with a loss mask) whose
+  k continuation targets are all real training targets (no document boundary / padding)."""
+  t_T = jnp.arange(T)
+  ok_1T = ((t_T + rollout_len <= T) & (t_T >= margin))[None]
+  if loss_mask_BT is None:
+    return ok_1T
+  # window_sum[p] = sum(mask[p : p+k]); all-ones means the whole continuation is trained on.
+  m_BT = (loss_mask_BT > 0).astype(jnp.int32)
+  csum = jnp.pad(jnp.cumsum(m_BT, axis=1), ((0, 0), (1, 0)))
+  end = jnp.minimum(t_T + rollout_len, T)
+  window_BT = csum[:, end] - csum[:, t_T]
+  return ok_1T & (window_BT == rollout_len)
+
+
+def select_positions(rng, entropy_BT, *, num_chunks, rollout_len, mode="entropy", tau=1.0,
+                     smooth_kernel=None, margin=0, loss_mask_BT=None):
+  """One position per chunk per sequence.
+
+  Returns (positions_Bc int32, valid_Bc bool, score_BT). A chunk with no valid position
+  (tiny T, or all masked) gets valid=False and position clipped into range; callers must
+  weight it out. `score_BT` is the smoothed entropy the choice used (for metrics).
+  mode: entropy (sample softmax(H/tau) in the chunk), uniform, argmax, argmin.
+  """
+  if mode not in MODES:
+    raise ValueError(f"refine.selection={mode!r}; choose one of {MODES}.")
+  B, T = entropy_BT.shape
+  if smooth_kernel is None:
+    smooth_kernel = rollout_len + (1 - rollout_len % 2)
+  score_BT = smooth(jax.lax.stop_gradient(entropy_BT).astype(jnp.float32), smooth_kernel)
+  ok_BT = jnp.broadcast_to(valid_positions(T, rollout_len, margin, loss_mask_BT), (B, T))
+  in_chunk_cT = chunk_ids(T, num_chunks)[None, :] == jnp.arange(num_chunks)[:, None]
+  allowed_BcT = ok_BT[:, None, :] & in_chunk_cT[None]
+  if mode == "entropy":
+    logits_BcT = jnp.broadcast_to((score_BT / tau)[:, None, :], allowed_BcT.shape)
+  elif mode == "uniform":
+    logits_BcT = jnp.zeros(allowed_BcT.shape, jnp.float32)
+  elif mode == "argmax":
+    logits_BcT = jnp.broadcast_to(score_BT[:, None, :], allowed_BcT.shape)
+  else:
+    logits_BcT = jnp.broadcast_to(-score_BT[:, None, :], allowed_BcT.shape)
+  logits_BcT = jnp.where(allowed_BcT, logits_BcT, -jnp.inf)
+  if mode in ("entropy", "uniform"):
+    pos_Bc = jax.random.categorical(rng, jnp.where(allowed_BcT, logits_BcT, -1e30), axis=-1)
+  else:
+    pos_Bc = jnp.argmax(logits_BcT, axis=-1)
+  valid_Bc = jnp.any(allowed_BcT, axis=-1)
+  pos_Bc = jnp.clip(pos_Bc, 0, max(T - rollout_len, 0)).astype(jnp.int32)
+  return pos_Bc, valid_Bc, score_BT

@@ -1,0 +1,262 @@
+"""The training loop shared by every stage.
+
+A stage gives a `loss_fn(model, batch, rng) -> (loss, metrics)`; the loop owns the mesh, the
+sharded model/optimiser state, ONE jitted train step with explicit in/out shardings, Orbax
+checkpoints (resume, init_checkpoint), metrics, held-out perplexity and the NaN guard.
+A stage may also replace the whole step with `step_builder` (see `make_train_step`).
+
+Step numbering: "step k" means k optimiser updates done; checkpoint k holds the params after
+update k and the data iterator after batch k, and a resumed run continues with step k + 1.
+"""
+
+import dataclasses
+import math
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+
+from refine_jax import checkpoint as ckpt_lib
+from refine_jax import parallel
+from refine_jax.train import losses, metrics as metrics_lib, optim, state as state_lib
+
+
+@dataclasses.dataclass
+class TrainResult:
+  model: Any              # live nnx model with the final params
+  step: int               # last completed step
+  metrics: dict           # last logged metrics row
+  eval_metrics: dict      # last held-out eval, {} if none ran
+  workdir: str
+
+
+def make_train_step(graphdef, loss_fn, tx):
+  """Default step: grads of loss_fn, optimiser update. Custom steps keep this signature:
+  step(params, opt_state, rest, batch, rng) -> (params, opt_state, metrics incl. "loss")."""
+
+  def step(params, opt_state, rest, batch, rng):
+    def objective(p):
+      return loss_fn(nnx.merge(graphdef, p, rest), batch, rng)
+
+    (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    out = dict(aux)
+    out.update(loss=loss, grad_norm=optax.global_norm(grads))
+    return params, opt_state, out
+
+  return step
+
+
+def make_eval_step(graphdef, eval_fn):
+  def step(params, rest, batch):
+    return eval_fn(nnx.merge(graphdef, params, rest), batch)
+  return step
+
+
+def default_model_fn(config):
+  from refine_jax.models import build_model  # pylint: disable=g-import-not-at-top
+  return lambda: build_model(config.model, rngs=nnx.Rngs(int(config.seed)))
+
+
+def default_train_iter(config):
+  from refine_jax import data  # pylint: disable=g-import-not-at-top
+  from refine_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  make = getattr(data, "make_train_iterator", None) or pipeline.make_train_iterator
+  return make(config, shard_index=jax.process_index(), shard_count=jax.process_count())
+
+
+def default_eval_batches(config, num_batches):
+  from refine_jax import data  # pylint: disable=g-import-not-at-top
+  from refine_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  make = getattr(data, "make_eval_batches", None) or pipeline.make_eval_batches
+  return make(config, num_batches, shard_index=jax.process_index(),
+              shard_count=jax.process_count())
+
+
+def _global_batch(local, sharding):
+  """Per-process numpy batch -> global jax arrays sharded over (data, fsdp)."""
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in local.items() if np.asarray(v).ndim >= 1}
+
+
+def write_config(config, workdir):
+  """config.json (resolved config); warns if a resumed run's config changed."""
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, "config.json")
+  text = config.to_json_best_effort(indent=2, sort_keys=True)
+  if os.path.exists(path):
+    with open(path) as f:
+      old = f.read()
+    if old != text:
+      logging.warning("config differs from the one saved in %s; the new one replaces it", path)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def run_training(config, workdir, loss_fn, *, eval_fn=losses.ntp_eval,
+                 model_fn: Callable | None = None, train_iter=None, eval_batches=None,
+                 step_builder: Callable | None = None, on_step: Callable | None = None,
+                 stage: str | None = None) -> TrainResult:
+  """Trains config.train.steps steps in `workdir`, resuming from its latest good checkpoint.
+
+  loss_fn(model, batch, rng) -> (scalar loss, dict of scalar metrics), traced once under jit.
+  eval_fn(model, batch) -> dict with "nll_sum" and "tokens" (held-out perplexity) or None.
+  model_fn() -> nnx model (default: build_model(config.model)); train_iter: an iterator of
+  per-process numpy batches with get_state/set_state (default: the data pipeline);
+  eval_batches: list of per-process batches (default: config.train.eval_batches from the data
+  pipeline's held-out split). step_builder(graphdef, loss_fn, tx) replaces make_train_step.
+  on_step(step, metrics, model_state) runs on the host after each step.
+  """
+  t_start = time.time()
+  tc = config.train
+  stage = stage or config.get("stage", "train")
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  write_config(config, workdir)
+
+  mesh = parallel.make_mesh(config.mesh)
+  batch_sh = parallel.batch_sharding(mesh)
+  repl = parallel.replicated(mesh)
+  logging.info("mesh %s over %d devices", dict(mesh.shape), mesh.size)
+
+  ms = state_lib.init_model_state(model_fn or default_model_fn(config), mesh)
+  tx, schedule = optim.make_optimizer(tc)
+  opt_state, opt_sh = state_lib.init_opt_state(tx, ms, mesh)
+
+  ck = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                             keep=int(config.checkpoint.keep),
+                             async_save=bool(config.checkpoint.async_save))
+  restored = ck.restore_latest(state_lib.abstract(ms.params, ms.param_shardings),
+                               state_lib.abstract(opt_state, opt_sh))
+  start = 0
+  if restored is not None:
+    ms.params, opt_state, start = restored.params, restored.opt_state, restored.step
+    logging.info("resumed %s from step %d", workdir, start)
+  elif config.get("init_checkpoint"):
+    ms.params, src = ckpt_lib.load_params(
+        config.init_checkpoint, state_lib.abstract(ms.params, ms.param_shardings))
+    logging.info("initialised params from %s", src)
+
+  it = train_iter if train_iter is not None else default_train_iter(config)
+  if restored is not None and restored.data is not None:
+    ckpt_lib.apply_data_state(it, restored.data)
+  elif restored is not None:
+    logging.warning("checkpoint %d has no data-iterator state; the data restarts from its "
+                    "beginning", start)
+  if eval_batches is None and eval_fn is not None and tc.eval_every > 0 and tc.eval_batches > 0:
+    eval_batches = default_eval_batches(config, int(tc.eval_batches))
+  eval_batches = [_global_batch(b, batch_sh) for b in (eval_batches or [])]
+
+  writer = metrics_lib.MetricsWriter(workdir, resume_step=start)
+  step_fn = (step_builder or make_train_step)(ms.graphdef, loss_fn, tx)
+  jstep = jax.jit(step_fn, in_shardings=(ms.param_shardings, opt_sh, ms.rest_shardings, batch_sh,
+                                         repl),
+                  out_shardings=(ms.param_shardings, opt_sh, repl), donate_argnums=(0, 1))
+  jeval = None
+  if eval_fn is not None and eval_batches:
+    jeval = jax.jit(make_eval_step(ms.graphdef, eval_fn),
+                    in_shardings=(ms.param_shardings, ms.rest_shardings, batch_sh),
+                    out_shardings=repl)
+
+  base_key = jax.random.key(int(config.seed))
+  steps, every = int(tc.steps), int(config.checkpoint.every_steps)
+  last_row, last_eval, last_saved = {}, {}, start
+  bar = _progress_bar(tc, start, steps)
+  compiled = None
+  try:
+    for step in range(start + 1, steps + 1):
+      batch = _global_batch(next(it), batch_sh)
+      rng = jax.random.fold_in(base_key, step)
+      if compiled is None:  # compile once, outside the timed region (AOT, same shardings)
+        t0 = time.perf_counter()
+        compiled = jstep.lower(ms.params, opt_state, ms.rest, batch, rng).compile()
+        compile_s = time.perf_counter() - t0
+        logging.info("train step compiled in %.1fs", compile_s)
+      t0 = time.perf_counter()
+      ms.params, opt_state, out = compiled(ms.params, opt_state, ms.rest, batch, rng)
+      out = jax.device_get(out)  # blocks: step_time_s is the step's wall time
+      dt = time.perf_counter() - t0
+      loss, gnorm = float(out["loss"]), float(out.get("grad_norm", 0.0))
+      tokens = int(np.prod(batch["inputs"].shape)) if "inputs" in batch else 0
+      row = {"loss": loss, "step_time_s": dt, "tokens_per_s": tokens / dt if dt > 0 else 0.0,
+             "lr": float(schedule(step - 1)), "grad_norm": gnorm}
+      row.update({k: v for k, v in out.items() if k not in row})
+      if step == start + 1:
+        row["compile_time_s"] = compile_s
+      if not (math.isfinite(loss) and math.isfinite(gnorm)):
+        row["nonfinite"] = True
+        writer.write(step, row)
+        ck.wait()
+        last_good = ck.all_steps()[-1] if ck.all_steps() else None
+        raise FloatingPointError(
+            f"non-finite {'loss' if not math.isfinite(loss) else 'grad_norm'} at step {step} "
+            f"(loss={loss}, grad_norm={gnorm}); stopped without saving this step. Last good "
+            f"checkpoint: step {last_good} in {ck.directory}. Lower train.lr, raise "
+            "train.warmup_steps or check the data, then rerun the same command to resume.")
+      if jeval is not None and (step % int(tc.eval_every) == 0 or step == steps):
+        last_eval = _evaluate(jeval, ms, eval_batches)
+        row.update(last_eval)
+      writer.write(step, row)
+      last_row = dict(row, step=step)
+      if on_step is not None:
+        on_step(step, last_row, ms)
+      if (every > 0 and step % every == 0) or step == steps:
+        ck.save(step, ms.params, opt_state, data=_snapshot(it), meta={"stage": stage})
+        last_saved = step
+      if bar is not None:
+        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
+        bar.update(1)
+    if start >= steps:
+      logging.info("%s already at step %d >= train.steps=%d; nothing to train", workdir, start,
+                   steps)
+  finally:
+    if bar is not None:
+      bar.close()
+    ck.close()
+    writer.close()
+  logging.info("trained to step %d in %.1fs (last checkpoint %d)", max(start, steps),
+               time.time() - t_start, last_saved)
+  return TrainResult(model=ms.model(), step=max(start, steps), metrics=last_row,
+                     eval_metrics=last_eval, workdir=workdir)
+
+
+def _evaluate(jeval, ms, eval_batches):
+  sums = {}
+  for b in eval_batches:
+    for k, v in jax.device_get(jeval(ms.params, ms.rest, b)).items():
+      sums[k] = sums.get(k, 0.0) + float(v)
+  out = {}
+  if sums.get("tokens", 0) > 0 and "nll_sum" in sums:
+    nll = sums["nll_sum"] / sums["tokens"]
+    out.update({"eval_loss": nll, "eval_ppl": math.exp(min(nll, 50.0))})
+    if "correct" in sums:
+      out["eval_accuracy"] = sums["correct"] / sums["tokens"]
+  out.update({f"eval_{k}": v for k, v in sums.items() if k not in ("nll_sum", "tokens",
+                                                                    "correct")})
+  return out
+
+
+def _snapshot(it):
+  if hasattr(it, "get_state"):
+    return ckpt_lib.snapshot_data_state(it)
+  return None
+
+
+def _progress_bar(tc, start, steps):
+  if not tc.get("progress_bar", True) or jax.process_index() != 0 or start >= steps:
+    return None
+  try:
+    from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  return tqdm(total=steps, initial=start, desc="train", dynamic_ncols=True)

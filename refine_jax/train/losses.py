@@ -1,0 +1,40 @@
+"""Next-token prediction loss and held-out NLL sums (the pretrain stage's loss_fn)."""
+
+import jax
+import jax.numpy as jnp
+
+
+def token_nll(logits_BTV, targets_BT):
+  """-log p(target) per position, float32."""
+  logp_BTV = jax.nn.log_softmax(logits_BTV.astype(jnp.float32), axis=-1)
+  return -jnp.take_along_axis(logp_BTV, targets_BT[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+
+def _mask(batch):
+  if "loss_mask" in batch:
+    return batch["loss_mask"].astype(jnp.float32)
+  return jnp.ones(batch["targets"].shape, jnp.float32)
+
+
+def ntp_loss(model, batch, rng):
+  """Mean next-token cross-entropy over loss_mask positions (mask zeroes document boundaries
+  and padding). Returns (loss, metrics)."""
+  del rng
+  logits_BTV = model(batch["inputs"]).logits
+  mask_BT = _mask(batch)
+  nll_BT = token_nll(logits_BTV, batch["targets"])
+  tokens = mask_BT.sum()
+  loss = (nll_BT * mask_BT).sum() / jnp.maximum(tokens, 1.0)
+  correct = (jnp.argmax(logits_BTV, -1) == batch["targets"]).astype(jnp.float32)
+  accuracy = (correct * mask_BT).sum() / jnp.maximum(tokens, 1.0)
+  return loss, {"ntp_loss": loss, "accuracy": accuracy, "loss_tokens": tokens}
+
+
+def ntp_eval(model, batch):
+  """Sums for held-out perplexity: {"nll_sum", "tokens", "correct"}."""
+  logits_BTV = model(batch["inputs"]).logits
+  mask_BT = _mask(batch)
+  nll_BT = token_nll(logits_BTV, batch["targets"])
+  correct = (jnp.argmax(logits_BTV, -1) == batch["targets"]).astype(jnp.float32)
+  return {"nll_sum": (nll_BT * mask_BT).sum(), "tokens": mask_BT.sum(),
+          "correct": (correct * mask_BT).sum()}

@@ -1,0 +1,90 @@
+"""Up-front checks of a resolved config: one clear error per problem, naming field and fix."""
+
+import math
+import os
+
+from refine_jax.parallel import mesh as mesh_lib
+from refine_jax.train import optim, stages
+
+
+def _positive_int(value, name):
+  if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    raise ValueError(f"{name}={value!r} must be a positive integer.")
+
+
+def validate_config(config, *, num_devices=None, process_count=None):
+  """Raises ValueError on the first problem. Device counts default to the live JAX ones."""
+  import jax  # pylint: disable=g-import-not-at-top
+  num_devices = jax.device_count() if num_devices is None else num_devices
+  process_count = jax.process_count() if process_count is None else process_count
+
+  if config.stage not in stages.STAGES:
+    raise ValueError(f"stage={config.stage!r} is unknown; use one of {sorted(stages.STAGES)}.")
+  if isinstance(config.seed, bool) or not isinstance(config.seed, int):
+    raise ValueError(f"seed={config.seed!r} must be an integer.")
+
+  # Model: the models package owns the per-field checks.
+  from refine_jax.models import config as model_config  # pylint: disable=g-import-not-at-top
+  model_config.validate(config.model)
+
+  tc = config.train
+  for name in ("batch_size", "steps"):
+    _positive_int(tc[name], f"train.{name}")
+  if not tc.lr > 0 or not math.isfinite(tc.lr):
+    raise ValueError(f"train.lr={tc.lr!r} must be a positive number.")
+  if tc.warmup_steps < 0:
+    raise ValueError(f"train.warmup_steps={tc.warmup_steps} must be >= 0.")
+  if tc.schedule not in optim.SCHEDULES:
+    raise ValueError(f"train.schedule={tc.schedule!r}; use one of {optim.SCHEDULES}.")
+  if not 0 <= tc.min_lr_ratio <= 1:
+    raise ValueError(f"train.min_lr_ratio={tc.min_lr_ratio} must be in [0, 1].")
+  if tc.eval_every < 0 or tc.eval_batches < 0:
+    raise ValueError("train.eval_every and train.eval_batches must be >= 0 (0 = no eval).")
+
+  seq_len = config.data.seq_len
+  _positive_int(seq_len, "data.seq_len")
+  chunk = config.model.chunk_size
+  if chunk & (chunk - 1):
+    raise ValueError(f"model.chunk_size={chunk} must be a power of two (e.g. 64).")
+  if config.model.arch in ("deltanet", "gated_deltanet") and seq_len % chunk:
+    fit = max(chunk, (seq_len // chunk) * chunk)
+    raise ValueError(f"data.seq_len={seq_len} is not a multiple of model.chunk_size={chunk}: "
+                     f"every sequence would be padded inside the fast-weight kernel. Set "
+                     f"data.seq_len to a multiple (e.g. {fit}) or model.chunk_size to a power "
+                     "of two dividing it.")
+  lact_chunk = config.model.get("lact", {}).get("chunk", None) if config.model.arch == "lact" \
+      else None
+  if lact_chunk and lact_chunk > seq_len:
+    raise ValueError(f"model.lact.chunk={lact_chunk} > data.seq_len={seq_len}: the fast weights "
+                     "would never update during training; lower model.lact.chunk.")
+
+  data, fsdp, tensor = mesh_lib.resolve_mesh_shape(config.mesh, num_devices)
+  dp = data * fsdp
+  if tc.batch_size % dp:
+    raise ValueError(f"train.batch_size={tc.batch_size} is not divisible by the data-parallel "
+                     f"size mesh.data*mesh.fsdp={data}*{fsdp}={dp}; use a multiple of {dp}.")
+  if tc.batch_size % process_count:
+    raise ValueError(f"train.batch_size={tc.batch_size} is not divisible by the number of "
+                     f"processes {process_count}; use a multiple of it.")
+
+  ck = config.checkpoint
+  if ck.every_steps < 0 or ck.keep < 1:
+    raise ValueError(f"checkpoint.every_steps={ck.every_steps} must be >= 0 (0 = only at the "
+                     f"end) and checkpoint.keep={ck.keep} >= 1.")
+  if config.init_checkpoint and not os.path.exists(config.init_checkpoint):
+    raise ValueError(f"init_checkpoint={config.init_checkpoint!r} does not exist; give a run "
+                     "directory or an Orbax checkpoint directory, or '' for a fresh init.")
+
+  _check_vocab(config)
+
+
+def _check_vocab(config):
+  try:
+    from refine_jax.data import tokenizers  # pylint: disable=g-import-not-at-top
+    tok = tokenizers.get_tokenizer(config.data)
+  except (ImportError, AttributeError):
+    return
+  if tok.vocab_size > config.model.vocab_size:
+    raise ValueError(f"model.vocab_size={config.model.vocab_size} is smaller than the "
+                     f"tokenizer's vocab_size={tok.vocab_size} (data.tokenizer="
+                     f"{config.data.tokenizer!r}); set model.vocab_size={tok.vocab_size}.")

@@ -1,0 +1,133 @@
+"""Pallas delta-rule kernels (GPU/Triton and TPU/Mosaic, interpret mode on CPU) against the
+naive recurrence: outputs, final and chunk states, and every gradient."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pallas_kernels import pallas_entry, reference
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+# On a GPU (TPU) machine the GPU (TPU) kernels run for real; elsewhere in the interpreters.
+_ON = jax.default_backend()
+_ON = "gpu" if _ON in ("gpu", "cuda", "rocm") else _ON
+on_device = lambda target: _ON == target
+skip_on_accel = pytest.mark.skipif(_ON in ("gpu", "tpu"),
+                                   reason="interpreter check; the device kernels run instead")
+
+
+def _inputs(B, T, H, K, V, dtype, gated, seed=0):
+  rng = np.random.default_rng(seed)
+  r = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32)
+  unit = lambda x: x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+  q, k, v = unit(r(B, T, H, K)), unit(r(B, T, H, K)), r(B, T, H, V)
+  beta = jax.nn.sigmoid(r(B, T, H))
+  g = -jax.nn.softplus(r(B, T, H) - 1.0) if gated else None
+  S0 = r(B, H, K, V) * 0.5
+  cast = lambda x: None if x is None else x.astype(dtype)
+  return dict(q=cast(q), k=cast(k), v=cast(v), beta=cast(beta), g=cast(g), S0=S0)
+
+
+def _rel(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.linalg.norm(a - b) / (np.linalg.norm(b) + 1e-30))
+
+
+def _check(target, B, T, H, K, V, C, dtype, gated, tol, block_v=None):
+  x = _inputs(B, T, H, K, V, dtype, gated)
+  names = ["q", "k", "v", "beta", "S0"] + (["g"] if gated else [])
+  N = -(-T // C)
+  rng = np.random.default_rng(1)
+  w_o = jnp.asarray(rng.standard_normal((B, T, H, V)), jnp.float32)
+  w_s = jnp.asarray(rng.standard_normal((B, H, K, V)), jnp.float32)
+  w_c = jnp.asarray(rng.standard_normal((B, N, H, K, V)), jnp.float32)
+
+  def run(fn, d):
+    o, S, cs = fn(d)
+    loss = (jnp.sum(o.astype(jnp.float32) * w_o) + jnp.sum(S * w_s) + jnp.sum(cs * w_c))
+    return loss, (o, S, cs)
+
+  def ours(d):
+    return pallas_entry.pallas_delta_rule(
+        d["q"], d["k"], d["v"], d["beta"], d.get("g"), scale=None, initial_state=d["S0"],
+        chunk_size=C, target=target, interpret=not on_device(target), return_chunk_states=True,
+        block_v=block_v)
+
+  def ref(d):
+    d = {n: d[n].astype(jnp.float32) for n in names}
+    return reference.recurrent_chunk_states(
+        d["q"], d["k"], d["v"], d["beta"], d.get("g"), initial_state=d["S0"], chunk_size=C)
+
+  args = {n: x[n] for n in names}
+  (_, out1), g1 = jax.jit(jax.value_and_grad(lambda d: run(ours, d), has_aux=True))(args)
+  (_, out2), g2 = jax.jit(jax.value_and_grad(lambda d: run(ref, d), has_aux=True))(args)
+  errs = {"o": _rel(out1[0], out2[0]), "final_state": _rel(out1[1], out2[1]),
+          "chunk_states": _rel(out1[2], out2[2])}
+  errs.update({"d" + n: _rel(g1[n], g2[n]) for n in names})
+  assert out1[0].shape == (B, T, H, V) and out1[0].dtype == x["v"].dtype
+  assert out1[2].shape == (B, N, H, K, V)
+  bad = {n: e for n, e in errs.items() if not e < tol}
+  assert not bad, f"relative errors above {tol}: {bad} (all: {errs})"
+
+
+# (B, T, H, K, V, C, gated, block_v): T not a multiple of C, K != V, V split into blocks.
+GPU_CASES = [
+    (1, 40, 2, 16, 32, 16, False, None),
+    (2, 37, 1, 32, 16, 16, True, None),
+    (1, 48, 1, 16, 32, 16, True, 16),
+]
+
+
+@pytest.mark.parametrize("case", GPU_CASES)
+def test_gpu_kernel_matches_reference_fp32(case):
+  B, T, H, K, V, C, gated, bv = case
+  _check("gpu", B, T, H, K, V, C, jnp.float32, gated, 1e-4, block_v=bv)
+
+
+def test_gpu_kernel_bf16():
+  _check("gpu", 1, 40, 2, 16, 32, 16, jnp.bfloat16, True, 1e-2)
+
+
+# Production shapes (C = 64, K = V = 128, several V-blocks): only on a real GPU.
+@pytest.mark.skipif(not on_device("gpu"), reason="needs a GPU")
+@pytest.mark.parametrize("gated", [False, True])
+@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-4), (jnp.bfloat16, 1e-2)])
+def test_gpu_kernel_device_shapes(gated, dtype, tol):
+  _check("gpu", 2, 300, 4, 128, 128, 64, dtype, gated, tol)
+  _check("gpu", 1, 130, 2, 64, 128, 64, dtype, gated, tol, block_v=32)
+
+
+# TPU (Mosaic) kernels in the TPU interpreter.
+TPU_CASES = [
+    (1, 40, 2, 16, 32, 16, True),
+    (2, 24, 1, 32, 8, 8, False),
+]
+
+
+@skip_on_accel
+@pytest.mark.parametrize("case", TPU_CASES)
+def test_tpu_kernel_matches_reference_fp32(case):
+  B, T, H, K, V, C, gated = case
+  _check("tpu", B, T, H, K, V, C, jnp.float32, gated, 1e-4)
+
+
+@skip_on_accel
+def test_tpu_kernel_bf16():
+  _check("tpu", 1, 24, 1, 16, 16, 8, jnp.bfloat16, False, 1e-2)
+
+
+def test_unsupported_shapes_give_reasons():
+  ur = pallas_entry.unsupported_reason
+  assert ur((2, 100, 4, 64), (2, 100, 4, 128), jnp.bfloat16, 64, "gpu") is None
+  assert ur((2, 100, 4, 64), (2, 100, 4, 128), jnp.float32, 64, "tpu") is None
+  assert "K=48" in ur((1, 8, 1, 48), (1, 8, 1, 64), jnp.float32, 64, "gpu")
+  assert "V=8" in ur((1, 8, 1, 16), (1, 8, 1, 8), jnp.float32, 64, "gpu")
+  assert "chunk_size=24" in ur((1, 8, 1, 16), (1, 8, 1, 16), jnp.float32, 24, "gpu")
+  assert "chunk_size=12" in ur((1, 8, 1, 16), (1, 8, 1, 16), jnp.float32, 12, "tpu")
+  assert "heads" in ur((1, 8, 2, 16), (1, 8, 4, 16), jnp.float32, 16, "gpu")
+  assert "int32" in ur((1, 8, 1, 16), (1, 8, 1, 16), jnp.int32, 16, "gpu")
+  with pytest.raises(ValueError, match="K=48"):
+    z = jnp.zeros((1, 8, 1, 48))
+    pallas_entry.pallas_delta_rule(z, z, jnp.zeros((1, 8, 1, 64)), jnp.zeros((1, 8, 1)),
+                                   target="gpu", interpret=True)

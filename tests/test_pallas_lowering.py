@@ -1,0 +1,33 @@
+"""The Pallas kernels lower, on this CPU-only machine, to Triton IR (GPU) and Mosaic (TPU) at
+production shapes: catches primitives or shapes a backend cannot take before a device runs."""
+import jax
+import jax.numpy as jnp
+import pytest
+
+from pallas_kernels import pallas_gpu, pallas_tpu
+
+
+def _lower(fn, args, platform):
+  try:
+    return jax.jit(fn).trace(*args).lower(lowering_platforms=(platform,)).as_text()
+  except (ImportError, ModuleNotFoundError) as e:  # jaxlib built without that dialect
+    pytest.skip(f"cannot lower for {platform} here: {e}")
+
+
+@pytest.mark.parametrize("gated", [False, True])
+@pytest.mark.parametrize("target", ["gpu", "tpu"])
+def test_kernels_lower(target, gated):
+  B, T, H, K, V, C = 1, 128, 2, 128, 128, 64
+  N = T // C
+  bf = lambda *s: jnp.zeros(s, jnp.bfloat16)
+  f32 = lambda *s: jnp.zeros(s, jnp.float32)
+  q, k, v, beta = bf(B, T, H, K), bf(B, T, H, K), bf(B, T, H, V), bf(B, T, H)
+  g = bf(B, T, H) if gated else None
+  mod, platform = (pallas_gpu, "cuda") if target == "gpu" else (pallas_tpu, "tpu")
+  fwd = lambda *a: mod.fwd(*a, scale=K ** -0.5, chunk_size=C)
+  txt = _lower(fwd, (q, k, v, beta, g, f32(B, H, K, V)), platform)
+  assert "delta_rule_fwd" in txt
+  bwd = lambda *a: mod.bwd(*a, scale=K ** -0.5, chunk_size=C)
+  txt = _lower(bwd, (q, k, v, beta, g, f32(B, N, H, K, V), bf(B, T, H, V), f32(B, H, K, V),
+                     f32(B, N, H, K, V)), platform)
+  assert "delta_rule_bwd" in txt
