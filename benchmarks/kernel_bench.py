@@ -139,7 +139,17 @@ def main(argv=None):
                  else "pallas_gpu,xla_chunked,fla")
   p.add_argument("--iters", type=int, default=2 if on_cpu else 5)
   p.add_argument("--dtype", default="float32" if on_cpu else "bfloat16")
+  p.add_argument("--tune", default="",
+                 help="pallas_gpu launch settings, e.g. block_v=32,bwd_warps=8 (see TUNING)")
+  p.add_argument("--tag", default="", help="suffix of the output file names")
   a = p.parse_args(argv)
+  if a.tune:
+    from pallas_kernels import pallas_gpu
+    for kv in a.tune.split(","):
+      name, val = kv.split("=")
+      if name not in pallas_gpu.TUNING:
+        raise SystemExit(f"--tune: unknown {name!r}; known: {sorted(pallas_gpu.TUNING)}")
+      pallas_gpu.TUNING[name] = int(val)
   os.makedirs(a.out, exist_ok=True)
   dtype = jnp.dtype(a.dtype)
   H = min(a.H, a.heads)
@@ -154,7 +164,8 @@ def main(argv=None):
     for T in [int(t) for t in a.T.split(",")]:
       flops = nominal_flops(B, T, H, K, V)
       for impl in a.impls.split(","):
-        row = dict(variant=variant, impl=impl, B=B, T=T, H=H, K=K, V=V, dtype=a.dtype)
+        row = dict(variant=variant, impl=impl, B=B, T=T, H=H, K=K, V=V, dtype=a.dtype,
+                   tune=a.tune)
         try:
           if impl == "fla":
             t_f, t_fb = bench_fla(B, T, H, K, V, gated, a.iters)
@@ -183,9 +194,9 @@ def main(argv=None):
                  f"{100 * r['fwdbwd_frac_peak']:.1f} |")
   table = "\n".join(lines)
   print(table)
-  with open(os.path.join(a.out, "kernel_bench.json"), "w") as f:
+  with open(os.path.join(a.out, f"kernel_bench{a.tag}.json"), "w") as f:
     json.dump(dict(device=dev, matmul_peak_tflops=peak, rows=rows), f, indent=1)
-  with open(os.path.join(a.out, "kernel_bench.md"), "w") as f:
+  with open(os.path.join(a.out, f"kernel_bench{a.tag}.md"), "w") as f:
     f.write(table + "\n")
   return rows
 

@@ -71,20 +71,21 @@ def _backend(target):
   return pallas_tpu
 
 
-def _fwd_call(q, k, v, beta, g, S0, opts):
+def _fwd_call(q, k, v, beta, g, S0, opts, store_cs):
   return _backend(opts.target).fwd(q, k, v, beta, g, S0, scale=opts.scale,
                                    chunk_size=opts.chunk_size, interpret=opts.interpret,
-                                   block_v=opts.block_v)
+                                   block_v=opts.block_v, store_chunk_states=store_cs)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
 def _core(q, k, v, beta, g, S0, opts):
-  o, ST, cs = _fwd_call(q, k, v, beta, g, S0, opts)
+  # Not differentiated: chunk states are written only when asked for (saves HBM traffic).
+  o, ST, cs = _fwd_call(q, k, v, beta, g, S0, opts, opts.return_chunk_states)
   return (o, ST, cs) if opts.return_chunk_states else (o, ST)
 
 
 def _core_fwd(q, k, v, beta, g, S0, opts):
-  o, ST, cs = _fwd_call(q, k, v, beta, g, S0, opts)
+  o, ST, cs = _fwd_call(q, k, v, beta, g, S0, opts, True)
   out = (o, ST, cs) if opts.return_chunk_states else (o, ST)
   # Chunk-boundary states are the only saved activations; the backward recomputes
   # everything inside a chunk from them.

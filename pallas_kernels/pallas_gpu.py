@@ -18,6 +18,9 @@ from pallas_kernels import pallas_math as pm
 
 f32 = jnp.float32
 
+# Launch defaults; benchmarks/kernel_bench.py --tune overrides them for a sweep.
+TUNING = dict(block_v=64, fwd_warps=4, fwd_stages=2, bwd_warps=4, bwd_stages=1)
+
 
 def _compiler_params(num_warps, num_stages):
   # Passing Triton compiler params selects the Triton lowering (jax >= 0.10 would otherwise
@@ -33,18 +36,18 @@ def _cfg(dtype):
 
 
 def _block_v(V, block_v):
-  BV = min(V, 64) if block_v is None else block_v
+  BV = min(V, TUNING["block_v"]) if block_v is None else block_v
   if V % BV:
     raise ValueError(f"block_v={BV} must divide V={V}; pick a power of two <= V.")
   return BV
 
 
-def _fwd_kernel(*refs, C, N, H, BV, scale, gated, cfg):
-  if gated:
-    q_ref, k_ref, v_ref, b_ref, g_ref, s0_ref, o_ref, sT_ref, cs_ref = refs
-  else:
-    q_ref, k_ref, v_ref, b_ref, s0_ref, o_ref, sT_ref, cs_ref = refs
-    g_ref = None
+def _fwd_kernel(*refs, C, N, H, BV, scale, gated, store_cs, cfg):
+  refs = list(refs)
+  cs_ref = refs.pop() if store_cs else None
+  q_ref, k_ref, v_ref, b_ref = refs[:4]
+  g_ref = refs[4] if gated else None
+  s0_ref, o_ref, sT_ref = refs[-3:]
   bh, iv = pl.program_id(0), pl.program_id(1)
   b, h = bh // H, bh % H
   vs = pl.ds(pl.multiple_of(iv * BV, BV), BV)
@@ -57,7 +60,8 @@ def _fwd_kernel(*refs, C, N, H, BV, scale, gated, cfg):
     v = v_ref[b, ts, h, vs]
     beta = b_ref[b, ts, h].astype(f32)[:, None]
     g = None if g_ref is None else g_ref[b, ts, h].astype(f32)[:, None]
-    cs_ref[b, n, h, :, vs] = S_KV
+    if store_cs:
+      cs_ref[b, n, h, :, vs] = S_KV
     o, S_KV = pm.chunk_fwd(q, k, v, beta, g, S_KV, cfg)
     o_ref[b, ts, h, vs] = o.astype(o_ref.dtype)
     return S_KV
@@ -66,10 +70,9 @@ def _fwd_kernel(*refs, C, N, H, BV, scale, gated, cfg):
 
 
 def fwd(q, k, v, beta, g, S0, *, scale, chunk_size, interpret=False, block_v=None,
-        num_warps=4, num_stages=2):
-  """Returns (o [B,T,H,V] in v.dtype, final state [B,H,K,V] f32, chunk states [B,N,H,K,V] f32).
-
-  T must be a multiple of chunk_size (pallas_entry pads)."""
+        store_chunk_states=True, num_warps=None, num_stages=None):
+  """Returns (o [B,T,H,V] in v.dtype, final state [B,H,K,V] f32, chunk states [B,N,H,K,V] f32
+  or None when not store_chunk_states). T must be a multiple of chunk_size (pallas_entry pads)."""
   B, T, H, K = q.shape
   V = v.shape[-1]
   C = chunk_size
@@ -77,15 +80,18 @@ def fwd(q, k, v, beta, g, S0, *, scale, chunk_size, interpret=False, block_v=Non
   BV = _block_v(V, block_v)
   gated = g is not None
   kernel = functools.partial(_fwd_kernel, C=C, N=N, H=H, BV=BV, scale=float(scale),
-                             gated=gated, cfg=_cfg(q.dtype))
+                             gated=gated, store_cs=store_chunk_states, cfg=_cfg(q.dtype))
   args = (q, k, v, beta) + ((g,) if gated else ()) + (S0.astype(f32),)
   out_shape = (jax.ShapeDtypeStruct((B, T, H, V), v.dtype),
-               jax.ShapeDtypeStruct((B, H, K, V), f32),
-               jax.ShapeDtypeStruct((B, N, H, K, V), f32))
-  return pl.pallas_call(
+               jax.ShapeDtypeStruct((B, H, K, V), f32))
+  if store_chunk_states:
+    out_shape += (jax.ShapeDtypeStruct((B, N, H, K, V), f32),)
+  outs = pl.pallas_call(
       kernel, out_shape=out_shape, grid=(B * H, V // BV), interpret=interpret,
-      compiler_params=None if interpret else _compiler_params(num_warps, num_stages),
+      compiler_params=None if interpret else _compiler_params(
+          num_warps or TUNING["fwd_warps"], num_stages or TUNING["fwd_stages"]),
       name="delta_rule_fwd_gpu")(*args)
+  return outs if store_chunk_states else (outs[0], outs[1], None)
 
 
 def _bwd_kernel(*refs, C, N, H, BV, scale, gated, has_dcs, cfg):
@@ -131,7 +137,7 @@ def _bwd_kernel(*refs, C, N, H, BV, scale, gated, has_dcs, cfg):
 
 
 def bwd(q, k, v, beta, g, chunk_states, do, dsT, dcs, *, scale, chunk_size,
-        interpret=False, block_v=None, num_warps=4, num_stages=1):
+        interpret=False, block_v=None, num_warps=None, num_stages=None):
   """Cotangents (dq, dk, dv, dbeta, dg or None, dS0) of `fwd`; dcs (or None) is the
   cotangent of the chunk states. dq/dk/dbeta/dg come back float32 (summed over V-blocks)."""
   B, T, H, K = q.shape
@@ -155,7 +161,8 @@ def bwd(q, k, v, beta, g, chunk_states, do, dsT, dcs, *, scale, chunk_size,
   out_shape.append(jax.ShapeDtypeStruct((B, H, K, V), f32))
   outs = pl.pallas_call(
       kernel, out_shape=tuple(out_shape), grid=(B * H, NV), interpret=interpret,
-      compiler_params=None if interpret else _compiler_params(num_warps, num_stages),
+      compiler_params=None if interpret else _compiler_params(
+          num_warps or TUNING["bwd_warps"], num_stages or TUNING["bwd_stages"]),
       name="delta_rule_bwd_gpu")(*args)
   outs = list(outs)
   dq, dk, dv, dbeta = outs[:4]

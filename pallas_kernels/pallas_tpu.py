@@ -45,12 +45,13 @@ def _heads_first(x):  # [B, T, H, *] -> [B, H, T, *]; beta/g [B, T, H] -> [B, H,
   return jnp.swapaxes(x[..., None] if x.ndim == 3 else x, 1, 2)
 
 
-def _fwd_kernel(*refs, N, scale, gated, cfg):
-  if gated:
-    q_ref, k_ref, v_ref, b_ref, g_ref, s0_ref, o_ref, sT_ref, cs_ref, S_scr = refs
-  else:
-    q_ref, k_ref, v_ref, b_ref, s0_ref, o_ref, sT_ref, cs_ref, S_scr = refs
-    g_ref = None
+def _fwd_kernel(*refs, N, scale, gated, store_cs, cfg):
+  refs = list(refs)
+  S_scr = refs.pop()
+  cs_ref = refs.pop() if store_cs else None
+  q_ref, k_ref, v_ref, b_ref = refs[:4]
+  g_ref = refs[4] if gated else None
+  s0_ref, o_ref, sT_ref = refs[-3:]
   n = pl.program_id(3)
 
   @pl.when(n == 0)
@@ -58,7 +59,8 @@ def _fwd_kernel(*refs, N, scale, gated, cfg):
     S_scr[...] = s0_ref[...]
 
   S_KV = S_scr[...]
-  cs_ref[...] = S_KV
+  if store_cs:
+    cs_ref[...] = S_KV
   q = q_ref[...].astype(f32) * scale
   g = None if g_ref is None else g_ref[...]
   o, S_KV = pm.chunk_fwd(q, k_ref[...], v_ref[...], b_ref[...], g, S_KV, cfg)
@@ -70,10 +72,10 @@ def _fwd_kernel(*refs, N, scale, gated, cfg):
     sT_ref[...] = S_KV
 
 
-def fwd(q, k, v, beta, g, S0, *, scale, chunk_size, interpret=False, block_v=None):
-  """Returns (o [B,T,H,V] in v.dtype, final state [B,H,K,V] f32, chunk states [B,N,H,K,V] f32).
-
-  T must be a multiple of chunk_size (pallas_entry pads)."""
+def fwd(q, k, v, beta, g, S0, *, scale, chunk_size, interpret=False, block_v=None,
+        store_chunk_states=True):
+  """Returns (o [B,T,H,V] in v.dtype, final state [B,H,K,V] f32, chunk states [B,N,H,K,V] f32
+  or None when not store_chunk_states). T must be a multiple of chunk_size (pallas_entry pads)."""
   B, T, H, K = q.shape
   V = v.shape[-1]
   C = chunk_size
@@ -89,16 +91,19 @@ def fwd(q, k, v, beta, g, S0, *, scale, chunk_size, interpret=False, block_v=Non
   args = ([_heads_first(x) for x in (q, k, v, beta) + ((g,) if gated else ())]
           + [S0.astype(f32)])
   kernel = functools.partial(_fwd_kernel, N=N, scale=float(scale), gated=gated,
-                             cfg=_cfg(q.dtype))
-  o, sT, cs = pl.pallas_call(
-      kernel,
-      out_shape=(jax.ShapeDtypeStruct((B, H, T, V), v.dtype),
-                 jax.ShapeDtypeStruct((B, H, K, V), f32),
-                 jax.ShapeDtypeStruct((B, N, H, K, V), f32)),
-      grid=(B, H, V // BV, N), in_specs=in_specs, out_specs=(tok_v, state, cstate),
-      scratch_shapes=[pltpu.VMEM((K, BV), f32)],
+                             store_cs=store_chunk_states, cfg=_cfg(q.dtype))
+  out_shape = (jax.ShapeDtypeStruct((B, H, T, V), v.dtype),
+               jax.ShapeDtypeStruct((B, H, K, V), f32))
+  out_specs = (tok_v, state)
+  if store_chunk_states:
+    out_shape += (jax.ShapeDtypeStruct((B, N, H, K, V), f32),)
+    out_specs += (cstate,)
+  outs = pl.pallas_call(
+      kernel, out_shape=out_shape, grid=(B, H, V // BV, N), in_specs=in_specs,
+      out_specs=out_specs, scratch_shapes=[pltpu.VMEM((K, BV), f32)],
       name="delta_rule_fwd_tpu", **_call_kwargs(interpret))(*args)
-  return jnp.swapaxes(o, 1, 2), sT, cs
+  cs = outs[2] if store_chunk_states else None
+  return jnp.swapaxes(outs[0], 1, 2), outs[1], cs
 
 
 def _bwd_kernel(*refs, N, scale, gated, has_dcs, cfg):

@@ -29,7 +29,7 @@ def corpus(tmp_path_factory):
 def _config(corpus, **data):
   c = ml_collections.ConfigDict()
   c.data = default_data_config()
-  c.data.update(dict(source="jsonl", path=corpus, seq_len=64, eval_every=10,
+  c.data.update(dict(source="jsonl", path=corpus, seq_len=64, holdout_every=10,
                      synthetic_weight=0.0, shuffle_window=8))
   c.data.update(data)
   c.train = ml_collections.ConfigDict(dict(batch_size=4))
@@ -155,3 +155,25 @@ def test_config_errors_name_the_field(corpus):
     make_train_iterator(_config(corpus, synthetic_weight=0.1, synthetic_tasks="niah_single,x"))
   with pytest.raises(ValueError, match="shard_index=2"):
     make_train_iterator(_config(corpus), shard_index=2, shard_count=2)
+
+
+def test_synthetic_sample_loss_modes_and_corpus_haystack(corpus):
+  from refine_jax.data import pipeline, tasks
+  cfg = _config(corpus, synthetic_tasks="niah_single", seq_len=512,
+                synthetic_haystack="corpus", synthetic_loss="answer").data
+  docs = [_doc(i) for i in range(3)]
+  seed = tasks.sample_seed("train", 4)
+  s = pipeline.synthetic_sample(TOK, cfg, seed, haystack_docs=docs)
+  text = TOK.decode(s["tokens"])
+  assert "<D" in text and "The grass is green" not in text
+  answer = TOK.decode(s["tokens"][s["weights"] > 0])
+  assert re.fullmatch(r" \d{7}\.", answer)  # eos is weighted too but decodes to nothing
+  cfg.synthetic_loss, cfg.synthetic_haystack = "all", "noise"
+  s = pipeline.synthetic_sample(TOK, cfg, seed, haystack_docs=docs)
+  assert (s["weights"] == 1).all() and "The grass is green" in TOK.decode(s["tokens"])
+
+
+def test_held_out_text_is_not_training_text(corpus):
+  from refine_jax.data import pipeline
+  text = pipeline.held_out_text(_config(corpus))
+  assert {int(m) for m in re.findall(r"<D(\d+)>", text)} == set(range(0, NUM_DOCS, 10))

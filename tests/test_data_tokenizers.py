@@ -1,9 +1,7 @@
 """Tokenizers: byte default, a sentencepiece model trained here, a tokenizer.json built here."""
 
 import json
-import os
 
-import ml_collections
 import pytest
 
 from refine_jax.data import tokenizers

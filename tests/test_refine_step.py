@@ -5,6 +5,7 @@ import importlib.util
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -98,16 +99,12 @@ def test_rl_gradient_reaches_early_prefix_through_the_state():
   rc = tiny_rcfg(lambda_ntp=0.0, lambda_rl=1.0, margin=14, num_chunks=2)
   (loss, met), grads = _loss_and_grads(model, batch, rc, jax.random.key(0))
   assert float(met["reward_std"]) > 0  # non-trivial advantages
-  g_emb = np.asarray(grads.embeddings.embedding.value)
+  g_emb = np.asarray(grads.embeddings.embedding[...])
   g_early = np.abs(g_emb[early]).max()
   g_all = np.abs(g_emb).max()
   assert g_early > 1e-4 * g_all and g_early > 0, (g_early, g_all)
-  g_k = np.abs(np.asarray(grads.layers[0].attn.k_proj.kernel.value)).max()
+  g_k = np.abs(np.asarray(grads.layers[0].attn.k_proj.kernel[...])).max()
   assert g_k > 0
-  # Control: with lambda_rl = 0 and lambda_ntp = 0 nothing flows at all.
-  rc0 = tiny_rcfg(lambda_ntp=0.0, lambda_rl=0.0, margin=14, num_chunks=2)
-  _, g0 = _loss_and_grads(model, batch, rc0, jax.random.key(0))
-  assert np.abs(np.asarray(g0.embeddings.embedding.value)).max() == 0
 
 
 def test_fused_loss_equals_two_phase_loss():
@@ -139,3 +136,32 @@ def test_validate_names_the_field():
     step.validate(tiny_rcfg(margin=T), T)
   with pytest.raises(ValueError, match="refine.reward"):
     step.validate(tiny_rcfg(reward="nope"), T)
+
+
+def test_tiny_refine_run_improves_reward():
+  """RL alone (lambda_ntp = 0, binary reward) on a periodic token stream: the mean exact-match
+  reward of 2-token rollouts climbs from chance (~1/8) in a few dozen steps."""
+  cfg = default_model_config()
+  cfg.vocab_size, cfg.hidden, cfg.layers, cfg.heads, cfg.chunk_size = 8, 32, 1, 2, 8
+  model = build_model(cfg, rngs=nnx.Rngs(0))
+  rc = tiny_rcfg(rollouts_per_position=4, rollout_len=2, margin=4, reward="binary",
+                 lambda_ntp=0.0, lambda_rl=1.0)
+  pattern, B = np.array([3, 1, 4, 1, 5, 6, 2]), 4
+
+  def batch(i):
+    phase = np.random.default_rng(i).integers(0, len(pattern), B)
+    x = np.stack([np.resize(np.roll(pattern, -p), T + 1) for p in phase]).astype(np.int32)
+    return {"inputs": x[:, :-1], "targets": x[:, 1:], "loss_mask": np.ones((B, T), np.float32)}
+
+  opt = nnx.Optimizer(model, optax.adam(5e-3), wrt=nnx.Param)
+
+  @nnx.jit
+  def train(model, opt, b, r):
+    (_, m), g = nnx.value_and_grad(step.make_loss_fn(rc), has_aux=True)(model, b, r)
+    opt.update(model, g)
+    return m
+
+  rewards = [float(train(model, opt, batch(i), jax.random.key(i))["reward_mean"])
+             for i in range(30)]
+  first, last = np.mean(rewards[:5]), np.mean(rewards[-5:])
+  assert last > first + 0.3, np.round(rewards, 2)

@@ -2,8 +2,7 @@
 
 import ml_collections
 
-TASK_NAMES = ("niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery",
-              "variable_tracking")
+from refine_jax.data.tasks import TASK_NAMES
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -18,9 +17,9 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.text_field = "text"  # jsonl / parquet column / ArrayRecord json key holding the text
   c.text_split = "file"  # "file" | "paragraph": how .txt files are cut into documents
   c.embedded = "kjv,shakespeare"  # which embedded corpora to use (comma-separated)
-  # Held-out split: every eval_every-th document of the source (never seen in training),
+  # Held-out split: every holdout_every-th document of the source (never seen in training),
   # unless eval_path names separate files of the same source kind.
-  c.eval_every = 50
+  c.holdout_every = 50
   c.eval_path = ""
   # Tokenizer: "byte" (259 ids, offline default), "sentencepiece" (.model) or "hf"
   # (tokenizer.json file or directory). The special token strings are optional overrides
@@ -39,7 +38,6 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.synthetic_min_tokens = 64  # prompt length is drawn in [min, seq_len - 48] tokens
   c.synthetic_haystack = "mixed"  # "noise" (RULER's), "corpus" (a training doc) or "mixed"
   c.synthetic_loss = "all"  # "all": NTP on the whole sample; "answer": only on the answer
-
   # Order: documents are shuffled (and reshuffled every epoch) from this seed.
   c.shuffle_seed = 0
   # Packed rows are shuffled in a window of this many sequences (0 = off), so one long

@@ -4,7 +4,8 @@ Train: this shard's documents (document i goes to shard i % shard_count), reshuf
 epoch from data.shuffle_seed, mixed with synthetic task samples (about data.synthetic_weight
 of the tokens; seeds from the "train" stream, so never an eval sample), packed by
 concatenate-then-split, then the packed rows are shuffled in a window of data.shuffle_window
-(a long document would otherwise fill consecutive rows of one batch). Each batch is a dict of numpy arrays:
+(a long document would otherwise fill consecutive rows of one batch). Each batch is a dict
+of numpy arrays:
 
     inputs [b, T] int32, targets [b, T] int32 (inputs shifted by one),
     loss_mask [b, T] float32 (0 where the target starts a new document or is padding, and on
@@ -38,14 +39,12 @@ def _data_cfg(config):
 def _batch_size(config, override, shard_count):
   if override is not None:
     return int(override)
-  data = _data_cfg(config)
   if "train" not in config or "batch_size" not in config.train:
     raise ValueError("config.train.batch_size is missing: pass batch_size= or add it.")
   size = int(config.train.batch_size)
   if size % shard_count:
     raise ValueError(f"train.batch_size={size} is not divisible by shard_count={shard_count}; "
                      "make the global batch a multiple of the number of hosts.")
-  del data
   return size // shard_count
 
 
@@ -59,12 +58,10 @@ def _check(config, tokenizer, shard_index, shard_count):
     raise ValueError(f"data.synthetic_weight={data.synthetic_weight} must be in [0, 1).")
   if data.synthetic_weight > 0:
     names = [n.strip() for n in data.synthetic_tasks.split(",") if n.strip()]
-    bad = [n for n in names if n not in ("variable_tracking",) + tuple(
-        f"niah_{v}" for v in tasks.NIAH_VARIANTS)]
+    bad = [n for n in names if n not in tasks.TASK_NAMES]
     if not names or bad:
       raise ValueError(f"data.synthetic_tasks={data.synthetic_tasks!r}: unknown {bad}; use a "
-                       "comma-separated subset of niah_single, niah_multikey, niah_multivalue, "
-                       "niah_multiquery, variable_tracking.")
+                       f"comma-separated subset of {', '.join(tasks.TASK_NAMES)}.")
     if data.get("synthetic_haystack", "noise") not in ("noise", "corpus", "mixed"):
       raise ValueError(f"data.synthetic_haystack={data.synthetic_haystack!r}: use 'noise', "
                        "'corpus' or 'mixed'.")
@@ -85,7 +82,7 @@ def _source_splits(data):
     held = sources.read_documents(data.source, data.eval_path, text_field=data.text_field,
                                   text_split=data.text_split, field="data.eval_path")
     return docs, held
-  return sources.split_documents(docs, data.eval_every)
+  return sources.split_documents(docs, data.holdout_every)
 
 
 def _read_options(data):
@@ -305,7 +302,7 @@ def make_eval_batches(config, num_batches: int, *, shard_index: int = 0, shard_c
   docs = grain.MapDataset.source(held)[shard_index::shard_count]
   if len(docs) == 0:
     raise ValueError(f"shard {shard_index}/{shard_count} has no held-out documents; lower "
-                     "data.eval_every or give data.eval_path.")
+                     "data.holdout_every or give data.eval_path.")
   ds = docs.repeat().map(_doc_encoder(tokenizer, data)).to_iter_dataset(_read_options(data))
   it = iter(_pack_and_batch(ds, data.seq_len, size))
   return [next(it) for _ in range(num_batches)]

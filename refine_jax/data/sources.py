@@ -180,13 +180,14 @@ class IndexView:
     return self._docs[self._indices[i]]
 
 
-def split_documents(docs: Sequence[str], eval_every: int) -> tuple[IndexView, IndexView]:
-  """(train, eval): every eval_every-th document (index % eval_every == 0) is held out."""
-  if eval_every < 2:
-    raise ValueError(f"data.eval_every={eval_every} must be >= 2.")
+def split_documents(docs: Sequence[str],
+                    holdout_every: int) -> tuple[IndexView, IndexView]:
+  """(train, eval): every holdout_every-th document (index % holdout_every == 0) is held out."""
+  if holdout_every < 2:
+    raise ValueError(f"data.holdout_every={holdout_every} must be >= 2.")
   n = len(docs)
-  train = IndexView(docs, [i for i in range(n) if i % eval_every])
-  held = IndexView(docs, range(0, n, eval_every))
+  train = IndexView(docs, [i for i in range(n) if i % holdout_every])
+  held = IndexView(docs, range(0, n, holdout_every))
   if len(train) == 0:
     raise ValueError(f"only {n} documents: too few for a train/eval split.")
   return train, held

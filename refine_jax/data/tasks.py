@@ -22,10 +22,14 @@ NOISE = ("The grass is green. The sky is blue. The sun is yellow. Here we go. "
 NEEDLE = "One of the special magic {kind} for {key} is: {value}."
 NIAH_INTRO = ("Some special magic {kind} are hidden within the following text. Make sure to "
               "memorize it. I will quiz you about the {kind} afterwards.\n")
-NIAH_QUESTION = "\nWhat are all the special magic {kind} for {query} mentioned in the provided text?"
-NIAH_ANSWER_PREFIX = " The special magic {kind} for {query} mentioned in the provided text are"
-VT_INTRO = "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n"
-VT_QUESTION = "\nQuestion: Find all variables that are assigned the value {value} in the text above."
+NIAH_QUESTION = ("\nWhat are all the special magic {kind} for {query} mentioned in the "
+                 "provided text?")
+NIAH_ANSWER_PREFIX = (" The special magic {kind} for {query} mentioned in the provided text "
+                      "are")
+VT_INTRO = ("Memorize and track the chain(s) of variable assignment hidden in the following "
+            "text.\n\n")
+VT_QUESTION = ("\nQuestion: Find all variables that are assigned the value {value} in the text "
+               "above.")
 VT_ANSWER_PREFIX = (" Answer: According to the chain(s) of variable assignment in the text above,"
                     " {n} variables are assigned the value {value}, they are:")
 QA_INTRO = ("Answer the question using the documents below. Reply with the answer only.\n\n"
@@ -34,6 +38,7 @@ QA_QUESTION = "\n\nAnswer the question using the documents above. Reply with the
 QA_ANSWER_PREFIX = "\n\nQuestion: {question}\nAnswer:"
 
 NIAH_VARIANTS = ("single", "multikey", "multivalue", "multiquery")
+TASK_NAMES = tuple(f"niah_{v}" for v in NIAH_VARIANTS) + ("variable_tracking",)
 
 # Needle keys are "adjective-noun" pairs from these lists (2,500 distinct keys).
 _ADJECTIVES = (
@@ -146,7 +151,8 @@ def _fit(tokenizer, num_tokens: int, render, what: str):
   return lo, length(lo)
 
 
-def _insert(unit, n: int, depths: Sequence[float], inserts: Sequence[str]) -> tuple[str, list[float]]:
+def _insert(unit, n: int, depths: Sequence[float],
+            inserts: Sequence[str]) -> tuple[str, list[float]]:
   """Haystack of n units with inserts[i] placed before unit round(depths[i] * n); returns the
   context and each insert's actual depth (haystack chars before it / all haystack chars)."""
   slots: dict[int, list[int]] = {}
@@ -279,8 +285,7 @@ def make_task(name: str, tokenizer, num_tokens: int, seed: int, **kwargs) -> Tas
     return niah(tokenizer, num_tokens, seed, variant=name[len("niah_"):], **kwargs)
   if name == "variable_tracking":
     return variable_tracking(tokenizer, num_tokens, seed, **kwargs)
-  raise ValueError(f"task={name!r}: use niah_{{{','.join(NIAH_VARIANTS)}}} or "
-                   "variable_tracking.")
+  raise ValueError(f"task={name!r}: use one of {TASK_NAMES}.")
 
 
 def encode_sample(tokenizer, sample: TaskSample, *, add_bos: bool = True,

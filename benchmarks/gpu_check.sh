@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# One prepared check of the Pallas delta-rule kernels on a lent GPU machine (~8 minutes).
+#
+# The GPU machine has Python 3.12, JAX 0.11 (CUDA 13), flax, optax, orbax, chex, torch and
+# triton, but no network and none of grain, ml_collections, jax-triton, flash-linear-attention.
+# Before the run, on the development machine (which reaches PyPI), put the missing wheels in
+# .whl/ (git-ignored) and carry that folder:
+#
+#   mkdir -p .whl && python3 -m pip download --dest .whl --no-deps \
+#       --python-version 3.12 --only-binary=:all: \
+#       fla-core==0.6.0 einops grain ml-collections jax-triton
+#   (fla-core is flash-linear-attention's op package: fla.ops.delta_rule / gated_delta_rule;
+#    it needs only einops besides torch/triton. grain has binary deps: add
+#    array-record, dm-tree, etc. with --no-deps only if a test that imports grain runs.)
+#
+# Then, through the device tool: run(command="bash benchmarks/gpu_check.sh",
+#   carry=[".whl"], timeout_s=540). Results come back under $OUT:
+#   env.txt, tests.txt (pytest on the GPU: the Triton kernels for real, not interpreted),
+#   kernel_bench.{json,md} (pallas_gpu vs xla_chunked vs FLA, fwd and fwd+bwd),
+#   tune_*.md (launch-setting sweep at T=8192, only with TUNE=1).
+set -u
+OUT=${OUT:-runs/gpu_check}
+mkdir -p "$OUT"
+cd "$(dirname "$0")/.."
+
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+
+{
+  date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python3 -c "import jax, sys; print(sys.version); print('jax', jax.__version__, jax.devices())"
+  python3 -c "import fla; print('fla', fla.__version__)" 2>&1 | tail -1
+} > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+
+# 1) Correctness on the GPU: the GPU kernels run for real (fp32 < 1e-4, bf16 < 1e-2 vs the
+#    naive recurrence, outputs/states/all gradients), incl. C=64, K=V=128 device shapes.
+timeout 200 python3 -m pytest tests/test_pallas_kernels.py tests/test_pallas_lowering.py \
+    -q -p no:cacheprovider 2> -q -p no:cacheprovider -m "not nothing" 2>&11 | tee "$OUT/tests.txt" | tail -25
+
+# 2) Optional: launch-setting sweep of our kernel at one size (adds ~2 minutes).
+if [ "${TUNE:-0}" = "1" ]; then
+  for tune in block_v=32 block_v=128 bwd_warps=8 fwd_warps=8; do
+    timeout 60 python3 benchmarks/kernel_bench.py --out "$OUT" --T 8192 --variants gated \
+        --impls pallas_gpu --iters 3 --tune "$tune" --tag "_tune_${tune/=/}" 2>&1 | tail -3
+  done
+fi
+
+# 3) The benchmark: B*H = 128 heads, T = 2048, 8192, 32768, K = V = 128, bf16.
+timeout 300 python3 benchmarks/kernel_bench.py --out "$OUT" --iters 3 2>&1 \
+    | tee "$OUT/bench.txt" | tail -20
+echo "gpu_check done: results in $OUT"

@@ -1,0 +1,185 @@
+"""LaCT mixer: fast-weight update math, chunked scan vs a loop reference, decode, cache_at."""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+from refine_jax.models import lact as L
+
+
+def make_cfg(**over):
+  lact = dict(num_fw_heads=2, chunk=4, window=3, inter_multi=1.5, rope_theta=100.0,
+              use_momentum=True, use_muon=True)
+  lact.update(over)
+  return ml_collections.ConfigDict(dict(hidden=16, heads=4, dtype="float32", lact=lact))
+
+
+def rel_err(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return np.linalg.norm(a - b) / (np.linalg.norm(b) + 1e-30)
+
+
+def rand_weights(key, B=2, H=2, dk=5, dh=7):
+  k0, k1, k2 = jax.random.split(key, 3)
+  return dict(w0=jax.random.normal(k0, (B, H, dh, dk)) / 2,
+              w1=jax.random.normal(k1, (B, H, dk, dh)) / 2,
+              w2=jax.random.normal(k2, (B, H, dh, dk)) / 2)
+
+
+def test_newton_schulz_near_orthogonal():
+  for shape in [(3, 8, 8), (2, 6, 10), (2, 12, 5)]:
+    G = jax.random.normal(jax.random.key(0), shape)
+    X = np.asarray(L.newton_schulz5(G), np.float64)
+    s = np.linalg.svd(X, compute_uv=False)
+    assert s.min() > 0.6 and s.max() < 1.25, s  # quintic NS lands in ~[0.7, 1.2]
+    U, _, Vt = np.linalg.svd(np.asarray(G, np.float64), full_matrices=False)
+    assert rel_err(X, U @ Vt) < 0.25  # close to the exact polar factor
+
+
+def test_fw_grad_is_gradient_of_dot_product_loss():
+  """fw_grad == -d/dW of L = -sum_t lr_t v_t . f_W(k_t), each matrix with its own lr."""
+  w = rand_weights(jax.random.key(1))
+  kk, kv, kl = jax.random.split(jax.random.key(2), 3)
+  k = jax.random.normal(kk, (2, 6, 2, 5))
+  v = jax.random.normal(kv, (2, 6, 2, 5))
+  lr = jax.random.uniform(kl, (2, 6, 2, 3))
+  dw = L.fw_grad(w, k, v, lr)
+  for i, name in enumerate(("w0", "w1", "w2")):
+    def loss(wn):
+      f = L.fw_apply({**w, name: wn}, k)
+      return -jnp.sum(lr[..., i:i + 1] * v * f)
+    ref = -jax.grad(loss)(w[name])
+    assert rel_err(dw[name], ref) < 1e-5, name
+
+
+def _loop_reference(w, toks, C, use_muon, use_momentum):
+  """Naive chunk loop: output chunk i with weights after chunks < i; update via jax.grad."""
+  row = {n: jnp.sqrt(jnp.sum(a * a, -1, keepdims=True)) for n, a in w.items()}
+  T = toks["q"].shape[1]
+  prev = {n: jnp.zeros_like(a) for n, a in w.items()}
+  outs = []
+  for s in range(0, T, C):
+    sl = lambda t: t[:, s:s + C]
+    outs.append(L.fw_apply(w, sl(toks["q"])))
+    new = {}
+    for i, name in enumerate(("w0", "w1", "w2")):
+      loss = lambda wn: jnp.sum(sl(toks["lr"])[..., i:i + 1] * sl(toks["v"])
+                                * L.fw_apply({**w, name: wn}, sl(toks["k"])))
+      d = jax.grad(loss)(w[name])
+      if use_momentum:
+        d = d + jnp.mean(sl(toks["mc"]), 1)[:, :, None, None] * prev[name]
+        prev[name] = d
+      if use_muon:
+        d = L.newton_schulz5(d)
+      wn = w[name] + d
+      new[name] = wn / (jnp.linalg.norm(wn, axis=-1, keepdims=True) + 1e-5) * row[name]
+    w = new
+  return jnp.concatenate(outs, 1)
+
+
+@pytest.mark.parametrize("use_muon,use_momentum", [(False, False), (True, True)])
+def test_fw_scan_matches_loop(use_muon, use_momentum):
+  B, T, H, dk, C = 2, 12, 2, 5, 4
+  w = rand_weights(jax.random.key(3), B, H, dk)
+  ks = jax.random.split(jax.random.key(4), 5)
+  toks = dict(q=jax.random.normal(ks[0], (B, T, H, dk)), k=jax.random.normal(ks[1], (B, T, H, dk)),
+              v=jax.random.normal(ks[2], (B, T, H, dk)),
+              lr=jax.random.uniform(ks[3], (B, T, H, 3)) * 0.5)
+  st = dict(w)
+  if use_momentum:
+    toks["mc"] = jax.random.uniform(ks[4], (B, T, H))
+    st.update({"m" + n[1]: jnp.zeros_like(a) for n, a in w.items()})
+  row = {n: jnp.sqrt(jnp.sum(a * a, -1, keepdims=True)) for n, a in w.items()}
+  o, states = L.fw_scan(st, toks, C, row, use_muon=use_muon)
+  ref = _loop_reference(w, toks, C, use_muon, use_momentum)
+  assert rel_err(o, ref) < 1e-4
+  assert states["w0"].shape == (B, T // C + 1, H, 7, dk)
+  np.testing.assert_allclose(states["w1"][:, 0], w["w1"], rtol=1e-6)
+
+
+def _model(**over):
+  return L.LaCT(make_cfg(**over), 0, rngs=nnx.Rngs(0))
+
+
+def _boost(m):
+  """Bigger lrs than the 1e-3 default so the fast weights move visibly in the tests."""
+  m.base_lr_inv = L._inv_softplus(0.5)
+  return m
+
+
+def test_causal_and_fast_weights_matter():
+  m = _boost(_model())
+  x = jax.random.normal(jax.random.key(5), (1, 13, 16))
+  fwd = jax.jit(lambda x: m(x)[0])
+  y0, y1 = fwd(x), fwd(x.at[:, 6].add(1.0))
+  np.testing.assert_allclose(y0[:, :6], y1[:, :6], atol=1e-6)
+  # Position 11 (chunk 2) is outside the window of 6 but sees it through the fast weights.
+  assert np.abs(np.asarray(y0[:, 11:] - y1[:, 11:])).max() > 1e-4
+
+
+@pytest.mark.parametrize("over", [dict(), dict(use_muon=False, use_momentum=False,
+                                               learnable_ttt_scale=False, w0_w2_low_rank=2)])
+def test_decode_matches_forward(over):
+  """Prefill 5 tokens (a partial chunk) then decode one by one across several chunk updates."""
+  m = _boost(_model(**over))
+  B, T, P = 2, 15, 5
+  x = jax.random.normal(jax.random.key(6), (B, T, 16))
+  y_full = jax.jit(lambda x: m(x)[0])(x)
+  cache = m.init_cache(B, 20)
+  y_pre, cache = jax.jit(lambda c, x: m(x, c)[:2])(cache, x[:, :P])
+  step = jax.jit(lambda c, xt: m(xt, c)[:2])
+  ys = [y_pre]
+  for t in range(P, T):
+    yt, cache = step(cache, x[:, t:t + 1])
+    ys.append(yt)
+  assert rel_err(jnp.concatenate(ys, 1), y_full) < 1e-4
+
+
+def test_cache_at_equals_prefill():
+  m = _boost(_model())
+  B, T, max_len = 2, 14, 20
+  x = jax.random.normal(jax.random.key(7), (B, T, 16))
+  x_next = jax.random.normal(jax.random.key(8), (B, 2, 16))
+  _, _, captured = jax.jit(lambda x: m(x, capture=True))(x)
+  positions = jnp.array([[2, 7, 13], [3, 8, 11]])  # in chunk / on the last token of a chunk
+  n = positions.shape[1]
+  cache = jax.jit(lambda c, p: m.cache_at(c, p, max_len))(captured, positions)
+  step = jax.jit(lambda c, xt: m(xt, c)[:2])
+  y1, cache1 = step(cache, jnp.repeat(x_next[:, :1], n, 0))
+  y2, _ = step(cache1, jnp.repeat(x_next[:, 1:], n, 0))
+  prefill = jax.jit(lambda xp: m(xp, m.init_cache(1, max_len))[1])
+  for b in range(B):
+    for i in range(n):
+      p, row = int(positions[b, i]), b * n + i
+      ref = prefill(x[b:b + 1, :p + 1])
+      got = jax.tree.map(lambda a: a[row:row + 1], cache)
+      flat_ref = jax.tree_util.tree_leaves_with_path(ref)
+      flat_got = dict(jax.tree_util.tree_leaves_with_path(got))
+      for path, a in flat_ref:
+        np.testing.assert_allclose(flat_got[path], a, rtol=1e-4, atol=1e-5, err_msg=str(path))
+      r1, c1 = step(ref, x_next[b:b + 1, :1])
+      r2, _ = step(c1, x_next[b:b + 1, 1:])
+      assert rel_err(y1[row], r1[0]) < 1e-4 and rel_err(y2[row], r2[0]) < 1e-4
+
+
+def test_cache_at_is_differentiable():
+  m = _boost(_model())
+  x = jax.random.normal(jax.random.key(9), (1, 10, 16))
+
+  def f(x):
+    _, _, cap = m(x, capture=True)
+    cache = m.cache_at(cap, jnp.array([[9]]), 12)
+    return jnp.sum(m(x[:, :1], cache)[0] ** 2)
+
+  g = jax.jit(jax.grad(f))(x)
+  assert np.isfinite(np.asarray(g)).all()
+  # Tokens 0..7 are outside the window (3) of the next token; they reach it only through the
+  # fast weights (chunks [0,4) and [4,8) were applied).
+  assert np.abs(np.asarray(g[0, :4])).max() > 0
+
+
+def test_bad_config():
+  with pytest.raises(ValueError, match="num_fw_heads"):
+    _model(num_fw_heads=3)
