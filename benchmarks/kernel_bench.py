@@ -159,10 +159,10 @@ def main(argv=None):
   dev = str(jax.devices()[0].device_kind)
   print(f"device {dev}: measured bf16 matmul peak {peak:.1f} TFLOP/s", flush=True)
   rows = []
-  for variant in a.variants.split(","):
-    gated = variant == "gated"
-    for T in [int(t) for t in a.T.split(",")]:
-      flops = nominal_flops(B, T, H, K, V)
+  for T in [int(t) for t in a.T.split(",")]:   # longest last: a timeout loses least
+    flops = nominal_flops(B, T, H, K, V)
+    for variant in a.variants.split(","):
+      gated = variant == "gated"
       for impl in a.impls.split(","):
         row = dict(variant=variant, impl=impl, B=B, T=T, H=H, K=K, V=V, dtype=a.dtype,
                    tune=a.tune)

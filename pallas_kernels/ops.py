@@ -16,6 +16,7 @@ Every backend is differentiable.
 """
 from __future__ import annotations
 
+import numbers
 import warnings
 
 import jax
@@ -62,7 +63,8 @@ def _check_shape(name, x, want, desc):
 
 
 def _check_chunk_size(chunk_size):
-  if not isinstance(chunk_size, int) or chunk_size < 1 or chunk_size & (chunk_size - 1):
+  if (not isinstance(chunk_size, numbers.Integral) or isinstance(chunk_size, bool)
+      or chunk_size < 1 or chunk_size & (chunk_size - 1)):
     raise ValueError(f"chunk_size must be a positive power of two (e.g. 64), got {chunk_size!r}.")
 
 

@@ -51,6 +51,8 @@ def unsupported_reason(q_shape, v_shape, dtype, chunk_size, target):
     for name, d in (("K", K), ("V", V)):
       if d % 8 or d > 1024:
         return f"{name}={d}: the TPU kernel needs a multiple of 8, at most 1024"
+    if T > 1 << 18:  # a head's beta/g rows stay resident in VMEM
+      return f"T={T}: the TPU kernel takes at most {1 << 18} tokens per sequence"
   return None
 
 

@@ -11,7 +11,7 @@ Chunk math (DESIGN.md §4), C tokens, entering state S [K, V], gc = cumsum(g) in
   U~ = X (beta v),  W~ = X (beta exp(gc) k),  u = U~ - W~ S      (the delta of each token)
   O = (exp(gc) q) S + (q k^T o D, causal) u
   S' = exp(gc_C) S + (k exp(gc_C - gc))^T u
-X is built as its transpose Y = X^T, one column per step of a forward substitution.
+X comes from a blocked forward substitution (see _inverse).
 """
 from __future__ import annotations
 
@@ -56,33 +56,70 @@ def _col(x_1C, r, c):
   return jnp.sum(jnp.where(r == c, x_1C, 0.0), axis=1, keepdims=True)
 
 
-def _inverse_t(A_CC, r, c):
-  """Y = ((I + A)^-1)^T for strictly lower-triangular A, by forward substitution.
+def to_col(x_1C):
+  """[1, C] row -> [C, 1] column, in a kernel (no transpose op)."""
+  r, c = _iotas(x_1C.shape[1])
+  return _col(x_1C, r, c)
 
-  Column i of Y is row i of X: X_i = e_i - sum_{m<i} A_im X_m, and the columns m < i of Y
-  are final when column i is made. Rows are used as given (no pivoting needed: unit diagonal).
+
+def to_row(x_C1):
+  """[C, 1] column -> [1, C] row, in a kernel (no transpose op)."""
+  r, c = _iotas(x_C1.shape[0])
+  return _row(x_C1, r, c)
+
+
+SOLVE_BLOCK = 16
+
+
+def _inverse(A_CC, At_CC, r, c, cfg):
+  """X = (I + A)^-1 for strictly lower-triangular A, in two stages.
+
+  1. The 16 x 16 diagonal blocks by forward substitution: step s makes row s of every block
+     at once (rows of different blocks do not interact), so a 64-chunk needs 15 sequential
+     steps, not 63. Row i: X_i = e_i - sum_{m<i} A_im X_m, with A_im taken from At = A^T
+     (given, to avoid an in-kernel transpose) as a column so that each row m of X meets the
+     A entry of its own block's row.
+  2. With A = A_d + A_o (diagonal blocks / below them), I + A = (I + A_d)(I + N) for
+     N = X_d A_o, which is nilpotent of order C / 16, so X = sum_j (-N)^j X_d (a few matmuls).
+  Only forward substitution within a block: no powers of A itself, whose entries can be huge
+  when keys repeat.
   """
   C = A_CC.shape[0]
-  Y0 = (r == c).astype(f32)
+  bs = next((b for b in (SOLVE_BLOCK, 8) if C % b == 0), C)
+  if bs == C:
+    rb = cb = jnp.zeros_like(r)
+  else:  # block index by a shift (bs is 8 or 16): no vector integer division needed
+    sh = bs.bit_length() - 1
+    rb, cb = jax.lax.shift_right_logical(r, sh), jax.lax.shift_right_logical(c, sh)
+  same = rb == cb
+  rin, cin = r - rb * bs, c - cb * bs
+  eye = (r == c).astype(f32)
 
-  def body(i, Y):
-    a_1C = jnp.sum(jnp.where(r == i, A_CC, 0.0), axis=0, keepdims=True)   # A[i, :]
-    x_C1 = -jnp.sum(Y * a_1C, axis=1, keepdims=True)                      # -(Y a)
-    newcol = jnp.where(r == i, 1.0, x_C1)
-    return jnp.where(c == i, newcol, Y)
+  def body(s, X):
+    a_C1 = jnp.sum(jnp.where(same & (cin == s), At_CC, 0.0), axis=1, keepdims=True)
+    new_1C = -jnp.sum(a_C1 * X, axis=0, keepdims=True)
+    return jnp.where(same & (rin == s), new_1C + eye, X)
 
-  return jax.lax.fori_loop(1, C, body, Y0)
+  Xd = jax.lax.fori_loop(1, bs, body, eye)
+  if bs == C:
+    return Xd
+  N_CC = mm(Xd, jnp.where(rb > cb, A_CC, 0.0), cfg)
+  X = Xd
+  for _ in range(C // bs - 1):   # Horner: X = Xd - N (Xd - N (Xd - ...))
+    X = Xd - mm(N_CC, X, cfg)
+  return X
 
 
 def _decays(g_C1, r, c):
-  """gc [C,1], D [C,C] (causal incl. diagonal, 0 above), gL [1,1] = gc of the last token."""
+  """gc [C,1], D [C,C] (causal incl. diagonal, 0 above), D^T, gL [1,1] = gc of the last token."""
   g_1C = _row(g_C1, r, c)
   gc_C1 = jnp.sum(jnp.where(c <= r, g_1C, 0.0), axis=1, keepdims=True)
   gc_1C = _row(gc_C1, r, c)
   # Mask before exp so the (positive) upper-triangle differences never overflow.
   D_CC = jnp.exp(jnp.where(r >= c, gc_C1 - gc_1C, -jnp.inf))
+  Dt_CC = jnp.exp(jnp.where(c >= r, gc_1C - gc_C1, -jnp.inf))
   gL_11 = jnp.sum(g_C1, axis=0, keepdims=True)
-  return gc_C1, D_CC, gL_11
+  return gc_C1, D_CC, Dt_CC, gL_11
 
 
 def _prep(q, k, v, beta_C1, g_C1, S_KV, cfg, r, c):
@@ -90,18 +127,21 @@ def _prep(q, k, v, beta_C1, g_C1, S_KV, cfg, r, c):
   kk_CC = mm(k, k, cfg, tb=True)
   if g_C1 is None:
     D_CC = (r >= c).astype(f32)
+    Dt_CC = (c >= r).astype(f32)
     gam_C1 = None
     gL_11 = None
   else:
-    gc_C1, D_CC, gL_11 = _decays(g_C1, r, c)
+    gc_C1, D_CC, Dt_CC, gL_11 = _decays(g_C1, r, c)
     gam_C1 = jnp.exp(gc_C1)
   kkD_CC = jnp.where(r > c, kk_CC * D_CC, 0.0)          # strictly lower
   A_CC = beta_C1 * kkD_CC
-  Y_CC = _inverse_t(A_CC, r, c)
+  # A^T directly (k k^T is symmetric): beta as a row, the decays transposed.
+  At_CC = jnp.where(c > r, kk_CC * Dt_CC, 0.0) * _row(beta_C1, r, c)
+  X_CC = _inverse(A_CC, At_CC, r, c, cfg)
   bv = beta_C1 * v
   bk = beta_C1 * k if gam_C1 is None else (beta_C1 * gam_C1) * k
-  U_CV = mm(Y_CC, bv, cfg, ta=True)                      # X (beta v)
-  W_CK = mm(Y_CC, bk, cfg, ta=True)                      # X (beta gam k)
+  U_CV = mm(X_CC, bv, cfg)                               # X (beta v)
+  W_CK = mm(X_CC, bk, cfg)                               # X (beta gam k)
   u_CV = U_CV - mm(W_CK, S_KV, cfg)
   P_CC = mm(q, k, cfg, tb=True) * D_CC                   # D is 0 above the diagonal
   if gam_C1 is None:
@@ -110,7 +150,7 @@ def _prep(q, k, v, beta_C1, g_C1, S_KV, cfg, r, c):
     qg = gam_C1 * q
     kdf_C1 = jnp.exp(gL_11 - gc_C1)                      # decay from token i to chunk end
     kd = kdf_C1 * k
-  return dict(kk=kk_CC, D=D_CC, gam=gam_C1, gL=gL_11, kkD=kkD_CC, A=A_CC, Y=Y_CC,
+  return dict(kk=kk_CC, D=D_CC, gam=gam_C1, gL=gL_11, kkD=kkD_CC, A=A_CC, X=X_CC,
               bv=bv, bk=bk, W=W_CK, u=u_CV, P=P_CC, qg=qg, kd=kd, kdf=kdf_C1)
 
 
@@ -141,7 +181,7 @@ def chunk_bwd(q, k, v, beta_C1, g_C1, S_KV, dO_CV, dSn_KV, cfg: MathCfg):
   beta_C1 = beta_C1.astype(f32)
   dO_CV = dO_CV.astype(f32)
   p = _prep(q, k, v, beta_C1, g_C1.astype(f32) if gated else None, S_KV, cfg, r, c)
-  Y, u, P, D = p["Y"], p["u"], p["P"], p["D"]
+  X, u, P, D = p["X"], p["u"], p["P"], p["D"]
 
   # Leaving state S' = eL S + kd^T u.
   du = mm(P, dO_CV, cfg, ta=True) + mm(p["kd"], dSn_KV, cfg)
@@ -161,8 +201,8 @@ def chunk_bwd(q, k, v, beta_C1, g_C1, S_KV, dO_CV, dSn_KV, cfg: MathCfg):
   # u = X (beta v) - X (beta gam k) S.
   dW = -mm(du, S_KV, cfg, tb=True)
   dX = mm(du, p["bv"], cfg, tb=True) + mm(dW, p["bk"], cfg, tb=True)
-  dbv = mm(Y, du, cfg)                                   # X^T du
-  dbk = mm(Y, dW, cfg)
+  dbv = mm(X, du, cfg, ta=True)                          # X^T du
+  dbk = mm(X, dW, cfg, ta=True)
   dv = beta_C1 * dbv
   dbeta = jnp.sum(v * dbv, axis=1, keepdims=True)
   sk_C1 = jnp.sum(k * dbk, axis=1, keepdims=True)
@@ -173,8 +213,8 @@ def chunk_bwd(q, k, v, beta_C1, g_C1, S_KV, dO_CV, dSn_KV, cfg: MathCfg):
     dk = dk + beta_C1 * dbk
     dbeta = dbeta + sk_C1
 
-  # X = (I + A)^-1: dA = -X^T dX X^T = -Y dX Y, strictly lower.
-  dA = jnp.where(r > c, -mm(mm(Y, dX, cfg), Y, cfg), 0.0)
+  # X = (I + A)^-1: dA = -X^T dX X^T, strictly lower.
+  dA = jnp.where(r > c, -mm(mm(X, dX, cfg, ta=True), X, cfg, tb=True), 0.0)
   dbeta = dbeta + jnp.sum(dA * p["kkD"], axis=1, keepdims=True)
   dKK = dA * beta_C1 * D
   dk = dk + mm(dKK, k, cfg) + mm(dKK, k, cfg, ta=True)

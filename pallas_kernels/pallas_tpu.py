@@ -2,10 +2,15 @@
 
 Grid (B, H, V-blocks, chunks); the chunk axis is last and "arbitrary", so one core walks a
 head's chunks in order while the float32 state block (forward) or its cotangent (backward,
-chunks visited in reverse by the index maps) stays in a VMEM scratch buffer. BlockSpecs
-bring one chunk of q/k/v/beta/g into VMEM per step; the wrapper moves heads in front of time
-([B, H, T, *]) so every block is a dense (C, K) tile. Per-chunk math: pallas_math.
-Inputs are padded to T % C == 0 by pallas_entry.
+chunks visited in reverse by the index maps) stays in a VMEM scratch buffer. Per-chunk math:
+pallas_math. Inputs are padded to T % C == 0 by pallas_entry.
+
+Layouts (TPU blocks want dense (8, 128) tiles in their last two dims):
+- q/k/v/o: when K and the V-block are multiples of 128, [B, T, H, K] is viewed as
+  [B, T, H*K] (a free reshape) and a (C, K) block is picked at column h: no transposes.
+  Otherwise the wrapper moves heads in front of time, [B, H, T, K].
+- beta/g: [B, H, N, C], one head's whole row block resident in VMEM; a chunk reads row n.
+  ([.., T, 1] blocks would pad every scalar to 128 lanes in HBM.)
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from jax.experimental.pallas import tpu as pltpu
 from pallas_kernels import pallas_math as pm
 
 f32 = jnp.float32
+_SQ = getattr(pl, "squeezed", None)   # a squeezed block dim (None on older jax)
 
 
 def _cfg(dtype):
@@ -30,7 +36,8 @@ def _cfg(dtype):
 def _call_kwargs(interpret):
   sem = ("parallel", "parallel", "parallel", "arbitrary")
   if interpret:  # the TPU interpreter (also checks the blocks' memory accesses)
-    return dict(interpret=pltpu.InterpretParams())
+    params = getattr(pltpu, "InterpretParams", None)   # older jax: the generic interpreter
+    return dict(interpret=params() if params is not None else True)
   return dict(compiler_params=pltpu.CompilerParams(dimension_semantics=sem))
 
 
@@ -41,8 +48,46 @@ def _block_v(V, block_v):
   return BV
 
 
-def _heads_first(x):  # [B, T, H, *] -> [B, H, T, *]; beta/g [B, T, H] -> [B, H, T, 1]
-  return jnp.swapaxes(x[..., None] if x.ndim == 3 else x, 1, 2)
+class _Tokens:
+  """Block specs and (un)packing for the per-token [B, T, H, D] tensors, D = K or V.
+
+  by_v: the block follows the grid's V-block index (v, o, dv); else it is the whole D (q, k).
+  """
+
+  def __init__(self, B, T, H, C, D, BD, chunk, by_v):
+    self.B, self.T, self.H, self.D = B, T, H, D
+    self.flat = D % 128 == 0 and BD % 128 == 0
+    nd = D // BD
+    col = (lambda h, iv: h * nd + iv) if by_v else (lambda h, iv: h)
+    blk = (lambda iv: iv) if by_v else (lambda iv: 0)
+    if self.flat:   # [B, T, H*D], block (C, BD) at column block h * nd + iv
+      self.spec = pl.BlockSpec((_SQ, C, BD), lambda b, h, iv, i: (b, chunk(i), col(h, iv)))
+    else:           # [B, H, T, D]
+      self.spec = pl.BlockSpec((_SQ, _SQ, C, BD),
+                               lambda b, h, iv, i: (b, h, chunk(i), blk(iv)))
+
+  def pack(self, x):
+    if self.flat:
+      return x.reshape(self.B, self.T, self.H * self.D)
+    return jnp.swapaxes(x, 1, 2)
+
+  def shape(self):
+    return (self.B, self.T, self.H * self.D) if self.flat else (self.B, self.H, self.T, self.D)
+
+  def unpack(self, y):
+    if self.flat:
+      return y.reshape(self.B, self.T, self.H, self.D)
+    return jnp.swapaxes(y, 1, 2)
+
+
+def _scalars(x, C):  # [B, T, H] -> [B, H, N, C]
+  B, T, H = x.shape
+  return jnp.swapaxes(x, 1, 2).reshape(B, H, T // C, C)
+
+
+def _unscalars(y):   # [..., B, H, N, C] -> [..., B, T, H]
+  *lead, B, H, N, C = y.shape
+  return jnp.swapaxes(y.reshape(*lead, B, H, N * C), -1, -2)
 
 
 def _fwd_kernel(*refs, N, scale, gated, store_cs, cfg):
@@ -62,8 +107,9 @@ def _fwd_kernel(*refs, N, scale, gated, store_cs, cfg):
   if store_cs:
     cs_ref[...] = S_KV
   q = q_ref[...].astype(f32) * scale
-  g = None if g_ref is None else g_ref[...]
-  o, S_KV = pm.chunk_fwd(q, k_ref[...], v_ref[...], b_ref[...], g, S_KV, cfg)
+  beta = pm.to_col(b_ref[pl.ds(n, 1), :].astype(f32))
+  g = None if g_ref is None else pm.to_col(g_ref[pl.ds(n, 1), :].astype(f32))
+  o, S_KV = pm.chunk_fwd(q, k_ref[...], v_ref[...], beta, g, S_KV, cfg)
   o_ref[...] = o.astype(o_ref.dtype)
   S_scr[...] = S_KV
 
@@ -82,19 +128,20 @@ def fwd(q, k, v, beta, g, S0, *, scale, chunk_size, interpret=False, block_v=Non
   N = T // C
   BV = _block_v(V, block_v)
   gated = g is not None
-  tok_k = pl.BlockSpec((None, None, C, K), lambda b, h, iv, n: (b, h, n, 0))
-  tok_v = pl.BlockSpec((None, None, C, BV), lambda b, h, iv, n: (b, h, n, iv))
-  tok_1 = pl.BlockSpec((None, None, C, 1), lambda b, h, iv, n: (b, h, n, 0))
-  state = pl.BlockSpec((None, None, K, BV), lambda b, h, iv, n: (b, h, 0, iv))
-  cstate = pl.BlockSpec((None, None, None, K, BV), lambda b, h, iv, n: (b, n, h, 0, iv))
-  in_specs = [tok_k, tok_k, tok_v, tok_1] + ([tok_1] if gated else []) + [state]
-  args = ([_heads_first(x) for x in (q, k, v, beta) + ((g,) if gated else ())]
-          + [S0.astype(f32)])
+  fwd_chunk = lambda i: i
+  tk = _Tokens(B, T, H, C, K, K, fwd_chunk, by_v=False)
+  tv = _Tokens(B, T, H, C, V, BV, fwd_chunk, by_v=True)
+  sc = pl.BlockSpec((_SQ, _SQ, N, C), lambda b, h, iv, n: (b, h, 0, 0))
+  state = pl.BlockSpec((_SQ, _SQ, K, BV), lambda b, h, iv, n: (b, h, 0, iv))
+  cstate = pl.BlockSpec((_SQ, _SQ, _SQ, K, BV), lambda b, h, iv, n: (b, n, h, 0, iv))
+  in_specs = [tk.spec, tk.spec, tv.spec, sc] + ([sc] if gated else []) + [state]
+  args = ([tk.pack(q), tk.pack(k), tv.pack(v), _scalars(beta, C)]
+          + ([_scalars(g, C)] if gated else []) + [S0.astype(f32)])
   kernel = functools.partial(_fwd_kernel, N=N, scale=float(scale), gated=gated,
                              store_cs=store_chunk_states, cfg=_cfg(q.dtype))
-  out_shape = (jax.ShapeDtypeStruct((B, H, T, V), v.dtype),
+  out_shape = (jax.ShapeDtypeStruct(tv.shape(), v.dtype),
                jax.ShapeDtypeStruct((B, H, K, V), f32))
-  out_specs = (tok_v, state)
+  out_specs = (tv.spec, state)
   if store_chunk_states:
     out_shape += (jax.ShapeDtypeStruct((B, N, H, K, V), f32),)
     out_specs += (cstate,)
@@ -103,7 +150,7 @@ def fwd(q, k, v, beta, g, S0, *, scale, chunk_size, interpret=False, block_v=Non
       out_specs=out_specs, scratch_shapes=[pltpu.VMEM((K, BV), f32)],
       name="delta_rule_fwd_tpu", **_call_kwargs(interpret))(*args)
   cs = outs[2] if store_chunk_states else None
-  return jnp.swapaxes(outs[0], 1, 2), outs[1], cs
+  return tv.unpack(outs[0]), outs[1], cs
 
 
 def _bwd_kernel(*refs, N, scale, gated, has_dcs, cfg):
@@ -118,22 +165,24 @@ def _bwd_kernel(*refs, N, scale, gated, has_dcs, cfg):
   del refs[:4]
   dg_ref = refs.pop(0) if gated else None
   ds0_ref, dS_scr = refs
-  i = pl.program_id(3)   # the index maps visit chunk N - 1 - i
+  i = pl.program_id(3)
+  n = N - 1 - i          # chunks in reverse; the index maps agree
 
   @pl.when(i == 0)
   def _():
     dS_scr[...] = dsT_ref[...]
 
   q = q_ref[...].astype(f32) * scale
-  g = None if g_ref is None else g_ref[...]
-  dq, dk, dv, dbeta, dg, dS_KV = pm.chunk_bwd(q, k_ref[...], v_ref[...], b_ref[...], g,
+  beta = pm.to_col(b_ref[pl.ds(n, 1), :].astype(f32))
+  g = None if g_ref is None else pm.to_col(g_ref[pl.ds(n, 1), :].astype(f32))
+  dq, dk, dv, dbeta, dg, dS_KV = pm.chunk_bwd(q, k_ref[...], v_ref[...], beta, g,
                                                cs_ref[...], do_ref[...], dS_scr[...], cfg)
   dq_ref[...] = dq * scale
   dk_ref[...] = dk
   dv_ref[...] = dv.astype(dv_ref.dtype)
-  db_ref[...] = dbeta
+  db_ref[pl.ds(n, 1), :] = pm.to_row(dbeta)
   if gated:
-    dg_ref[...] = dg
+    dg_ref[pl.ds(n, 1), :] = pm.to_row(dg)
   if has_dcs:  # chunk_states[n] is the state entering chunk n
     dS_KV = dS_KV + dcs_ref[...]
   dS_scr[...] = dS_KV
@@ -156,25 +205,28 @@ def bwd(q, k, v, beta, g, chunk_states, do, dsT, dcs, *, scale, chunk_size,
   gated = g is not None
   has_dcs = dcs is not None
   rev = lambda i: N - 1 - i
-  tok_k = pl.BlockSpec((None, None, C, K), lambda b, h, iv, i: (b, h, rev(i), 0))
-  tok_v = pl.BlockSpec((None, None, C, BV), lambda b, h, iv, i: (b, h, rev(i), iv))
-  tok_1 = pl.BlockSpec((None, None, C, 1), lambda b, h, iv, i: (b, h, rev(i), 0))
-  state = pl.BlockSpec((None, None, K, BV), lambda b, h, iv, i: (b, h, 0, iv))
-  cstate = pl.BlockSpec((None, None, None, K, BV), lambda b, h, iv, i: (b, rev(i), h, 0, iv))
-  part_k = pl.BlockSpec((None, None, None, C, K), lambda b, h, iv, i: (iv, b, h, rev(i), 0))
-  part_1 = pl.BlockSpec((None, None, None, C, 1), lambda b, h, iv, i: (iv, b, h, rev(i), 0))
-  in_specs = ([tok_k, tok_k, tok_v, tok_1] + ([tok_1] if gated else [])
-              + [cstate, tok_v, state] + ([cstate] if has_dcs else []))
-  args = ([_heads_first(x) for x in (q, k, v, beta) + ((g,) if gated else ())]
-          + [chunk_states, _heads_first(do), dsT.astype(f32)]
+  tk = _Tokens(B, T, H, C, K, K, rev, by_v=False)
+  tv = _Tokens(B, T, H, C, V, BV, rev, by_v=True)
+  sc = pl.BlockSpec((_SQ, _SQ, N, C), lambda b, h, iv, i: (b, h, 0, 0))
+  state = pl.BlockSpec((_SQ, _SQ, K, BV), lambda b, h, iv, i: (b, h, 0, iv))
+  cstate = pl.BlockSpec((_SQ, _SQ, _SQ, K, BV), lambda b, h, iv, i: (b, rev(i), h, 0, iv))
+  # Per-V-block partial sums of dq / dk / dbeta / dg: a leading NV axis.
+  part_k = pl.BlockSpec((_SQ,) + tuple(tk.spec.block_shape),
+                        lambda b, h, iv, i: (iv,) + tuple(tk.spec.index_map(b, h, 0, i)))
+  part_s = pl.BlockSpec((_SQ, _SQ, _SQ, N, C), lambda b, h, iv, i: (iv, b, h, 0, 0))
+  in_specs = ([tk.spec, tk.spec, tv.spec, sc] + ([sc] if gated else [])
+              + [cstate, tv.spec, state] + ([cstate] if has_dcs else []))
+  args = ([tk.pack(q), tk.pack(k), tv.pack(v), _scalars(beta, C)]
+          + ([_scalars(g, C)] if gated else [])
+          + [chunk_states, tv.pack(do), dsT.astype(f32)]
           + ([dcs.astype(f32)] if has_dcs else []))
-  out_specs = [part_k, part_k, tok_v, part_1] + ([part_1] if gated else []) + [state]
-  out_shape = [jax.ShapeDtypeStruct((NV, B, H, T, K), f32),
-               jax.ShapeDtypeStruct((NV, B, H, T, K), f32),
-               jax.ShapeDtypeStruct((B, H, T, V), v.dtype),
-               jax.ShapeDtypeStruct((NV, B, H, T, 1), f32)]
+  out_specs = [part_k, part_k, tv.spec, part_s] + ([part_s] if gated else []) + [state]
+  out_shape = [jax.ShapeDtypeStruct((NV,) + tk.shape(), f32),
+               jax.ShapeDtypeStruct((NV,) + tk.shape(), f32),
+               jax.ShapeDtypeStruct(tv.shape(), v.dtype),
+               jax.ShapeDtypeStruct((NV, B, H, N, C), f32)]
   if gated:
-    out_shape.append(jax.ShapeDtypeStruct((NV, B, H, T, 1), f32))
+    out_shape.append(jax.ShapeDtypeStruct((NV, B, H, N, C), f32))
   out_shape.append(jax.ShapeDtypeStruct((B, H, K, V), f32))
   kernel = functools.partial(_bwd_kernel, N=N, scale=float(scale), gated=gated,
                              has_dcs=has_dcs, cfg=_cfg(q.dtype))
@@ -182,9 +234,8 @@ def bwd(q, k, v, beta, g, chunk_states, do, dsT, dcs, *, scale, chunk_size,
       kernel, out_shape=tuple(out_shape), grid=(B, H, NV, N), in_specs=in_specs,
       out_specs=tuple(out_specs), scratch_shapes=[pltpu.VMEM((K, BV), f32)],
       name="delta_rule_bwd_tpu", **_call_kwargs(interpret))(*args))
-  back = lambda x: jnp.swapaxes(x.sum(0), 1, 2)            # [NV,B,H,T,*] -> [B,T,H,*]
-  dq, dk = back(outs[0]), back(outs[1])
-  dv = jnp.swapaxes(outs[2], 1, 2)
-  dbeta = back(outs[3])[..., 0]
-  dg = back(outs[4])[..., 0] if gated else None
+  dq, dk = tk.unpack(outs[0].sum(0)), tk.unpack(outs[1].sum(0))
+  dv = tv.unpack(outs[2])
+  dbeta = _unscalars(outs[3].sum(0))
+  dg = _unscalars(outs[4].sum(0)) if gated else None
   return dq, dk, dv, dbeta, dg, outs[-1]

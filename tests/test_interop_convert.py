@@ -236,3 +236,23 @@ def test_cli_reports_bad_input_cleanly(tmp_path, capsys):
   assert "does not exist" in capsys.readouterr().err
   with pytest.raises(FileNotFoundError, match="does not exist"):
     load_pretrained(str(tmp_path / "nope"))
+
+
+def test_fresh_model_exports_to_fla_and_back(tmp_path):
+  from refine_jax.interop import bundle
+  from refine_jax.models import build_model
+  cfg = bundle.base_config()
+  with cfg.unlocked():
+    cfg.model.update(arch="gated_deltanet", hidden=32, layers=1, heads=2, num_v_heads=4,
+                     head_dim=8, vocab_size=50)  # expand_v / use_gate left at None (arch default)
+  model = build_model(cfg.model, rngs=nnx.Rngs(5))
+  out = str(tmp_path / "hf")
+  hf_checkpoint.save_hf(model, cfg, out)
+  with open(os.path.join(out, "config.json")) as f:
+    c = json.load(f)
+  assert c["model_type"] == "gated_deltanet" and c["architectures"] == ["GatedDeltaNetForCausalLM"]
+  assert (c["expand_v"], c["use_gate"], c["head_dim"], c["num_v_heads"]) == (2.0, True, 8, 4)
+  assert (c["hidden_size"], c["num_hidden_layers"], c["num_heads"]) == (32, 1, 2)
+  m2, cfg2, _ = hf_checkpoint.load_hf(out)
+  p1, p2 = modelio.flat_params(model), modelio.flat_params(m2)
+  assert sorted(p1) == sorted(p2) and all(p1[k].tobytes() == p2[k].tobytes() for k in p1)

@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 import numpy as np
+from absl import logging
 
 from refine_jax.interop import bundle, hf_config, hf_weights, modelio, safetensors_io
 
@@ -37,7 +38,11 @@ def hf_model_config(hf_cfg: dict[str, Any], base_model_cfg=None):
   fields = hf_config.hf_to_model_fields(hf_cfg, dict(cfg.items()))
   with cfg.unlocked():
     for k, v in fields.items():
-      cfg[k] = v
+      if isinstance(v, dict):
+        with cfg[k].unlocked():
+          cfg[k].update(v)
+      else:
+        cfg[k] = v
   model_config.validate(cfg)
   return cfg
 
@@ -50,6 +55,17 @@ def load_hf(hf_dir: str, *, config=None):
   """
   hf_cfg = hf_config.read_hf_config(hf_dir)  # config first: its errors are the clearer ones
   tensors = safetensors_io.read_tensors(hf_dir)
+  is_lact = hf_cfg["model_type"] == hf_config.LACT_MODEL_TYPE
+  if is_lact:
+    from refine_jax.interop import lact
+    tensors = lact.from_lact_keys(tensors)
+    known = lact.DEFAULTS
+  else:
+    known = hf_config.FLA_DEFAULTS[hf_cfg["model_type"]]
+  ignored = hf_config.unknown_fields(hf_cfg, known)
+  if ignored:
+    logging.warning("%s/config.json: fields %s are not %s config fields; ignored.", hf_dir,
+                    ignored, hf_cfg["model_type"])
   config = bundle.base_config() if config is None else config
   with config.unlocked():
     config.model = hf_model_config(hf_cfg, config.get("model"))
@@ -95,6 +111,9 @@ def save_hf(model, config, out_dir: str, *, hf_base: dict | None = None, dtype=N
   else:
     hf_cfg["torch_dtype"] = "float32"
   tensors = hf_weights.params_to_hf(modelio.flat_params(model), dtype=np_dtype)
+  if model_cfg.arch == "lact":
+    from refine_jax.interop import lact
+    tensors = lact.to_lact_keys(tensors)
   if hf_cfg.get("tie_word_embeddings") and "lm_head.weight" in tensors:
     if not np.array_equal(tensors["lm_head.weight"], tensors["model.embeddings.weight"]):
       raise ValueError("model.tie_word_embeddings is set but lm_head differs from the "

@@ -79,20 +79,39 @@ def read_hf_config(hf_dir: str) -> dict[str, Any]:
   return cfg
 
 
+LACT_MODEL_TYPE = "lact_swiglu"  # refine_jax/interop/lact.py
+SUPPORTED = {**{mt: a for mt, (_, a) in ARCHS.items()}, LACT_MODEL_TYPE: "LaCTForCausalLM"}
+
+
 def model_type_of(hf_cfg: dict[str, Any], *, where: str = "config.json") -> str:
   mt = hf_cfg.get("model_type")
-  if mt not in ARCHS:
+  if mt not in SUPPORTED:
     archs = hf_cfg.get("architectures")
     raise CheckpointFormatError(
         f"{where}: model_type={mt!r} (architectures={archs}) is not supported; refine_jax "
-        f"converts model_type in {sorted(ARCHS)} "
-        f"({', '.join(a for _, a in ARCHS.values())}).")
+        f"converts model_type in {sorted(SUPPORTED)} ({', '.join(SUPPORTED.values())}).")
   return mt
 
 
+# Keys every HF config.json may carry that do not describe the model's math.
+_HF_GENERIC = {"architectures", "model_type", "torch_dtype", "dtype", "transformers_version",
+               "_name_or_path", "auto_map", "output_hidden_states", "output_attentions",
+               "return_dict", "use_return_dict", "is_encoder_decoder", "tokenizer_class",
+               "id2label", "label2id", "problem_type", "chunk_size_feed_forward",
+               "keys_to_ignore_at_inference", "torchscript", "pruned_heads"}
+
+
+def unknown_fields(hf_cfg: dict[str, Any], known) -> list[str]:
+  """config.json fields neither FLA's/LaCT's class nor HF's base config defines."""
+  return sorted(k for k in hf_cfg if k not in known and k not in _HF_GENERIC)
+
+
 def resolved_fla_fields(hf_cfg: dict[str, Any]) -> dict[str, Any]:
-  """Every FLA field of this model_type: config.json value, else FLA's default."""
+  """Every FLA (or LaCT) field of this model_type: config.json value, else the default."""
   mt = model_type_of(hf_cfg)
+  if mt == LACT_MODEL_TYPE:
+    from refine_jax.interop import lact
+    return lact.resolved(hf_cfg)
   return {k: hf_cfg.get(k, d) for k, d in FLA_DEFAULTS[mt].items()}
 
 
@@ -103,6 +122,9 @@ def hf_to_model_fields(hf_cfg: dict[str, Any], model_fields: dict[str, Any]) -> 
   Returns {field: value} including model.arch. Raises on an FLA setting we cannot honour.
   """
   mt = model_type_of(hf_cfg)
+  if mt == LACT_MODEL_TYPE:
+    from refine_jax.interop import lact
+    return lact.model_fields(hf_cfg, model_fields)
   fla = resolved_fla_fields(hf_cfg)
   out: dict[str, Any] = {"arch": ARCHS[mt][0]}
   for fla_name, ours in FIELD_MAP[mt].items():
@@ -134,10 +156,18 @@ def model_to_hf_config(model_fields: dict[str, Any], *, base: dict[str, Any] | N
   token_ids: bos/eos/pad ids from the tokenizer.
   """
   arch = model_fields.get("arch")
+  if arch == "lact":
+    from refine_jax.interop import lact
+    cfg = lact.to_hf_config(model_fields, base)
+    for k, v in (token_ids or {}).items():
+      if k in TOKEN_ID_FIELDS and v is not None:
+        cfg[k] = int(v)
+    cfg.setdefault("torch_dtype", "float32")
+    return cfg
   if arch not in ARCH_TO_MODEL_TYPE:
     raise CheckpointFormatError(
         f"model.arch={arch!r} has no FLA/HF format; --to-hf exports "
-        f"{sorted(ARCH_TO_MODEL_TYPE)} (model_type {sorted(ARCHS)}).")
+        f"{sorted(ARCH_TO_MODEL_TYPE) + ['lact']} (model_type {sorted(SUPPORTED)}).")
   mt = ARCH_TO_MODEL_TYPE[arch]
   cfg = dict(FLA_DEFAULTS[mt])
   if base and base.get("model_type") == mt:

@@ -135,6 +135,8 @@ def validate(cfg) -> None:
     v = cfg[name]
     if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
       raise ValueError(f"model.{name}={v!r} must be a positive integer")
+  if cfg.chunk_size & (cfg.chunk_size - 1):
+    raise ValueError(f"model.chunk_size={cfg.chunk_size} must be a power of two (e.g. 64)")
   if cfg.hidden % cfg.heads:
     raise ValueError(f"model.hidden={cfg.hidden} is not divisible by model.heads={cfg.heads}; "
                      "pick heads dividing hidden")

@@ -14,7 +14,8 @@ y = o_proj( SWA(x) + silu(ttt_scale(x)) * RMSNorm_head( f_W(q_fast) ) )
 
 Cache (decoding): the window KV ring buffer (attention.kv_*), the fast weights (and momentum)
 at the current chunk start, and the current partial chunk's k/v/lr (and momentum coefficient);
-the chunk is applied to the weights the moment it fills. Fast-weight math runs in float32.
+the chunk is applied to the weights the moment it fills. Fast weights, momentum, lrs and the
+update are float32; matmul inputs (fast q/k/v) are in the compute dtype, as in LaCT.
 """
 from __future__ import annotations
 
@@ -78,28 +79,36 @@ def newton_schulz5(G):
 # ----------------------------------------------------------------------------- fast weights
 # Token tensors are [B, C, H, d]; weights [B, H, out, in]: w0, w2 [dh, dk], w1 [dv, dh].
 
+def _mm(spec, a, b, dt):
+  """einsum in the token dtype (bf16 matmuls as LaCT's autocast), result as float32.
+
+  (Not preferred_element_type=float32: XLA:CPU rejects bf16 x bf16 -> f32 dots inside loops.)
+  """
+  return jnp.einsum(spec, a.astype(dt), b.astype(dt)).astype(jnp.float32)
+
+
 def fw_apply(w, x_BCHK):
-  """f_W(x) = W1 (silu(W0 x) * (W2 x)) per head."""
-  x = x_BCHK.astype(jnp.float32)
-  h = jax.nn.silu(jnp.einsum("bchk,bhik->bchi", x, w["w0"]))
-  h = h * jnp.einsum("bchk,bhik->bchi", x, w["w2"])
-  return jnp.einsum("bchi,bhvi->bchv", h, w["w1"])
+  """f_W(x) = W1 (silu(W0 x) * (W2 x)) per head; float32 result."""
+  dt = x_BCHK.dtype
+  h = jax.nn.silu(_mm("bchk,bhik->bchi", x_BCHK, w["w0"], dt))
+  h = h * _mm("bchk,bhik->bchi", x_BCHK, w["w2"], dt)
+  return _mm("bchi,bhvi->bchv", h, w["w1"], dt)
 
 
 def fw_grad(w, k_BCHK, v_BCHV, lr_BCH3):
   """Ascent direction of sum_t lr_t v_t . f_W(k_t): per matrix, sum_t lr_t * d(v_t.f(k_t))/dW,
   with lr[..., 0/1/2] for W0/W1/W2 (a gradient step on LaCT's negative dot-product loss)."""
-  k, v = k_BCHK.astype(jnp.float32), v_BCHV.astype(jnp.float32)
+  k, v, dt = k_BCHK, v_BCHV, k_BCHK.dtype
   lr0, lr1, lr2 = (lr_BCH3[..., i:i + 1].astype(jnp.float32) for i in range(3))
-  g = jnp.einsum("bchk,bhik->bchi", k, w["w0"])           # gate pre-activation
-  u = jnp.einsum("bchk,bhik->bchi", k, w["w2"])           # linear branch
+  g = _mm("bchk,bhik->bchi", k, w["w0"], dt)              # gate pre-activation
+  u = _mm("bchk,bhik->bchi", k, w["w2"], dt)              # linear branch
   sg = jax.nn.sigmoid(g)
-  dh = jnp.einsum("bchv,bhvi->bchi", v, w["w1"])          # W1^T v: d(v.f)/d(hidden)
+  dh = _mm("bchv,bhvi->bchi", v, w["w1"], dt)             # W1^T v: d(v.f)/d(hidden)
   du = dh * g * sg                                        # through * silu(g)
   dg = dh * u * sg * (1 + g * (1 - sg))                   # through silu'
-  return dict(w0=jnp.einsum("bchi,bchk->bhik", dg, k * lr0),
-              w1=jnp.einsum("bchv,bchi->bhvi", v, g * sg * u * lr1),
-              w2=jnp.einsum("bchi,bchk->bhik", du, k * lr2))
+  return dict(w0=_mm("bchi,bchk->bhik", dg, k * lr0, dt),
+              w1=_mm("bchv,bchi->bhvi", v, g * sg * u * lr1, dt),
+              w2=_mm("bchi,bchk->bhik", du, k * lr2, dt))
 
 
 def fw_step(state, chunk, row_norms, *, use_muon: bool):
@@ -261,8 +270,10 @@ class LaCT(nnx.Module):
     if not self.ttt_nope:  # same RoPE as attention, on the attention-head split
       fq = attn.rope(heads(fq), pos_BT, self.theta).reshape(fk.shape)
       fk = attn.rope(heads(fk), pos_BT, self.theta).reshape(fk.shape)
+    # Fast q/k/v in the compute dtype (matmul inputs, as LaCT); lrs and weights stay float32.
     lr = jax.nn.softplus(self.lr_proj(x_BTD).astype(jnp.float32) + self.base_lr_inv)
-    toks = dict(q=fq, k=fk, v=fv.astype(jnp.float32), lr=lr.reshape(B, T, self.fw_heads, 3))
+    toks = dict(q=fq.astype(self.dtype), k=fk.astype(self.dtype), v=fv.astype(self.dtype),
+                lr=lr.reshape(B, T, self.fw_heads, 3))
     if self.use_momentum:
       toks["mc"] = jax.nn.sigmoid(self.momentum_proj(x_BTD).astype(jnp.float32))
     qa = attn.rope(heads(q), pos_BT, self.theta)
@@ -282,8 +293,8 @@ class LaCT(nnx.Module):
   def init_cache(self, batch: int, max_len: int) -> dict:
     st, _ = self._init_state(batch)
     C, Hf, d = self.chunk, self.fw_heads, self.dk
-    buf = dict(k=jnp.zeros((batch, C, Hf, d), jnp.float32),
-               v=jnp.zeros((batch, C, Hf, d), jnp.float32),
+    buf = dict(k=jnp.zeros((batch, C, Hf, d), self.dtype),
+               v=jnp.zeros((batch, C, Hf, d), self.dtype),
                lr=jnp.zeros((batch, C, Hf, 3), jnp.float32))
     if self.use_momentum:
       buf["mc"] = jnp.zeros((batch, C, Hf), jnp.float32)
@@ -295,7 +306,6 @@ class LaCT(nnx.Module):
     start_B = jnp.zeros((B,), jnp.int32) if cache is None else cache["attn"]["length"]
     pos_BT = start_B[:, None] + jnp.arange(T)[None, :]
     qa, ka, va, toks = self._project(x_BTD, pos_BT)
-    toks["k"] = toks["k"].astype(jnp.float32)
     C = self.chunk
     if cache is None:
       o = attn.attend(qa, ka, va, window=self.window, impl=self.impl)
@@ -347,7 +357,7 @@ class LaCT(nnx.Module):
     q_buf = jnp.zeros_like(cache["buf"]["k"])  # buffered tokens' outputs are discarded
 
     def stream(bt, nt):
-      cat = jnp.concatenate([bt.astype(jnp.float32), nt.astype(jnp.float32)], axis=1)
+      cat = jnp.concatenate([bt, nt.astype(bt.dtype)], axis=1)
       idx = jnp.where(from_buf, j_Z, C + j_Z - r_B[:, None])
       g = cat[b_B1, jnp.clip(idx, 0, C + T - 1)]
       ok = idx < C + T

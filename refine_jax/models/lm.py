@@ -208,7 +208,7 @@ def load_fla_state_dict(model: nnx.Module, sd: dict, *, strict: bool = True) -> 
     if val.shape != var[...].shape:
       raise ValueError(f"{key}: checkpoint shape {np.shape(sd[key])} does not match the "
                        f"model's {_to_torch(var[...], layout).shape}; check the model config")
-    var.value = jnp.asarray(val, var[...].dtype)
+    var[...] = jnp.asarray(val, var[...].dtype)
     used.add(key)
   extra = sorted(set(sd) - used)
   if strict and (missing or extra):

@@ -1,0 +1,34 @@
+"""RULER-style eval of a saved model: NIAH (4 variants) + variable tracking at several context
+lengths, plus held-out perplexity.
+
+  python -m refine_jax.eval --config=configs/eval_ruler.py --config.checkpoint=RUN_OR_CKPT \
+      [--config.eval.context_lengths=1024,2048,4096] [--config.eval.num_samples=50]
+
+checkpoint: anything refine_jax.load_pretrained takes (run dir, Orbax checkpoint, bundle,
+HF/FLA dir). Results go to <run dir>/eval (results.json, results.md, PNGs, predictions.jsonl)
+unless out_dir is set. With the byte tokenizer the NIAH prompts need >= 768 tokens (multiquery); shorter cells
+are skipped with a warning.
+"""
+
+import os
+import sys
+
+try:
+  from refine_jax.eval import runner
+except ImportError:  # loaded by path from outside the repo root
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from refine_jax.eval import runner
+
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.checkpoint = ""  # run dir / Orbax checkpoint / bundle / HF dir (required)
+  c.out_dir = ""     # default: <run dir>/eval, or ./eval_<name> for non-run checkpoints
+  c.eval = runner.default_eval_config()
+  c.eval.tasks = ("niah_single,niah_multikey,niah_multivalue,niah_multiquery,"
+                  "variable_tracking,perplexity")
+  c.eval.context_lengths = "1024,2048"
+  c.eval.num_samples = 8
+  return c

@@ -1,0 +1,278 @@
+"""The eval runner: tasks x context lengths -> {task: {context_len: score}} plus report files.
+
+    results = run_eval(model, tokenizer, eval_cfg, out_dir, config=run_config)
+
+Text tasks (RULER NIAH variants, variable tracking, local-jsonl QA) are answered by greedy
+decoding with the cached decoder, or by any `predict_fn(prompts) -> answers` (tests, other
+systems). "mqar" scores the argmax of one forward pass on the query positions; "perplexity" is
+held-out perplexity with data.seq_len set to each context length. Eval samples come from the
+"eval" seed stream (refine_jax.data.tasks.sample_seed), which training never draws from.
+Scores are percent (perplexity excepted).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Callable, Sequence
+
+import ml_collections
+from absl import logging
+import numpy as np
+
+from refine_jax.data import tasks as tasks_lib
+from refine_jax.eval import report, scoring
+
+TEXT_TASKS = tasks_lib.TASK_NAMES + ("qa", "qa_f1")
+MODEL_TASKS = ("mqar", "perplexity")
+ALL_TASKS = TEXT_TASKS + MODEL_TASKS
+
+PredictFn = Callable[[Sequence[str]], Sequence[str]]
+
+
+def default_eval_config() -> ml_collections.ConfigDict:
+  """Every eval.* field and its default (configs/eval_*.py start from this)."""
+  c = ml_collections.ConfigDict()
+  # Comma-separated: niah_single, niah_multikey, niah_multivalue, niah_multiquery,
+  # variable_tracking, qa (substring match of any reference), qa_f1 (LongBench token F1; the
+  # same predictions as qa), mqar, perplexity.
+  c.tasks = "niah_single,niah_multikey,niah_multivalue,niah_multiquery,variable_tracking"
+  c.context_lengths = "256,512"  # prompt tokens per sample, one column each
+  c.num_samples = 8              # samples per (task, context length)
+  c.batch_size = 8               # prompts decoded together
+  c.max_new_tokens = 0           # 0: longest reference answer of the batch + 8 tokens
+  c.base_seed = 0                # eval seed stream: sample_seed("eval", i, base_seed)
+  c.haystack = "noise"           # "noise" (RULER's), "held_out" (held-out corpus text) or a .txt path
+  c.num_needles = 4              # multikey / multivalue / multiquery needles
+  c.vt_hops = 4                  # variable tracking chain length
+  c.qa_path = ""                 # jsonl with context, input, answers (qa / qa_f1)
+  c.mqar_kv_pairs = 8            # key-value pairs per MQAR sequence (length = context length)
+  c.mqar_vocab = 256             # MQAR token ids stay in [0, mqar_vocab) (bytes for the byte tokenizer)
+  c.ppl_batches = 2              # held-out batches per perplexity column
+  c.add_bos = True
+  c.progress = True              # tqdm bar over (task, length) cells
+  c.plots = True                 # PNG plots beside results.json
+  c.save_predictions = True      # predictions.jsonl (prompt tail, prediction, references, score)
+  return c
+
+
+def _split(value) -> list[str]:
+  if isinstance(value, str):
+    return [v.strip() for v in value.split(",") if v.strip()]
+  return [str(v) for v in value]
+
+
+def parse_lengths(value) -> list[int]:
+  try:
+    lengths = [int(v) for v in _split(value)]
+  except ValueError as e:
+    raise ValueError(f"eval.context_lengths={value!r}: give comma-separated integers, "
+                     "e.g. '256,512'.") from e
+  if not lengths or min(lengths) <= 0:
+    raise ValueError(f"eval.context_lengths={value!r}: give at least one positive length.")
+  return lengths
+
+
+def parse_tasks(value) -> list[str]:
+  names = _split(value)
+  bad = [n for n in names if n not in ALL_TASKS]
+  if bad or not names:
+    raise ValueError(f"eval.tasks={value!r}: unknown {bad}; choose from {list(ALL_TASKS)}.")
+  return names
+
+
+def _haystack(ecfg, config):
+  h = ecfg.haystack
+  if h == "noise":
+    return "noise"
+  if h == "held_out":
+    if config is None:
+      raise ValueError("eval.haystack='held_out' needs the run config (data.*); pass config= "
+                       "or use eval.haystack='noise'.")
+    from refine_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+    return pipeline.held_out_text(config)
+  if not os.path.isfile(h):
+    raise FileNotFoundError(f"eval.haystack={h!r}: use 'noise', 'held_out' or a text file path.")
+  with open(h, encoding="utf-8") as f:
+    return f.read()
+
+
+def task_samples(tokenizer, ecfg, task: str, length: int, haystack="noise"):
+  """The eval samples of one (task, context length) cell."""
+  n = int(ecfg.num_samples)
+  if task in ("qa", "qa_f1"):
+    if not ecfg.qa_path:
+      raise ValueError(f"task {task!r} needs eval.qa_path (jsonl: context, input, answers).")
+    return tasks_lib.qa_samples_from_jsonl(ecfg.qa_path, tokenizer, length, limit=n)
+  kwargs = {"haystack": haystack}
+  if task.startswith("niah_"):
+    kwargs["num_needles"] = int(ecfg.num_needles)
+  elif task == "variable_tracking":
+    kwargs["num_hops"] = int(ecfg.vt_hops)
+  return [tasks_lib.make_task(task, tokenizer, length,
+                              tasks_lib.sample_seed("eval", i, int(ecfg.base_seed)), **kwargs)
+          for i in range(n)]
+
+
+def model_predictor(model, tokenizer, ecfg):
+  """predict(prompts, max_new_tokens) -> answers, by greedy cached decoding of `model`."""
+  from refine_jax.eval import decode  # pylint: disable=g-import-not-at-top
+
+  def predict(prompts, max_new_tokens):
+    return decode.decode_text(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                              add_bos=bool(ecfg.add_bos), batch_size=int(ecfg.batch_size))
+  return predict
+
+
+def _max_new_tokens(tokenizer, ecfg, samples) -> int:
+  if int(ecfg.max_new_tokens) > 0:
+    return int(ecfg.max_new_tokens)
+  return max(len(tokenizer.encode(s.target)) for s in samples) + 8
+
+
+def _score_text(task, samples, predictions):
+  refs = [s.answers for s in samples]
+  metric = "qa_f1" if task == "qa_f1" else None
+  per = [scoring.score_task("qa" if task == "qa_f1" else task, [p], [r], metric=metric)
+         for p, r in zip(predictions, refs)]
+  return float(np.mean(per)), per
+
+
+def mqar_score(model, ecfg, length: int) -> float:
+  """MQAR accuracy (percent) of the model's argmax over one batch of held-out sequences."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  batch = tasks_lib.mqar_batch(int(ecfg.num_samples), split="eval", base_seed=int(ecfg.base_seed),
+                               seq_len=length, num_kv_pairs=int(ecfg.mqar_kv_pairs),
+                               vocab_size=int(ecfg.mqar_vocab))
+  logits = model(jnp.asarray(batch["inputs"])).logits
+  pred = np.asarray(jnp.argmax(logits, -1))
+  return scoring.mqar_accuracy(pred, batch["targets"], batch["query_mask"])
+
+
+@functools.lru_cache(maxsize=8)
+def _nll_step(graphdef):
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from refine_jax.train import losses  # pylint: disable=g-import-not-at-top
+  return jax.jit(lambda state, batch: losses.ntp_eval(nnx.merge(graphdef, state), batch))
+
+
+def perplexity_score(model, config, ecfg, length: int) -> float:
+  """Held-out perplexity with sequences of `length` tokens (data.* from the run config)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from refine_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  cfg = ml_collections.ConfigDict(config.to_dict())
+  cfg.data.seq_len = int(length)
+  batches = pipeline.make_eval_batches(cfg, int(ecfg.ppl_batches),
+                                       batch_size=int(ecfg.batch_size))
+  graphdef, state = nnx.split(model)
+  step = _nll_step(graphdef)
+  nll, tokens = 0.0, 0.0
+  for b in batches:
+    out = jax.device_get(step(state, {k: np.asarray(v) for k, v in b.items()}))
+    nll += float(out["nll_sum"])
+    tokens += float(out["tokens"])
+  return scoring.perplexity(nll, tokens)
+
+
+def stage_eval_config() -> ml_collections.ConfigDict:
+  """The light default a training stage uses when its config has no eval.* section."""
+  c = default_eval_config()
+  c.tasks = "niah_single,variable_tracking,perplexity"
+  c.context_lengths = "512,1024"
+  c.num_samples = 4
+  return c
+
+
+def eval_stage(config, workdir: str, model) -> dict:
+  """The eval a training stage runs at its end: config.eval (or stage_eval_config()) on
+  `model`, written to <workdir>/eval."""
+  from refine_jax.data.tokenizers import get_tokenizer  # pylint: disable=g-import-not-at-top
+  ecfg = config.eval if "eval" in config else stage_eval_config()
+  return run_eval(model, get_tokenizer(config.data), ecfg, os.path.join(workdir, "eval"),
+                  config=config, title=os.path.basename(os.path.normpath(workdir)))
+
+
+def run_eval(model, tokenizer=None, eval_cfg=None, out_dir: str | None = None, /, *,
+             config=None, predict_fn: PredictFn | None = None, title: str = "eval",
+             **stage_call) -> dict:
+  """Evaluates tasks x context lengths; returns {task: {context_len: score}}.
+
+  model: an LM (greedy cached decoding; also needed for mqar / perplexity), or None when
+  predict_fn is given. predict_fn(prompts) -> answers replaces decoding for the text tasks.
+  eval_cfg: eval.* fields (default_eval_config()), or a config holding them under `eval`.
+  config: the run config (data.* for perplexity and the held-out haystack).
+  out_dir: where results.json, results.md, PNG plots and predictions.jsonl go (None: nowhere).
+  (Also accepts the stage-hook form run_eval(config, workdir, model=model) = eval_stage.)
+  """
+  if stage_call:
+    if set(stage_call) != {"model"} or eval_cfg is not None or out_dir is not None:
+      raise TypeError(f"run_eval: unexpected arguments {sorted(stage_call)}; call "
+                      "run_eval(model, tokenizer, eval_cfg, out_dir, config=...).")
+    return eval_stage(model, tokenizer, stage_call["model"])
+  if eval_cfg is None:
+    raise TypeError("run_eval(model, tokenizer, eval_cfg, out_dir): eval_cfg is missing.")
+  ecfg = eval_cfg.eval if "eval" in eval_cfg else eval_cfg
+  names, lengths = parse_tasks(ecfg.tasks), parse_lengths(ecfg.context_lengths)
+  if model is None and predict_fn is None:
+    raise ValueError("run_eval needs a model or a predict_fn(prompts) -> answers.")
+  if predict_fn is not None:
+    predict = lambda prompts, _: list(predict_fn(prompts))
+  else:
+    predict = model_predictor(model, tokenizer, ecfg)
+  haystack = _haystack(ecfg, config) if any(n.startswith(("niah", "variable")) for n in names) \
+      else "noise"
+  results: dict = {}
+  records = []
+  cells = [(t, n) for t in names for n in lengths]
+  bar = None
+  if ecfg.progress:
+    from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+    bar = tqdm(total=len(cells), desc=title, dynamic_ncols=True)
+  cache: dict = {}  # qa and qa_f1 share predictions
+  for task, length in cells:
+    if bar is not None:
+      bar.set_postfix(task=task, len=length)
+    if task in MODEL_TASKS:
+      if model is None:
+        raise ValueError(f"task {task!r} needs a model (it reads logits), not a predict_fn.")
+      if task == "mqar":
+        score = mqar_score(model, ecfg, length)
+      else:
+        if config is None:
+          raise ValueError("task 'perplexity' needs the run config (data.*); pass config=.")
+        score = perplexity_score(model, config, ecfg, length)
+    else:
+      key = ("qa" if task == "qa_f1" else task, length)
+      if key not in cache:
+        try:
+          samples = task_samples(tokenizer, ecfg, task, length, haystack)
+        except tasks_lib.TaskTooShortError as e:  # leave the cell out, keep the others
+          logging.warning("skipping %s at context length %d: %s", task, length, e)
+          if bar is not None:
+            bar.update(1)
+          continue
+        preds = predict([s.prompt for s in samples], _max_new_tokens(tokenizer, ecfg, samples))
+        if len(preds) != len(samples):
+          raise ValueError(f"predict_fn returned {len(preds)} answers for {len(samples)} prompts.")
+        cache[key] = (samples, preds)
+      samples, preds = cache[key]
+      score, per = _score_text(task, samples, preds)
+      records += [{"task": task, "context_len": length, "index": i,
+                   "prompt_tail": s.prompt[-120:], "prediction": p, "answers": list(s.answers),
+                   "score": sc} for i, (s, p, sc) in enumerate(zip(samples, preds, per))]
+    results.setdefault(task, {})[length] = float(score)
+    if bar is not None:
+      bar.update(1)
+  if bar is not None:
+    bar.close()
+  if out_dir:
+    report.write_results(results, out_dir, title=title, plots=bool(ecfg.plots))
+    if ecfg.save_predictions and records:
+      with open(os.path.join(out_dir, "predictions.jsonl"), "w") as f:
+        for r in records:
+          f.write(json.dumps(r) + "\n")
+  return results
+

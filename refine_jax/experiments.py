@@ -1,0 +1,259 @@
+"""NTP vs ReFINE experiment: several training arms x seeds from one NTP checkpoint, evaluated
+and summarised as a paper-style table (mean ± std over seeds) and a plot.
+
+  python -m refine_jax.experiments --config=configs/experiment.py \\
+      [--config.checkpoint=runs/pretrain-deltanet] [--workdir=runs/experiment]
+
+Each arm is a chain of stage configs run one after another, each stage starting from the
+previous one's weights (the first from `checkpoint`); every stage of every arm gets the same
+number of steps (`steps`), the same common overrides and, per seed, the same `seed` and
+data.shuffle_seed, so arms differ only in their training objective. Arm spec syntax:
+
+    "CONFIG.py key=value key=value | CONFIG2.py key=value"
+
+e.g. SFT-mid = "configs/midtrain.py stage=pretrain" (the midtrain data and optimiser with the
+NTP-only loop) and ReFINE-mid = "configs/midtrain.py". With no `checkpoint`, one is pretrained
+first (pretrain_config) in <workdir>/pretrain. The base model is evaluated once as arm "base".
+Everything resumes: finished stages are skipped by the stages' own resume logic and evaluated
+runs keep their results.json. Outputs in <workdir>: experiment.json (per-seed results and
+aggregates), experiment.md (tables), experiment.png.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import importlib.util
+import json
+import os
+import sys
+
+import ml_collections
+
+from refine_jax.eval import report
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """get_config() of a config file (relative paths: cwd first, then the repo root)."""
+  cands = [path] if os.path.isabs(path) else [path, os.path.join(_REPO, path)]
+  found = next((p for p in cands if os.path.isfile(p)), None)
+  if found is None:
+    raise FileNotFoundError(f"config file {path!r} not found (looked in {cands}).")
+  name = "_experiment_cfg_" + os.path.splitext(os.path.basename(found))[0]
+  spec = importlib.util.spec_from_file_location(name, found)
+  module = importlib.util.module_from_spec(spec)
+  if _REPO not in sys.path:
+    sys.path.insert(0, _REPO)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _convert(old, text: str, key: str):
+  if isinstance(old, bool):
+    if text.lower() in ("true", "1", "yes"):
+      return True
+    if text.lower() in ("false", "0", "no"):
+      return False
+    raise ValueError(f"override {key}={text!r}: expected true/false.")
+  if isinstance(old, int):
+    return int(text)
+  if isinstance(old, float):
+    return float(text)
+  if isinstance(old, str):
+    return text
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def apply_overrides(cfg: ml_collections.ConfigDict, overrides: str | list[str]):
+  """Applies "a.b=v c=w" (whitespace-separated key=value; the existing field's type wins)."""
+  items = overrides.split() if isinstance(overrides, str) else list(overrides)
+  with cfg.unlocked():
+    for item in items:
+      if "=" not in item:
+        raise ValueError(f"override {item!r}: expected key=value (e.g. train.steps=100).")
+      key, text = item.split("=", 1)
+      *parents, leaf = key.split(".")
+      node = cfg
+      for p in parents:
+        if p not in node:
+          raise ValueError(f"override {key}: config has no section {p!r}.")
+        node = node[p]
+      if leaf not in node:
+        raise ValueError(f"override {key}: config has no field {leaf!r}; check the name.")
+      node[leaf] = _convert(node[leaf], text, key)
+  return cfg
+
+
+def parse_arm(spec: str) -> list[tuple[str, str]]:
+  """"a.py k=v | b.py" -> [("a.py", "k=v"), ("b.py", "")]."""
+  stages = []
+  for part in spec.split("|"):
+    words = part.split()
+    if not words:
+      raise ValueError(f"arm spec {spec!r} has an empty stage; use 'CONFIG.py k=v | ...'.")
+    stages.append((words[0], " ".join(words[1:])))
+  return stages
+
+
+def _seeds(value) -> list[int]:
+  seeds = [int(s) for s in str(value).replace(",", " ").split()] if isinstance(value, str) \
+      else [int(s) for s in value]
+  if not seeds:
+    raise ValueError("seeds is empty: give e.g. '0,1,2'.")
+  return seeds
+
+
+def stage_config(path: str, overrides: str, *, common: str, seed: int, steps: int,
+                 init: str) -> ml_collections.ConfigDict:
+  """One stage's resolved config for an arm/seed."""
+  cfg = load_config_file(path)
+  apply_overrides(cfg, common)
+  apply_overrides(cfg, overrides)
+  with cfg.unlocked():
+    cfg.seed = int(seed)
+    if "shuffle_seed" in cfg.data:
+      cfg.data.shuffle_seed = int(seed)
+    if steps > 0:
+      cfg.train.steps = int(steps)
+    cfg.init_checkpoint = init
+    if "midtrain" in cfg:  # the experiment evaluates each arm itself
+      if "run_eval" in cfg.midtrain:
+        cfg.midtrain.run_eval = False
+      if "warmup_steps" in cfg.midtrain:
+        cfg.midtrain.warmup_steps = 0
+  return cfg
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def _run_stage(cfg, workdir):
+  from refine_jax.train import stages, validate  # pylint: disable=g-import-not-at-top
+  validate.validate_config(cfg)
+  print(f"experiment: stage {cfg.stage} -> {workdir}", flush=True)
+  return stages.get_stage(cfg.stage)(cfg, workdir)
+
+
+def _evaluate(run_dir: str, ecfg, model=None, run_config=None, title="eval") -> dict:
+  out = os.path.join(run_dir, "eval")
+  if os.path.isfile(os.path.join(out, report.RESULTS_JSON)):
+    return report.load_results(out)
+  from refine_jax.data.tokenizers import get_tokenizer  # pylint: disable=g-import-not-at-top
+  from refine_jax.eval import runner  # pylint: disable=g-import-not-at-top
+  if model is None or run_config is None:
+    from refine_jax.pretrained import load_pretrained  # pylint: disable=g-import-not-at-top
+    model, run_config = load_pretrained(run_dir)
+  return runner.run_eval(model, get_tokenizer(run_config.data), ecfg, out, config=run_config,
+                         title=title)
+
+
+def arm_names(exp) -> list[str]:
+  order = [a.strip() for a in str(exp.arm_order).split(",") if a.strip()]
+  names = order or list(exp.arms.keys())
+  missing = [a for a in names if a not in exp.arms]
+  if missing:
+    raise ValueError(f"arm_order names {missing} that are not in arms ({list(exp.arms)}).")
+  return names
+
+
+def run_experiment(exp, workdir: str) -> dict:
+  """Runs every arm x seed (training + eval), writes the summary; returns it."""
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  ecfg = exp.eval
+  seeds, names = _seeds(exp.seeds), arm_names(exp)
+  for name in names:  # fail on a bad spec before hours of training
+    for path, ov in parse_arm(exp.arms[name]):
+      apply_overrides(load_config_file(path), exp.overrides + " " + ov)
+
+  base = exp.checkpoint
+  if not base:
+    base = os.path.join(workdir, "pretrain")
+    cfg = load_config_file(exp.pretrain_config)
+    apply_overrides(cfg, exp.pretrain_overrides)
+    _run_stage(cfg, base)
+  per_arm: dict[str, list[dict]] = {}
+  if exp.eval_base:
+    per_arm["base"] = [_evaluate(os.path.join(workdir, "base"), ecfg, *_load(base),
+                                 title="base")]
+
+  for name in names:
+    per_arm[name] = []
+    for seed in seeds:
+      init, run_dir, result = base, None, None
+      for i, (path, ov) in enumerate(parse_arm(exp.arms[name])):
+        run_dir = os.path.join(workdir, name, f"seed{seed}", f"stage{i}")
+        cfg = stage_config(path, ov, common=exp.overrides, seed=seed, steps=int(exp.steps),
+                           init=init)
+        result = _run_stage(cfg, run_dir)
+        init = run_dir
+      model = getattr(result, "model", None)
+      per_arm[name].append(_evaluate(run_dir, ecfg, model, cfg if model is not None else None,
+                                     title=f"{name} seed {seed}"))
+  summary = summarize(per_arm, seeds=seeds)
+  write_summary(summary, workdir, title=exp.title)
+  print(summary["table"])
+  print(f"wrote {os.path.join(workdir, 'experiment.md')}")
+  return summary
+
+
+def _load(checkpoint):
+  from refine_jax.pretrained import load_pretrained  # pylint: disable=g-import-not-at-top
+  return load_pretrained(checkpoint)
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def summarize(per_arm: dict[str, list[dict]], *, seeds=None) -> dict:
+  """{arm: [results per seed]} -> aggregates, the average table and one table per length."""
+  agg = {arm: report.aggregate(rs) for arm, rs in per_arm.items()}
+  lengths = sorted({n for a in agg.values() for cells in a.values() for n in cells
+                    if n != "avg"})
+  tables = [report.experiment_table(agg, title="average over context lengths (mean ± std "
+                                               "over seeds)")]
+  tables += [report.experiment_table(agg, column=n, title=f"context length {n}")
+             for n in lengths]
+  return {"seeds": list(seeds) if seeds is not None else None, "per_seed": per_arm,
+          "aggregate": agg, "table": tables[0], "tables": tables}
+
+
+def write_summary(summary: dict, workdir: str, title: str = "NTP vs ReFINE") -> dict:
+  paths = {k: os.path.join(workdir, f"experiment.{k}") for k in ("json", "md", "png")}
+  agg_json = {arm: {t: {str(n): list(v) for n, v in cells.items()} for t, cells in a.items()}
+              for arm, a in summary["aggregate"].items()}
+  per_seed = {arm: [{t: {str(n): v for n, v in row.items()} for t, row in r.items()}
+                    for r in rs] for arm, rs in summary["per_seed"].items()}
+  with open(paths["json"], "w") as f:
+    json.dump({"seeds": summary["seeds"], "per_seed": per_seed, "aggregate": agg_json}, f,
+              indent=2)
+  with open(paths["md"], "w") as f:
+    f.write(f"# {title}\n\n" + "\n".join(summary["tables"]))
+  report.plot_experiment(summary["aggregate"], paths["png"], title=title)
+  return paths
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise SystemExit(f"unexpected arguments {argv[1:]}; use --config.field=value")
+  exp = _CONFIG.value
+  if exp is None:
+    raise SystemExit("--config=configs/experiment.py is required")
+  run_experiment(exp, _WORKDIR.value or os.path.join("runs", "experiment"))
+
+
+if __name__ == "__main__":
+  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/experiment.py",
+                                            lock_config=True)
+  _WORKDIR = flags.DEFINE_string("workdir", None, "default runs/experiment")
+  app.run(main)

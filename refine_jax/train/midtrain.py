@@ -1,0 +1,249 @@
+"""Mid-training stage: ReFINE (GRPO on next-sequence prediction + NTP) on long text.
+
+  python -m refine_jax.main --config=configs/midtrain.py [--workdir=runs/midtrain-deltanet]
+
+Without `init_checkpoint` (a fresh machine) it first runs a short NTP warm-up in
+<workdir>/warmup (a random model has nothing to branch from), then ReFINE from those weights in
+<workdir>, then the eval suite when refine_jax.eval provides one. With `init_checkpoint` the
+warm-up is skipped and ReFINE starts from those weights. Rerunning resumes whichever phase was
+interrupted. Besides the loop's files, the run dir gets rollouts.jsonl (sampled rollouts vs the
+truth on a fixed held-out batch, also as TensorBoard text under rollouts/) and
+midtrain_summary.json (held-out NLL and greedy next-sequence match before / after ReFINE).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+
+from refine_jax.refine import step as refine_step
+from refine_jax.train import loop, losses
+
+
+def make_ppo_step_builder(rcfg):
+  """step_builder for the loop when ppo_epochs * ppo_minibatches > 1: collect rollouts once
+  with the current weights, then several clipped-PPO updates over sequence minibatches.
+  (The lr schedule counts optimiser updates, so it advances epochs * minibatches per step.)"""
+  epochs, mbs = int(rcfg.ppo_epochs), int(rcfg.ppo_minibatches)
+
+  def builder(graphdef, loss_fn, tx):
+    del loss_fn
+
+    def step(params, opt_state, rest, batch, rng):
+      col = refine_step.collect(nnx.merge(graphdef, params, rest), batch, rng, rcfg)
+      B = batch["inputs"].shape[0]
+      size = B // mbs
+      rows = []
+      for _ in range(epochs):
+        for i in range(mbs):
+          sub_batch, sub_col = refine_step.minibatch(batch, col, i * size, size, rcfg)
+
+          def objective(p, sub_batch=sub_batch, sub_col=sub_col):
+            return refine_step.policy_loss(nnx.merge(graphdef, p, rest), sub_batch, sub_col,
+                                           rcfg)
+
+          (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(params)
+          updates, opt_state = tx.update(grads, opt_state, params)
+          params = optax.apply_updates(params, updates)
+          rows.append(dict(aux, loss=loss, grad_norm=optax.global_norm(grads)))
+      out = {k: jnp.mean(jnp.stack([r[k] for r in rows])) for k in rows[0]}
+      out["loss"] = rows[-1]["loss"]
+      return params, opt_state, out
+
+    return step
+
+  return builder
+
+
+def _has_checkpoint(workdir):
+  d = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(d) and any(name.isdigit() for name in os.listdir(d))
+
+
+def _warmup_config(config):
+  w = config.midtrain
+  wc = copy.deepcopy(config)
+  with wc.unlocked():
+    wc.stage = "pretrain"
+    wc.train.steps = int(w.warmup_steps)
+    wc.train.lr = float(w.warmup_lr)
+    wc.train.warmup_steps = max(1, int(w.warmup_steps) // 10)
+    wc.train.eval_every = int(w.warmup_steps)
+  return wc
+
+
+class RolloutLogger:
+  """on_step hook: every refine.log_rollouts_every steps, rollouts on a fixed held-out batch
+  -> rollouts.jsonl + TensorBoard text; also the greedy next-sequence match used in the
+  summary."""
+
+  def __init__(self, config, workdir, batch):
+    self.rcfg = config.refine
+    self.every = int(self.rcfg.log_rollouts_every)
+    self.last_step = int(config.train.steps)
+    self.path = os.path.join(workdir, "rollouts.jsonl")
+    self.batch = {k: np.asarray(v)[:max(1, int(self.rcfg.num_logged_rollouts))]
+                  for k, v in batch.items()}
+    self.tokenizer = None
+    try:
+      from refine_jax.data import tokenizers  # pylint: disable=g-import-not-at-top
+      self.tokenizer = tokenizers.get_tokenizer(config.data)
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning("no tokenizer for rollout text (%s); logging token ids", e)
+    self._tb = None
+    self._jit = None
+    self.enabled = jax.process_index() == 0 and self.every > 0
+
+  def _decode(self, ids):
+    ids = [int(i) for i in ids]
+    if self.tokenizer is None:
+      return " ".join(map(str, ids))
+    try:
+      return self.tokenizer.decode(ids)
+    except Exception:  # pylint: disable=broad-except
+      return " ".join(map(str, ids))
+
+  def sample(self, ms, seed):
+    if self._jit is None:
+      rcfg, graphdef = self.rcfg, ms.graphdef
+      self._jit = jax.jit(lambda p, r, b, key: refine_step.collect(
+          nnx.merge(graphdef, p, r), b, key, rcfg))
+    return jax.device_get(self._jit(ms.params, ms.rest, self.batch, jax.random.key(seed)))
+
+  def __call__(self, step, row, ms):
+    if not self.enabled or not (step % self.every == 0 or step == self.last_step):
+      return
+    col = self.sample(ms, step)
+    inputs = self.batch["inputs"]
+    c, n, k = self.rcfg.num_chunks, self.rcfg.rollouts_per_position, self.rcfg.rollout_len
+    lines, md = [], [f"step {step}\n"]
+    for b in range(inputs.shape[0]):
+      for i in range(c):
+        if not col.valid_Bc[b, i]:
+          continue
+        p = int(col.positions_Bc[b, i])
+        g = (b * c + i) * n
+        rec = {"step": int(step), "seq": b, "position": p,
+               "context": self._decode(inputs[b, max(0, p - 47):p + 1]),
+               "rollout": self._decode(col.tokens_Gk[g]), "truth": self._decode(col.true_Gk[g]),
+               "reward": float(col.rewards_BG[b, i * n]),
+               "entropy": float(col.entropy_Bc[b, i])}
+        lines.append(rec)
+        md.append(f"- `...{rec['context'][-40:]!r}` -> rollout `{rec['rollout']!r}` | truth "
+                  f"`{rec['truth']!r}` (reward {rec['reward']:.3f})")
+    with open(self.path, "a") as f:
+      for rec in lines:
+        f.write(json.dumps(rec) + "\n")
+    try:
+      if self._tb is None:
+        from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+        self._tb = SummaryWriter(logdir=os.path.join(os.path.dirname(self.path), "rollouts"))
+      self._tb.add_text("rollouts", "\n".join(md), int(step))
+      self._tb.flush()
+    except ImportError:
+      pass
+
+
+def next_sequence_match(model, batches, rcfg, seed=0):
+  """Held-out greedy next-sequence accuracy: fraction of the k greedy rollout tokens equal to
+  the truth, from the refine.num_chunks selected positions (argmax-entropy, deterministic)."""
+  rc = copy.deepcopy(rcfg)
+  with rc.unlocked():
+    rc.temperature, rc.selection, rc.reward = 0.0, "argmax", "binary"
+  graphdef, state = nnx.split(model)
+  f = jax.jit(lambda s, b: refine_step.collect(nnx.merge(graphdef, s), b, jax.random.key(seed),
+                                               rc))
+  scores = []
+  for b in batches:
+    col = jax.device_get(f(state, b))
+    w = np.repeat(col.valid_Bc, rc.rollouts_per_position, axis=1)
+    scores.append(float((col.rewards_BG * w).sum() / max(w.sum(), 1)))
+  return float(np.mean(scores))
+
+
+def _eval_suite(config, model, workdir):
+  """Runs refine_jax.eval's suite when one exists (kept optional: the stage must not depend
+  on it)."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  for mod_name, fn_name in (("refine_jax.eval.runner", "run_eval"),
+                            ("refine_jax.eval.runner", "run"), ("refine_jax.eval", "run_eval")):
+    try:
+      mod = importlib.import_module(mod_name)
+    except ImportError:
+      continue
+    fn = getattr(mod, fn_name, None)
+    if callable(fn):
+      logging.info("running eval suite %s.%s", mod_name, fn_name)
+      return fn(config, workdir, model=model)
+  logging.info("no eval suite in refine_jax.eval yet; skipped")
+  return None
+
+
+def run(config, workdir):
+  rcfg = config.refine
+  refine_step.validate(rcfg, int(config.data.seq_len))
+  mbs = int(rcfg.ppo_minibatches)
+  if int(config.train.batch_size) % mbs:
+    raise ValueError(f"train.batch_size={config.train.batch_size} is not divisible by "
+                     f"refine.ppo_minibatches={mbs}.")
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  mt = config.midtrain
+
+  eval_batches = loop.default_eval_batches(config, max(1, int(config.train.eval_batches)))
+  summary = {}
+  if not config.init_checkpoint and not _has_checkpoint(workdir) and mt.warmup_steps > 0:
+    wdir = os.path.join(workdir, "warmup")
+    print(f"midtrain: no init_checkpoint -> NTP warm-up ({mt.warmup_steps} steps) in {wdir}")
+    warm = loop.run_training(_warmup_config(config), wdir, losses.ntp_loss,
+                             eval_fn=losses.ntp_eval, eval_batches=eval_batches,
+                             stage="midtrain-warmup")
+    summary["warmup"] = {"steps": warm.step, "loss": warm.metrics.get("loss"),
+                         "eval_loss": warm.eval_metrics.get("eval_loss")}
+    if mt.summary_eval:
+      summary["next_sequence_match_before"] = next_sequence_match(warm.model, eval_batches,
+                                                                  rcfg)
+    config = copy.deepcopy(config)
+    with config.unlocked():
+      config.init_checkpoint = wdir
+
+  logger = RolloutLogger(config, workdir, eval_batches[0])
+  first = {}
+
+  def on_step(step, row, ms):
+    if not first:
+      first.update({k: row.get(k) for k in ("reward_mean", "ntp_loss", "loss")}, step=step)
+    logger(step, row, ms)
+
+  ppo = int(rcfg.ppo_epochs) * mbs > 1
+  result = loop.run_training(
+      config, workdir, refine_step.make_loss_fn(rcfg), eval_fn=losses.ntp_eval,
+      eval_batches=eval_batches, step_builder=make_ppo_step_builder(rcfg) if ppo else None,
+      on_step=on_step, stage="midtrain")
+  m = result.metrics
+  summary["refine"] = {
+      "steps": result.step, "first_logged": first,
+      "last": {k: m.get(k) for k in ("reward_mean", "reward_std", "ntp_loss", "rl_loss",
+                                     "clip_frac", "entropy_selected", "step_time_s")},
+      "eval_loss": result.eval_metrics.get("eval_loss"),
+      "eval_ppl": result.eval_metrics.get("eval_ppl")}
+  if mt.summary_eval:
+    summary["next_sequence_match"] = next_sequence_match(result.model, eval_batches, rcfg)
+  if mt.run_eval:
+    _eval_suite(config, result.model, workdir)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "midtrain_summary.json"), "w") as f:
+      json.dump(summary, f, indent=2, default=lambda x: None if isinstance(x, float) and
+                not math.isfinite(x) else str(x))
+  last = summary["refine"]["last"]
+  print(f"midtrain done: step {result.step}, reward_mean {last['reward_mean']}, ntp_loss "
+        f"{last['ntp_loss']}, eval_ppl {summary['refine']['eval_ppl']}, run dir {workdir}")
+  return result

@@ -1,0 +1,115 @@
+"""The eval runner: an oracle predictor scores 100, a wrong one 0; files have the right shape."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from refine_jax.data import tasks as tasks_lib
+from refine_jax.data.tokenizers import ByteTokenizer
+from refine_jax.eval import report, runner
+
+
+def _cfg(**kw):
+  c = runner.default_eval_config()
+  c.tasks = "niah_single,niah_multikey,niah_multivalue,variable_tracking"
+  c.context_lengths = "1000,800"
+  c.num_samples = 3
+  c.progress = False
+  c.update(kw)
+  return c
+
+
+def _oracle(tok, cfg):
+  """Maps each eval prompt to its references (regenerated from the same seeds)."""
+  answers = {}
+  for task in runner.parse_tasks(cfg.tasks):
+    for n in runner.parse_lengths(cfg.context_lengths):
+      for s in runner.task_samples(tok, cfg, task, n):
+        answers[s.prompt] = s.answers
+  return lambda prompts: [" " + ", ".join(answers[p]) + "." for p in prompts]
+
+
+def test_oracle_scores_100_and_wrong_scores_0(tmp_path):
+  tok, cfg = ByteTokenizer(), _cfg()
+  good = runner.run_eval(None, tok, cfg, str(tmp_path / "good"), predict_fn=_oracle(tok, cfg))
+  assert set(good) == {"niah_single", "niah_multikey", "niah_multivalue", "variable_tracking"}
+  for row in good.values():
+    assert row == {800: 100.0, 1000: 100.0}
+  bad = runner.run_eval(None, tok, cfg, None, predict_fn=lambda ps: ["no idea"] * len(ps))
+  assert all(v == 0.0 for row in bad.values() for v in row.values())
+
+
+def test_partial_answers_score_the_fraction_found():
+  tok = ByteTokenizer()
+  cfg = _cfg(tasks="niah_multivalue", context_lengths="1000", num_samples=2, num_needles=4)
+  samples = runner.task_samples(tok, cfg, "niah_multivalue", 1000)
+  by_prompt = {s.prompt: s.answers for s in samples}
+  res = runner.run_eval(None, tok, cfg, None,
+                        predict_fn=lambda ps: [" ".join(by_prompt[p][:1]) for p in ps])
+  assert res["niah_multivalue"][1000] == pytest.approx(25.0)
+
+
+def test_too_short_cells_are_left_out():
+  tok = ByteTokenizer()
+  cfg = _cfg(tasks="niah_single", context_lengths="100,1000")
+  res = runner.run_eval(None, tok, cfg, None, predict_fn=_oracle_safe(tok, cfg))
+  assert res == {"niah_single": {1000: 100.0}}
+
+
+def _oracle_safe(tok, cfg):
+  cfg = _cfg(tasks=cfg.tasks, context_lengths="1000")
+  return _oracle(tok, cfg)
+
+
+def test_eval_samples_come_from_the_eval_seed_stream():
+  tok, cfg = ByteTokenizer(), _cfg()
+  for s in runner.task_samples(tok, cfg, "niah_single", 800):
+    assert tasks_lib.seed_split(s.metadata["seed"]) == "eval"
+
+
+def test_qa_from_jsonl_f1_and_substring(tmp_path):
+  path = tmp_path / "qa.jsonl"
+  rows = [{"context": "Paris is in France. " * 5, "input": "Where is Paris?",
+           "answers": ["France"]},
+          {"context": "The cat sat. " * 5, "input": "Who sat?", "answers": ["the cat"]}]
+  path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+  tok = ByteTokenizer()
+  cfg = _cfg(tasks="qa,qa_f1", context_lengths="400", qa_path=str(path))
+  preds = {"Where is Paris?": "in France", "Who sat?": "a dog"}
+  fn = lambda ps: [next(v for k, v in preds.items() if k in p) for p in ps]
+  res = runner.run_eval(None, tok, cfg, None, predict_fn=fn)
+  assert res["qa"][400] == pytest.approx(50.0)        # "France" found; "the cat" not
+  # F1: "in france" vs "france" = 2/3; "dog" vs "cat" = 0.
+  assert res["qa_f1"][400] == pytest.approx(100 * (2 / 3) / 2)
+
+
+def test_files_have_the_right_structure(tmp_path):
+  tok, cfg = ByteTokenizer(), _cfg(tasks="niah_single,niah_multiquery")
+  out = tmp_path / "eval"
+  res = runner.run_eval(None, tok, cfg, str(out), predict_fn=_oracle(tok, cfg))
+  with open(out / "results.json") as f:
+    data = json.load(f)
+  assert data == {"niah_single": {"800": 100.0, "1000": 100.0},
+                  "niah_multiquery": {"800": 100.0, "1000": 100.0}}
+  assert report.load_results(str(out)) == res
+  md = (out / "results.md").read_text().splitlines()
+  assert md[-4].startswith("| task | 800 | 1000 | avg |")
+  assert md[-1] == "| niah_multiquery | 100.0 | 100.0 | 100.0 |"
+  png = (out / "scores.png").read_bytes()
+  assert png[:8] == b"\x89PNG\r\n\x1a\n"
+  preds = [json.loads(l) for l in (out / "predictions.jsonl").read_text().splitlines()]
+  assert len(preds) == 2 * 2 * 3 and all(p["score"] == 100.0 for p in preds)
+
+
+def test_bad_config_errors():
+  tok = ByteTokenizer()
+  with pytest.raises(ValueError, match="eval.tasks"):
+    runner.run_eval(None, tok, _cfg(tasks="niah_bogus"), None, predict_fn=lambda p: p)
+  with pytest.raises(ValueError, match="context_lengths"):
+    runner.run_eval(None, tok, _cfg(context_lengths="abc"), None, predict_fn=lambda p: p)
+  with pytest.raises(ValueError, match="predict_fn"):
+    runner.run_eval(None, tok, _cfg(), None)
+  with pytest.raises(ValueError, match="needs a model"):
+    runner.run_eval(None, tok, _cfg(tasks="mqar"), None, predict_fn=lambda p: p)
