@@ -16,8 +16,9 @@
 # Then, through the device tool: run(command="bash benchmarks/gpu_check.sh",
 #   carry=[".whl"], timeout_s=540). Results come back under $OUT:
 #   env.txt, tests.txt (pytest on the GPU: the Triton kernels for real, not interpreted),
-#   kernel_bench.{json,md} (pallas_gpu vs xla_chunked vs FLA, fwd and fwd+bwd),
-#   tune_*.md (launch-setting sweep at T=8192, only with TUNE=1).
+#   kernel_bench.{json,md} (pallas_gpu vs xla_chunked vs FLA, fwd and fwd+bwd).
+# A second call, `bash benchmarks/gpu_check.sh tune` (~5 minutes), sweeps the launch
+# settings in pallas_gpu.TUNING at T = 8192 instead: kernel_bench_tune_*.md.
 set -u
 export PYTHONUNBUFFERED=1   # keep partial output if a step hits its timeout
 OUT=${OUT:-runs/gpu_check}
@@ -39,20 +40,26 @@ fi
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 
-# 1) Correctness on the GPU: the GPU kernels run for real (fp32 < 1e-4, bf16 < 1e-2 vs the
-#    naive recurrence, outputs/states/all gradients), incl. C=64, K=V=128 device shapes.
-timeout 200 python3 -m pytest tests/test_pallas_kernels.py tests/test_pallas_lowering.py \
-    -v -p no:cacheprovider --durations=10 2>&1 | tee "$OUT/tests.txt" | tail -25
-
-# 2) Optional: launch-setting sweep of our kernel at one size (adds ~2 minutes).
-if [ "${TUNE:-0}" = "1" ]; then
-  for tune in block_v=32 block_v=128 bwd_warps=4 fwd_warps=8; do
-    timeout 60 python3 benchmarks/kernel_bench.py --out "$OUT" --T 8192 --variants gated \
-        --impls pallas_gpu --iters 3 --tune "$tune" --tag "_tune_${tune/=/}" 2>&1 | tail -3
+if [ "${1:-check}" = "tune" ]; then
+  # Launch-setting sweep of our kernel at one size, one setting changed at a time.
+  timeout 60 python3 benchmarks/kernel_bench.py --out "$OUT" --T 8192 --variants gated \
+      --impls pallas_gpu --iters 3 --tag _tune_default 2>&1 | tail -1
+  for tune in bf16_dots=1 fwd_block_v=128 bwd_block_v=128 fwd_block_v=32 bwd_warps=4 \
+      fwd_warps=8; do
+    timeout 45 python3 benchmarks/kernel_bench.py --out "$OUT" --T 8192 --variants gated \
+        --impls pallas_gpu --iters 3 --tune "$tune" --tag "_tune_${tune/=/}" 2>&1 | tail -1
   done
+  echo "gpu_check tune done: results in $OUT"
+  exit 0
 fi
 
-# 3) The benchmark: B*H = 128 heads, T = 2048, 8192, 32768, K = V = 128, bf16.
+# 1) Correctness on the GPU: the GPU kernels run for real (fp32 < 1e-4, bf16 < 1e-2 vs the
+#    naive recurrence, outputs/states/all gradients), incl. C=64, K=V=128 device shapes.
+timeout 200 python3 -m pytest tests/test_pallas_kernels.py tests/test_pallas_math.py \
+    tests/test_pallas_lowering.py -v -p no:cacheprovider --durations=10 2>&1 \
+    | tee "$OUT/tests.txt" | tail -25
+
+# 2) The benchmark: B*H = 128 heads, T = 2048, 8192, 32768, K = V = 128, bf16.
 timeout 250 python3 benchmarks/kernel_bench.py --out "$OUT" --iters 3 2>&1 \
     | tee "$OUT/bench.txt" | tail -20
 echo "gpu_check done: results in $OUT"

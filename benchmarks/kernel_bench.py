@@ -140,7 +140,7 @@ def main(argv=None):
   p.add_argument("--iters", type=int, default=2 if on_cpu else 5)
   p.add_argument("--dtype", default="float32" if on_cpu else "bfloat16")
   p.add_argument("--tune", default="",
-                 help="pallas_gpu launch settings, e.g. block_v=32,bwd_warps=8 (see TUNING)")
+                 help="pallas_gpu launch settings, e.g. bwd_block_v=128,bwd_warps=8 (see TUNING)")
   p.add_argument("--tag", default="", help="suffix of the output file names")
   a = p.parse_args(argv)
   if a.tune:

@@ -20,24 +20,31 @@ f32 = jnp.float32
 
 # Launch defaults; benchmarks/kernel_bench.py --tune overrides them for a sweep.
 # The backward holds about twice the live tiles of the forward, hence more warps.
-TUNING = dict(block_v=64, fwd_warps=4, fwd_stages=2, bwd_warps=8, bwd_stages=1)
+# bf16_dots=1: bf16 dot operands for bf16 inputs (2x the TF32 tensor-core rate, as FLA;
+# relative errors ~5e-3 instead of ~2e-3 at C=64), off until a GPU run shows it pays.
+# bwd_block_v = V would drop the per-V-block partial dq/dk/dbeta/dg (less HBM traffic) at
+# the cost of a K x V float32 cotangent in registers.
+TUNING = dict(fwd_block_v=64, fwd_warps=4, fwd_stages=2,
+              bwd_block_v=64, bwd_warps=8, bwd_stages=1, bf16_dots=0)
 
 
 def _compiler_params(num_warps, num_stages):
-  # Passing Triton compiler params selects the Triton lowering (jax >= 0.10 would otherwise
-  # default to Mosaic GPU when jax_pallas_use_mosaic_gpu is set).
+  # Triton compiler params select the Triton lowering; without them jax may pick Mosaic GPU
+  # (jax_pallas_use_mosaic_gpu), which lacks reductions along an axis and more.
   from jax.experimental.pallas import triton as pltriton
   return pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
 
 
 def _cfg(dtype):
-  prec = (jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32
-          else jax.lax.Precision.DEFAULT)
-  return pm.MathCfg(precision=prec, explicit_transpose=False)
+  if jnp.dtype(dtype) == jnp.float32:   # IEEE float32 dots: exact to ~1e-6
+    return pm.MathCfg(precision=jax.lax.Precision.HIGHEST, explicit_transpose=False)
+  # bf16 / fp16 inputs: TF32 dots, or bf16 operands with TUNING["bf16_dots"].
+  return pm.MathCfg(precision=jax.lax.Precision.DEFAULT, explicit_transpose=False,
+                    operand_dtype=jnp.bfloat16 if TUNING["bf16_dots"] else jnp.float32)
 
 
-def _block_v(V, block_v):
-  BV = min(V, TUNING["block_v"]) if block_v is None else block_v
+def _block_v(V, block_v, default):
+  BV = min(V, default) if block_v is None else block_v
   if V % BV:
     raise ValueError(f"block_v={BV} must divide V={V}; pick a power of two <= V.")
   return BV
@@ -78,7 +85,7 @@ def fwd(q, k, v, beta, g, S0, *, scale, chunk_size, interpret=False, block_v=Non
   V = v.shape[-1]
   C = chunk_size
   N = T // C
-  BV = _block_v(V, block_v)
+  BV = _block_v(V, block_v, TUNING["fwd_block_v"])
   gated = g is not None
   kernel = functools.partial(_fwd_kernel, C=C, N=N, H=H, BV=BV, scale=float(scale),
                              gated=gated, store_cs=store_chunk_states, cfg=_cfg(q.dtype))
@@ -145,7 +152,7 @@ def bwd(q, k, v, beta, g, chunk_states, do, dsT, dcs, *, scale, chunk_size,
   V = v.shape[-1]
   C = chunk_size
   N = T // C
-  BV = _block_v(V, block_v)
+  BV = _block_v(V, block_v, TUNING["bwd_block_v"])
   NV = V // BV
   gated = g is not None
   has_dcs = dcs is not None
@@ -169,5 +176,5 @@ def bwd(q, k, v, beta, g, chunk_states, do, dsT, dcs, *, scale, chunk_size,
   dq, dk, dv, dbeta = outs[:4]
   dg = outs[4] if gated else None
   dS0 = outs[-1]
-  dsum = lambda x: x.sum(0)
+  dsum = lambda x: x[0] if NV == 1 else x.sum(0)
   return (dsum(dq), dsum(dk), dv, dsum(dbeta), None if dg is None else dsum(dg), dS0)

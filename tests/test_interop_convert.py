@@ -256,3 +256,14 @@ def test_fresh_model_exports_to_fla_and_back(tmp_path):
   m2, cfg2, _ = hf_checkpoint.load_hf(out)
   p1, p2 = modelio.flat_params(model), modelio.flat_params(m2)
   assert sorted(p1) == sorted(p2) and all(p1[k].tobytes() == p2[k].tobytes() for k in p1)
+
+
+def test_module_cli_entry(tmp_path):
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  r = subprocess.run([sys.executable, "-m", "refine_jax.convert", "--from-hf",
+                      str(tmp_path / "missing"), "--out", str(tmp_path / "o")],
+                     capture_output=True, text=True, cwd=root, timeout=120)
+  assert r.returncode == 2
+  assert "refine_jax.convert: error:" in r.stderr and "does not exist" in r.stderr

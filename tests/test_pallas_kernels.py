@@ -96,6 +96,13 @@ def test_gpu_kernel_bf16():
   _check("gpu", 1, 40, 2, 16, 32, 16, jnp.bfloat16, True, 1e-2)
 
 
+def test_gpu_kernel_bf16_dot_operands(monkeypatch):
+  """The bf16-operand variant of the dots (a launch option) stays within bf16 tolerance."""
+  from pallas_kernels import pallas_gpu
+  monkeypatch.setitem(pallas_gpu.TUNING, "bf16_dots", 1)
+  _check("gpu", 1, 70, 1, 16, 16, 32, jnp.bfloat16, True, 1e-2)
+
+
 def test_gpu_kernel_without_chunk_states():
   """The non-differentiated call skips the chunk-state output; gradients still match."""
   _check("gpu", 1, 50, 1, 16, 16, 32, jnp.float32, False, 1e-4, chunk_states=False)

@@ -73,6 +73,11 @@ def load_hf(hf_dir: str, *, config=None):
     if data_fields and "data" in config:
       with config.data.unlocked():
         config.data.update(data_fields)
+    elif not data_fields:
+      logging.warning("%s has no tokenizer.json / tokenizer.model; data.tokenizer stays %r, "
+                      "which does not match this model's vocab_size=%d unless you set "
+                      "data.tokenizer and data.tokenizer_path.", hf_dir,
+                      config.get("data", {}).get("tokenizer", None), config.model.vocab_size)
   table = hf_weights.param_table(modelio.abstract_params(config.model))
   tied = bool(hf_config.resolved_fla_fields(hf_cfg)["tie_word_embeddings"])
   params = hf_weights.hf_to_params(tensors, table, tied=tied)
