@@ -84,8 +84,10 @@ def _unit_lower_inverse(A_XCC):
   while b < C:
     n = C // (2 * b)
     A6 = A_XCC.reshape(*batch, n, 2, b, n, 2, b)
-    # Lower-left b x b block of each 2b x 2b diagonal block: [..., n, b, b].
-    A21 = jnp.moveaxis(jnp.diagonal(A6[..., :, 1, :, :, 0, :], axis1=-4, axis2=-2), -1, -3)
+    # Lower-left b x b block of each 2b x 2b diagonal block: [..., n, b, b]. Pairs (p, p)
+    # taken by a strided slice: jnp.diagonal's gather (scatter in the backward) is slow on CPU.
+    A_pqij = jnp.moveaxis(A6[..., :, 1, :, :, 0, :], -2, -3).reshape(*batch, n * n, b, b)
+    A21 = A_pqij[..., ::n + 1, :, :]
     D11, D22 = D[..., 0::2, :, :], D[..., 1::2, :, :]
     off = -_ein("...ij,...jk,...kl->...il", D22, A21, D11)
     top = jnp.concatenate([D11, jnp.zeros_like(D11)], axis=-1)

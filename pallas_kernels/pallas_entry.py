@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 f32 = jnp.float32
-_DTYPES = ("float32", "bfloat16", "float16")
+_DTYPES = ("float32", "bfloat16")
 
 
 def _pow2(n):
@@ -32,7 +32,8 @@ def unsupported_reason(q_shape, v_shape, dtype, chunk_size, target):
             "value heads before calling)")
   V = v_shape[3]
   if jnp.dtype(dtype).name not in _DTYPES:
-    return f"dtype {jnp.dtype(dtype).name} not supported; use one of {_DTYPES}"
+    return (f"dtype {jnp.dtype(dtype).name} not supported; cast q/k/v/beta/g to one of "
+            f"{_DTYPES}")
   if T < 1:
     return "T must be >= 1"
   C = chunk_size

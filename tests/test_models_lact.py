@@ -123,8 +123,10 @@ def test_causal_and_fast_weights_matter():
   assert np.abs(np.asarray(y0[:, 11:] - y1[:, 11:])).max() > 1e-4
 
 
-@pytest.mark.parametrize("over", [dict(), dict(use_muon=False, use_momentum=False,
-                                               learnable_ttt_scale=False, w0_w2_low_rank=2)])
+@pytest.mark.parametrize("over", [
+    dict(),
+    pytest.param(dict(use_muon=False, use_momentum=False, learnable_ttt_scale=False,
+                      w0_w2_low_rank=2, attn_qk_norm=True, window=None), marks=pytest.mark.slow)])
 def test_decode_matches_forward(over):
   """Prefill 5 tokens, prefill 4 more from mid-chunk (crossing a chunk end), then decode one
   by one across further chunk updates: equals the full forward."""

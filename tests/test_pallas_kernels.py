@@ -147,6 +147,8 @@ def test_unsupported_shapes_give_reasons():
   assert "chunk_size=12" in ur((1, 8, 1, 16), (1, 8, 1, 16), jnp.float32, 12, "tpu")
   assert "heads" in ur((1, 8, 2, 16), (1, 8, 4, 16), jnp.float32, 16, "gpu")
   assert "int32" in ur((1, 8, 1, 16), (1, 8, 1, 16), jnp.int32, 16, "gpu")
+  assert "float16" in ur((1, 8, 1, 16), (1, 8, 1, 16), jnp.float16, 16, "tpu")
+  assert "T=300000" in ur((1, 300000, 1, 16), (1, 300000, 1, 16), jnp.float32, 64, "tpu")
   with pytest.raises(ValueError, match="K=48"):
     z = jnp.zeros((1, 8, 1, 48))
     pallas_entry.pallas_delta_rule(z, z, jnp.zeros((1, 8, 1, 64)), jnp.zeros((1, 8, 1)),

@@ -1,0 +1,260 @@
+"""Post-training stage (DESIGN.md §5.6): nested ReFINE + SFT on prompt/answer pairs.
+
+  python -m refine_jax.main --config=configs/posttrain.py [--workdir=runs/posttrain-deltanet]
+
+Per batch, two optimiser updates inside ONE jitted train step (a loop `step_builder`):
+  inner  on the prompt only (answer tokens replaced by padding, loss_mask = prompt_mask):
+         ReFINE (NTP + GRPO, "hybrid" reward)       posttrain.mode = "nested_refine" (default)
+         NTP                                         posttrain.mode = "nested_sft"
+         none                                        posttrain.mode = "sft" (plain SFT baseline)
+  outer  SFT: NTP on the first posttrain.answer_cap answer tokens (+ eos), from the weights
+         the inner update produced (first-order: no gradient through the inner update).
+Both updates share the loop's AdamW state (the lr schedule counts steps, not updates); the
+inner one is scaled by posttrain.inner_lr_scale. Checkpoints, resume (the QA iterator's
+position is saved with them), metrics and held-out answer NLL come from the training loop.
+
+Without init_checkpoint it first runs an NTP warm-up on the embedded corpus in
+<workdir>/warmup (a random model cannot answer anything). The held-out accuracy of the
+starting weights goes to eval/no_adaptation/, the post-trained one to eval/results.json, and
+eval/comparison.md + posttrain_summary.json put them side by side.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from refine_jax.train import loop, losses, qa_data, qa_eval
+
+MODES = ("nested_refine", "nested_sft", "sft")
+
+
+def validate(config):
+  """One clear error per bad posttrain.* field."""
+  p = config.posttrain
+  if p.mode not in MODES:
+    raise ValueError(f"posttrain.mode={p.mode!r}; choose one of {MODES}.")
+  if int(p.answer_cap) < 1:
+    raise ValueError(f"posttrain.answer_cap={p.answer_cap} must be >= 1.")
+  if not p.data_path:
+    top = int(config.data.seq_len) - int(p.answer_cap) - 2
+    if not int(p.min_prompt_tokens) <= top:
+      raise ValueError(f"posttrain.min_prompt_tokens={p.min_prompt_tokens} > data.seq_len - "
+                       f"posttrain.answer_cap - 2 = {top}; lower it or raise data.seq_len.")
+  if p.mode == "nested_refine":
+    from refine_jax.refine import step as refine_step  # pylint: disable=g-import-not-at-top
+    refine_step.validate(config.refine, int(config.data.seq_len))
+
+
+def answer_batch(batch):
+  """The outer-update view: NTP only where loss_mask (the capped answer + eos) is set."""
+  return {"inputs": batch["inputs"], "targets": batch["targets"],
+          "loss_mask": jnp.asarray(batch["loss_mask"], jnp.float32)}
+
+
+def inner_loss_fn(config, pad_id):
+  """loss_fn(model, batch, rng) of the inner update, on prompt_only(batch); None for "sft"."""
+  mode = config.posttrain.mode
+  if mode == "sft":
+    return None
+  if mode == "nested_sft":
+    return lambda model, batch, rng: losses.ntp_loss(model, qa_data.prompt_only(batch, pad_id),
+                                                     rng)
+  from refine_jax.refine import step as refine_step  # pylint: disable=g-import-not-at-top
+  rcfg = config.refine
+  return lambda model, batch, rng: refine_step.refine_loss(
+      model, qa_data.prompt_only(batch, pad_id), rng, rcfg)
+
+
+def outer_loss(model, batch, rng):
+  return losses.ntp_loss(model, answer_batch(batch), rng)
+
+
+def make_step_builder(config, pad_id):
+  """step_builder for loop.run_training: inner update (prompt) then outer update (answer)."""
+  inner = inner_loss_fn(config, pad_id)
+  scale = float(config.posttrain.inner_lr_scale)
+
+  def builder(graphdef, loss_fn, tx):
+    del loss_fn
+
+    def step(params, opt_state, rest, batch, rng):
+      r_in, r_out = jax.random.split(rng)
+      out = {}
+      if inner is not None:
+        def inner_obj(p):
+          return inner(nnx.merge(graphdef, p, rest), batch, r_in)
+        (li, aux), g = jax.value_and_grad(inner_obj, has_aux=True)(params)
+        updates, opt_state = tx.update(g, opt_state, params)
+        params = optax.apply_updates(params, jax.tree.map(lambda u: u * scale, updates))
+        out.update({f"inner_{k}": v for k, v in aux.items()})
+        out.update(inner_loss=li, inner_grad_norm=optax.global_norm(g))
+
+      def outer_obj(p):
+        return outer_loss(nnx.merge(graphdef, p, rest), batch, r_out)
+      (lo, aux), g = jax.value_and_grad(outer_obj, has_aux=True)(params)
+      updates, opt_state = tx.update(g, opt_state, params)
+      params = optax.apply_updates(params, updates)
+      out.update({f"answer_{k}": v for k, v in aux.items() if k != "ntp_loss"})
+      out.update(loss=lo, grad_norm=optax.global_norm(g))
+      return params, opt_state, out
+
+    return step
+
+  return builder
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _samples_fn(config, tok, split):
+  """sample_fn(i) for the training stream (split="train") plus the held-out file samples."""
+  p = config.posttrain
+  seq_len, cap = int(config.data.seq_len), int(p.answer_cap)
+  if p.data_path:
+    rows = qa_data.load_samples(p.data_path, tok, max_prompt_tokens=seq_len - cap - 2)
+    if p.eval_path:
+      held = qa_data.load_samples(p.eval_path, tok, max_prompt_tokens=seq_len - cap - 2)
+      train = rows
+    else:
+      every = int(p.holdout_every)
+      held = rows[::every]
+      train = [r for i, r in enumerate(rows) if i % every]
+    if not train:
+      raise ValueError(f"posttrain.data_path={p.data_path!r}: no training rows left after "
+                       f"holding out every {p.holdout_every}th; set posttrain.eval_path.")
+    held = held[:int(config.eval.num_samples)]
+
+    def from_file(i, n=len(train)):
+      epoch, j = divmod(i, n)
+      perm = np.random.default_rng([int(config.data.shuffle_seed), epoch]).permutation(n)
+      return train[perm[j]]
+    return from_file, held
+  tasks = qa_data._split(p.tasks)  # pylint: disable=protected-access
+  hi = seq_len - cap - 2
+  return (lambda i: qa_data.synthetic_sample(
+      tok, split, i, tasks=tasks, min_tokens=int(p.min_prompt_tokens), max_tokens=hi,
+      base_seed=int(config.seed), num_needles=int(config.eval.num_needles),
+      vt_hops=int(config.eval.vt_hops))), None
+
+
+def make_iterator(config, tok):
+  fn, _ = _samples_fn(config, tok, "train")
+  return qa_data.SampleIterator(fn, tok, int(config.data.seq_len), int(config.train.batch_size),
+                                int(config.posttrain.answer_cap), bool(config.data.add_bos))
+
+
+def held_out_batches(config, tok, held):
+  """Answer-NLL batches for the loop's eval (the eval stream, offset past the accuracy cells)."""
+  bs, n = int(config.train.batch_size), max(1, int(config.train.eval_batches))
+  if held:
+    samples = [held[i % len(held)] for i in range(bs * n)]
+  else:
+    fn, _ = _samples_fn(config, tok, "eval")
+    samples = [fn(100_000 + i) for i in range(bs * n)]
+  return [qa_data.qa_batch(tok, samples[i * bs:(i + 1) * bs], int(config.data.seq_len),
+                           int(config.posttrain.answer_cap), bool(config.data.add_bos))
+          for i in range(n)]
+
+
+# ----------------------------------------------------------------------------- stage
+
+
+def has_checkpoint(workdir):
+  d = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(d) and any(name.isdigit() for name in os.listdir(d))
+
+
+def warmup(config, workdir, steps, lr, stage):
+  """NTP warm-up on the data pipeline in <workdir>/warmup; returns that directory."""
+  wdir = os.path.join(workdir, "warmup")
+  wc = copy.deepcopy(config)
+  with wc.unlocked():
+    wc.stage = "pretrain"
+    wc.train.steps = int(steps)
+    wc.train.lr = float(lr)
+    wc.train.warmup_steps = max(1, int(steps) // 10)
+    wc.train.schedule = "cosine"
+    wc.train.eval_every = int(steps)
+  print(f"{stage}: no init_checkpoint -> NTP warm-up ({steps} steps) in {wdir}")
+  loop.run_training(wc, wdir, losses.ntp_loss, eval_fn=losses.ntp_eval, stage=f"{stage}-warmup")
+  return wdir
+
+
+def answer_nll(model, batches):
+  """Mean held-out NLL per answer token (teacher-forced)."""
+  graphdef, state = nnx.split(model)
+  f = jax.jit(lambda s, b: losses.ntp_eval(nnx.merge(graphdef, s), b))
+  nll = tok = 0.0
+  for b in batches:
+    o = jax.device_get(f(state, {k: np.asarray(v) for k, v in b.items()}))
+    nll, tok = nll + float(o["nll_sum"]), tok + float(o["tokens"])
+  return nll / max(tok, 1.0)
+
+
+def _no_adaptation(config, out_dir, cells, tok, nll_batches, start_from, title):
+  """Scores of the starting weights; cached in out_dir (a rerun does not redo them)."""
+  path = os.path.join(out_dir, "summary.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  model = qa_eval.load_model(config, start_from)
+  res = qa_eval.score_cells(cells, qa_eval.greedy_predictor(model, tok, config), tok, config,
+                            out_dir, title)
+  summary = {"results": res, "answer_nll": answer_nll(model, nll_batches) if nll_batches
+             else None}
+  with open(path, "w") as f:
+    json.dump(summary, f, indent=2)
+  return summary
+
+
+def run(config, workdir):
+  from refine_jax.data.tokenizers import get_tokenizer  # pylint: disable=g-import-not-at-top
+  validate(config)
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  p = config.posttrain
+  tok = get_tokenizer(config.data)
+  if not config.init_checkpoint and not has_checkpoint(workdir) and int(p.warmup_steps) > 0:
+    wdir = warmup(config, workdir, p.warmup_steps, p.warmup_lr, "posttrain")
+    config = copy.deepcopy(config)
+    with config.unlocked():
+      config.init_checkpoint = wdir
+  start_from = config.init_checkpoint
+
+  _, held = _samples_fn(config, tok, "eval")
+  nll_batches = held_out_batches(config, tok, held)
+  cells = qa_eval.eval_cells(config, tok, held)
+  eval_dir = os.path.join(workdir, "eval")
+  base = _no_adaptation(config, os.path.join(eval_dir, "no_adaptation"), cells, tok,
+                        nll_batches, start_from, "no adaptation")
+
+  result = loop.run_training(config, workdir, outer_loss, eval_fn=losses.ntp_eval,
+                             train_iter=make_iterator(config, tok), eval_batches=nll_batches,
+                             step_builder=make_step_builder(config, tok.pad_id),
+                             stage="posttrain")
+  res = qa_eval.score_cells(cells, qa_eval.greedy_predictor(result.model, tok, config), tok,
+                            config, eval_dir, f"posttrain ({p.mode})")
+  summary = {"mode": p.mode, "steps": result.step, "init_checkpoint": start_from,
+             "no_adaptation": base["results"], "posttrain": res,
+             "answer_nll_before": base["answer_nll"],
+             "answer_nll_after": answer_nll(result.model, nll_batches),
+             "last_metrics": {k: v for k, v in result.metrics.items()
+                              if isinstance(v, (int, float))}}
+  table = qa_eval.comparison({"no adaptation": base["results"], p.mode: res})
+  if jax.process_index() == 0:
+    with open(os.path.join(eval_dir, "comparison.md"), "w") as f:
+      f.write(f"# posttrain ({p.mode}) vs the starting checkpoint\n\n{table}\n"
+              f"held-out answer NLL/token: {summary['answer_nll_before']} -> "
+              f"{summary['answer_nll_after']}\n")
+    with open(os.path.join(workdir, "posttrain_summary.json"), "w") as f:
+      json.dump(summary, f, indent=2, default=str)
+  print(f"posttrain ({p.mode}) done: step {result.step}, run dir {workdir}\n{table}"
+        f"answer NLL {summary['answer_nll_before']:.4f} -> {summary['answer_nll_after']:.4f}")
+  return result

@@ -1,0 +1,105 @@
+"""Held-out QA accuracy for the post-training and TTT stages.
+
+One code path scores the starting checkpoint (no adaptation), the post-trained model and the
+test-time-trained answers: cells {(task, context_len): [TaskSample]} -> predictions ->
+{task: {context_len: percent}} in <out_dir>/results.json (+ .md, plots, predictions.jsonl).
+Synthetic cells come from refine_jax.eval.runner.task_samples (the "eval" seed stream);
+file data is scored as one "qa" cell at data.seq_len.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable, Sequence
+
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from refine_jax.data import tasks as tasks_lib
+from refine_jax.eval import report, runner, scoring
+
+Predict = Callable[[Sequence[tasks_lib.TaskSample], int], Sequence[str]]
+
+
+def eval_cells(config, tokenizer, samples_from_file=None) -> dict:
+  """{(task, length): samples}. With file samples: one ("qa", data.seq_len) cell."""
+  if samples_from_file:
+    return {("qa", int(config.data.seq_len)): list(samples_from_file)}
+  ecfg = config.eval
+  cells = {}
+  for task in runner.parse_tasks(ecfg.tasks):
+    for length in runner.parse_lengths(ecfg.context_lengths):
+      try:
+        cells[(task, length)] = runner.task_samples(tokenizer, ecfg, task, length)
+      except tasks_lib.TaskTooShortError as e:
+        logging.warning("skipping %s at %d tokens: %s", task, length, e)
+  if not cells:
+    raise ValueError(f"eval.tasks={ecfg.tasks!r} x eval.context_lengths={ecfg.context_lengths!r}"
+                     " gave no samples; raise the context lengths.")
+  return cells
+
+
+def max_new_tokens(tokenizer, config, samples) -> int:
+  n = int(config.eval.max_new_tokens)
+  return n if n > 0 else max(len(tokenizer.encode(s.target)) for s in samples) + 8
+
+
+def score_cells(cells: dict, predict: Predict, tokenizer, config, out_dir: str | None,
+                title: str) -> dict:
+  """Predicts and scores every cell; writes results when out_dir is given."""
+  results, records = {}, []
+  for (task, length), samples in cells.items():
+    preds = list(predict(samples, max_new_tokens(tokenizer, config, samples)))
+    per = [scoring.score_task(task, [p], [s.answers]) for p, s in zip(preds, samples)]
+    results.setdefault(task, {})[length] = float(np.mean(per))
+    records += [{"task": task, "context_len": length, "index": i, "prompt_tail": s.prompt[-80:],
+                 "prediction": p, "answers": list(s.answers), "score": float(sc)}
+                for i, (s, p, sc) in enumerate(zip(samples, preds, per))]
+  if out_dir:
+    report.write_results(results, out_dir, title=title, plots=bool(config.eval.plots))
+    with open(os.path.join(out_dir, "predictions.jsonl"), "w") as f:
+      for r in records:
+        f.write(json.dumps(r) + "\n")
+  return results
+
+
+def greedy_predictor(model, tokenizer, config) -> Predict:
+  from refine_jax.eval import decode  # pylint: disable=g-import-not-at-top
+
+  def predict(samples, max_new):
+    return decode.decode_text(model, tokenizer, [s.prompt for s in samples],
+                              max_new_tokens=max_new, add_bos=bool(config.data.add_bos),
+                              batch_size=int(config.eval.batch_size))
+  return predict
+
+
+def load_model(config, path: str = ""):
+  """build_model(config.model) with params from `path` (a run dir / Orbax checkpoint) if set."""
+  from refine_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from refine_jax.models import build_model  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  model = build_model(config.model, rngs=nnx.Rngs(int(config.seed)))
+  if path:
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                          params)
+    params, _ = ckpt_lib.load_params(path, target)
+    model = nnx.merge(graphdef, params, rest)
+  return model
+
+
+def comparison(named: dict) -> str:
+  """Markdown: one row per (task, length), one column per named result set, plus the average."""
+  names = list(named)
+  keys = sorted({(t, int(n)) for res in named.values() for t, row in res.items() for n in row})
+  lines = ["| task | context | " + " | ".join(names) + " |",
+           "|---|---|" + "---|" * len(names)]
+  for t, n in keys:
+    vals = [named[m].get(t, {}).get(n, named[m].get(t, {}).get(str(n))) for m in names]
+    lines.append(f"| {t} | {n} | " + " | ".join("-" if v is None else f"{v:.1f}" for v in vals)
+                 + " |")
+  avg = [np.mean([v for row in named[m].values() for v in row.values()]) if named[m] else
+         float("nan") for m in names]
+  lines.append("| **avg** | | " + " | ".join(f"{a:.1f}" for a in avg) + " |")
+  return "\n".join(lines) + "\n"

@@ -1,0 +1,33 @@
+"""Shared pytest setup: the repo root on sys.path, and a helper to run Python in a subprocess
+with N fake CPU devices (XLA_FLAGS must be set before JAX is imported, so it can't be done
+in-process once another test has imported JAX)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+
+def run_python(args, *, devices=1, timeout=600, cwd=ROOT, check=True):
+  """`python ARGS...` with `devices` host CPU devices; returns the CompletedProcess."""
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                      f" --xla_force_host_platform_device_count={devices}").strip()
+  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  env.setdefault("JAX_PLATFORMS", "cpu")
+  proc = subprocess.run([sys.executable] + list(args), cwd=cwd, env=env, capture_output=True,
+                        text=True, timeout=timeout)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"python {' '.join(args)} failed (rc={proc.returncode}):\n"
+                         f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+  return proc
+
+
+@pytest.fixture
+def python_subprocess():
+  return run_python
