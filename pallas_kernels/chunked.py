@@ -11,8 +11,9 @@ no dependence on S): U = U0 - W S, S' = exp(G_C) S + (exp(G_C - G) * K)^T U and
 O = scale * [exp(G) * Q S + (Q K^T o M) U], M_ij = exp(G_i - G_j) for j <= i.
 
 Only `U = U0 - W S` and the state update are sequential (a lax.scan over chunks); everything
-else is batched over all chunks. Plain autodiff through the scan keeps one K x V state per
-chunk (the carry) and token-sized tensors, never a per-token state.
+else is batched over a group of chunks. Groups are walked by an outer lax.scan under
+jax.checkpoint: the backward stores one K x V state per group (plus the chunk-boundary states
+returned anyway), never a per-token state, and recomputes each group's internals.
 
 Every exponent is <= 0 when g <= 0: differences are masked *before* exp, so large decays
 underflow to 0 instead of overflowing (positive g is not checked; it is the caller's contract).
@@ -96,30 +97,72 @@ def _unit_lower_inverse(A_XCC):
   return D[..., 0, :, :]
 
 
-def _prepare(k, v, beta, g, C):
-  """Chunked, S-independent quantities: W, U0, decayed keys, chunk decay, cumulative G."""
-  f32 = lambda x: x.astype(jnp.float32)
-  k_NBHCK = _to_chunks(f32(k), C)
-  v_NBHCV = _to_chunks(f32(v), C)
-  b_NBHC = _to_chunks(f32(beta), C)
+@jax.custom_vjp
+def _solve_unit_lower(A_XCC, R1_XCD, R2_XCE):
+  """(I + A)^-1 R1 and (I + A)^-1 R2 for strictly lower-triangular A (one inverse)."""
+  D = _unit_lower_inverse(A_XCC)
+  return _ein("...ij,...jd->...id", D, R1_XCD), _ein("...ij,...jd->...id", D, R2_XCE)
+
+
+def _solve_fwd(A, R1, R2):
+  D = _unit_lower_inverse(A)
+  X1, X2 = _ein("...ij,...jd->...id", D, R1), _ein("...ij,...jd->...id", D, R2)
+  return (X1, X2), (D, X1, X2)
+
+
+def _solve_bwd(res, cts):
+  # X = (I+A)^-1 R  =>  dR = (I+A)^-T dX,  dA = -dR X^T (strictly lower part only). Cheaper
+  # than differentiating through the doubling levels of the inverse.
+  D, X1, X2 = res
+  dX1, dX2 = cts
+  dR1 = _ein("...ji,...jd->...id", D, dX1)
+  dR2 = _ein("...ji,...jd->...id", D, dX2)
+  dA = -(_ein("...id,...jd->...ij", dR1, X1) + _ein("...id,...jd->...ij", dR2, X2))
+  return jnp.tril(dA, -1), dR1, dR2
+
+
+_solve_unit_lower.defvjp(_solve_fwd, _solve_bwd)
+
+
+def _chunk_group(S0_BHKV, q_NBHCK, k_NBHCK, v_NBHCV, b_NBHC, g_NBHC, scale):
+  """All the math for n consecutive chunks [n, B, H, C, .] from the state S0 before them.
+
+  Returns (state after them, chunk-start states [n,B,H,K,V], o [n,B,H,C,V] or None when q is
+  None). Float32 in, float32 out.
+  """
   KK = _ein("nbhik,nbhjk->nbhij", k_NBHCK, k_NBHCK)
-  if g is None:
+  if g_NBHC is None:
     G_NBHC = None
     A_NBHCC = b_NBHC[..., :, None] * jnp.tril(KK, -1)
     rhs_k = b_NBHC[..., None] * k_NBHCK
     kdec_NBHCK, decC_NBH = k_NBHCK, None
   else:
-    G_NBHC = jnp.cumsum(_to_chunks(f32(g), C), axis=-1)
+    G_NBHC = jnp.cumsum(g_NBHC, axis=-1)
     A_NBHCC = b_NBHC[..., :, None] * KK * _decay_matrix(G_NBHC, strict=True)
     rhs_k = (b_NBHC * jnp.exp(G_NBHC))[..., None] * k_NBHCK
     GC_NBH = G_NBHC[..., -1]
     kdec_NBHCK = jnp.exp(GC_NBH[..., None] - G_NBHC)[..., None] * k_NBHCK
     decC_NBH = jnp.exp(GC_NBH)
-  Kdim = k.shape[-1]
-  rhs = jnp.concatenate([rhs_k, b_NBHC[..., None] * v_NBHCV], axis=-1)
-  # (I + A) [W U0] = [bK bV], solved by one matmul with the explicit inverse.
-  sol = _ein("nbhij,nbhjd->nbhid", _unit_lower_inverse(A_NBHCC), rhs)
-  return k_NBHCK, sol[..., :Kdim], sol[..., Kdim:], kdec_NBHCK, decC_NBH, G_NBHC
+  W_NBHCK, U0_NBHCV = _solve_unit_lower(A_NBHCC, rhs_k, b_NBHC[..., None] * v_NBHCV)
+  S, states_NBHKV, U_NBHCV = _scan_states(S0_BHKV, W_NBHCK, U0_NBHCV, kdec_NBHCK, decC_NBH)
+  if q_NBHCK is None:
+    return S, states_NBHKV, None
+  q_NBHCK = q_NBHCK * scale
+  QK = _ein("nbhik,nbhjk->nbhij", q_NBHCK, k_NBHCK)
+  if G_NBHC is None:
+    QK, q_inter = jnp.tril(QK), q_NBHCK
+  else:
+    QK = QK * _decay_matrix(G_NBHC, strict=False)
+    q_inter = jnp.exp(G_NBHC)[..., None] * q_NBHCK
+  o_NBHCV = (_ein("nbhck,nbhkv->nbhcv", q_inter, states_NBHKV)
+             + _ein("nbhij,nbhjv->nbhiv", QK, U_NBHCV))
+  return S, states_NBHKV, o_NBHCV
+
+
+def _group_size(N, C, tokens=256):
+  """Chunks per outer-scan step: the largest divisor of N spanning <= `tokens` tokens."""
+  target = max(1, tokens // C)
+  return max(d for d in range(1, min(N, target) + 1) if N % d == 0)
 
 
 def chunked(q, k, v, beta, g=None, *, scale=None, initial_state=None, chunk_size=64):
@@ -127,6 +170,8 @@ def chunked(q, k, v, beta, g=None, *, scale=None, initial_state=None, chunk_size
   chunk_states [B,N,H,K,V] f32) with chunk_states[:, c] the state after tokens [0, c*C).
 
   Any T: the tail chunk is zero-padded (beta = 0, g = 0 tokens are exact no-ops).
+  An outer lax.scan walks groups of chunks (~256 tokens: cache-sized working sets) under
+  jax.checkpoint, so the backward keeps only each group's start state and recomputes the rest.
   Inputs are not validated here; see ops.py.
   """
   B, T, H, K = q.shape
@@ -135,20 +180,22 @@ def chunked(q, k, v, beta, g=None, *, scale=None, initial_state=None, chunk_size
   scale = K ** -0.5 if scale is None else scale
   S0 = (jnp.zeros((B, H, K, V), jnp.float32) if initial_state is None
         else initial_state.astype(jnp.float32))
-  k_NBHCK, W, U0, kdec, decC, G_NBHC = _prepare(k, v, beta, g, C)
-  S, states_NBHKV, U_NBHCV = _scan_states(S0, W, U0, kdec, decC)
+  f32 = lambda x: x.astype(jnp.float32)
+  xs = [_to_chunks(f32(x), C) for x in (q, k, v, beta)]
+  xs.append(None if g is None else _to_chunks(f32(g), C))
+  N = xs[0].shape[0]
+  n = _group_size(N, C)
+  # [N, ...] -> [N / n, n, ...]: the outer scan steps over groups of n chunks.
+  xs = [None if x is None else x.reshape((N // n, n) + x.shape[1:]) for x in xs]
 
-  q_NBHCK = _to_chunks(q.astype(jnp.float32), C) * scale
-  QK = _ein("nbhik,nbhjk->nbhij", q_NBHCK, k_NBHCK)
-  if G_NBHC is None:
-    QK = jnp.tril(QK)
-    q_inter = q_NBHCK
-  else:
-    QK = QK * _decay_matrix(G_NBHC, strict=False)
-    q_inter = jnp.exp(G_NBHC)[..., None] * q_NBHCK
-  o_NBHCV = (_ein("nbhck,nbhkv->nbhcv", q_inter, states_NBHKV)
-             + _ein("nbhij,nbhjv->nbhiv", QK, U_NBHCV))
-  o = _from_chunks(o_NBHCV, T).astype(v.dtype)
+  @jax.checkpoint
+  def body(S_BHKV, x):
+    S_next, states, o = _chunk_group(S_BHKV, *x, scale)
+    return S_next, (states, o)
+
+  S, (states, o) = jax.lax.scan(body, S0, tuple(xs))
+  states_NBHKV = states.reshape((N,) + states.shape[2:])
+  o = _from_chunks(o.reshape((N,) + o.shape[2:]), T).astype(v.dtype)
   return o, S, jnp.moveaxis(states_NBHKV, 0, 1)
 
 
@@ -156,14 +203,16 @@ def chunked_advance(state, k, v, beta, g=None, mask=None, *, chunk_size=64):
   """Advances `state` [B,H,K,V] through k [B,L,H,K], v [B,L,H,V], beta/g [B,L,H] where
   mask [B,L] is 1, by the chunked form. Masked tokens are exact no-ops (beta = 0, g = 0)."""
   L = k.shape[1]
-  beta = beta.astype(jnp.float32)
+  f32 = lambda x: x.astype(jnp.float32)
+  beta = f32(beta)
   if mask is not None:
-    m_BL1 = mask.astype(jnp.float32)[..., None]
+    m_BL1 = f32(mask)[..., None]
     beta = beta * m_BL1
     if g is not None:
-      g = g.astype(jnp.float32) * m_BL1
+      g = f32(g) * m_BL1
   # Short advances (decode-time prefixes) need not pad to a full chunk.
   C = min(chunk_size, 1 << max(L - 1, 0).bit_length())
-  _, W, U0, kdec, decC, _ = _prepare(k, v, beta, g, C)
-  S, _, _ = _scan_states(state.astype(jnp.float32), W, U0, kdec, decC)
+  xs = [_to_chunks(f32(x), C) for x in (k, v, beta)]
+  g_NBHC = None if g is None else _to_chunks(f32(g), C)
+  S, _, _ = _chunk_group(state.astype(jnp.float32), None, *xs, g_NBHC, 1.0)
   return S

@@ -21,6 +21,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; overrides look like "
                          "--config.train.steps=100")
+  if not flags.FLAGS["verbosity"].present:  # library INFO logs (Orbax) would drown the bar
+    logging.set_verbosity(logging.WARNING)
   # Must precede any other JAX call on multi-host launches.
   from refine_jax.parallel import maybe_initialize_distributed  # pylint: disable=g-import-not-at-top
   maybe_initialize_distributed()

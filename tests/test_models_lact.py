@@ -113,6 +113,52 @@ def _boost(m):
   return m
 
 
+def _layer_reference(m, x):
+  """LaCT's layer written out directly (from the paper code's forward), reusing only the
+  loop reference above for the fast-weight part."""
+  B, T, D = x.shape
+  H, Dh, Hf, dk = m.heads, m.head_dim, m.fw_heads, m.dk
+  lin = lambda l, u: u @ l.kernel[...] + (0 if l.bias is None else l.bias[...])
+  q, k, v = lin(m.q_proj, x), lin(m.k_proj, x), lin(m.v_proj, x)
+  fq = q * m.qk_scale[...][:, 0] + m.qk_offset[...][:, 0]
+  fk = k * m.qk_scale[...][:, 1] + m.qk_offset[...][:, 1]
+  freqs = m.theta ** (-np.arange(0, Dh, 2) / Dh)
+  ang = np.arange(T)[:, None] * freqs[None]
+  cos = np.concatenate([np.cos(ang)] * 2, -1)[None, :, None]
+  sin = np.concatenate([np.sin(ang)] * 2, -1)[None, :, None]
+
+  def rope_flat(u):  # [B,T,D] split into attention heads
+    u = u.reshape(B, T, H, Dh)
+    rot = jnp.concatenate([-u[..., Dh // 2:], u[..., :Dh // 2]], -1)
+    return (u * cos + rot * sin).reshape(B, T, D)
+
+  qa, ka = rope_flat(q).reshape(B, T, H, Dh), rope_flat(k).reshape(B, T, H, Dh)
+  s = jnp.einsum("bthd,bshd->bhts", qa, ka) / np.sqrt(Dh)
+  i, j = np.arange(T)[:, None], np.arange(T)[None]
+  s = jnp.where((j <= i) & (i - j < m.window), s, -jnp.inf)
+  o = jnp.einsum("bhts,bshd->bthd", jax.nn.softmax(s, -1), v.reshape(B, T, H, Dh))
+  per_head = lambda u: u.reshape(B, T, Hf, dk)
+  l2 = lambda u: u / (jnp.linalg.norm(u, axis=-1, keepdims=True) + 1e-5)
+  fq = rope_flat(l2(per_head(jax.nn.silu(fq))).reshape(B, T, D))
+  fk = rope_flat(l2(per_head(jax.nn.silu(fk))).reshape(B, T, D))
+  lr = jax.nn.softplus(lin(m.lr_proj, x) + m.base_lr_inv).reshape(B, T, Hf, 3)
+  toks = dict(q=per_head(fq), k=per_head(fk), v=per_head(jax.nn.silu(v)), lr=lr,
+              mc=jax.nn.sigmoid(lin(m.momentum_proj, x)))
+  w = {n: jnp.broadcast_to(a, (B,) + a.shape) for n, a in m.init_weights().items()}
+  fw = _loop_reference(w, toks, m.chunk, m.use_muon, True)
+  fw = fw / jnp.sqrt(jnp.mean(fw ** 2, -1, keepdims=True) + 1e-5) * m.ttt_norm.weight[...]
+  fw = fw * jax.nn.silu(lin(m.ttt_scale_proj, x))[..., None]
+  return (o.reshape(B, T, D) + fw.reshape(B, T, D)) @ m.o_proj.kernel[...]
+
+
+def test_layer_matches_reference():
+  m = _boost(_model())
+  m.qk_offset[...] = 0.1 * jax.random.normal(jax.random.key(11), m.qk_offset.shape)
+  x = jax.random.normal(jax.random.key(12), (2, 11, 16))
+  y = jax.jit(lambda x: m(x)[0])(x)
+  assert rel_err(y, jax.jit(lambda x: _layer_reference(m, x))(x)) < 1e-4
+
+
 def test_causal_and_fast_weights_matter():
   m = _boost(_model())
   x = jax.random.normal(jax.random.key(5), (1, 13, 16))

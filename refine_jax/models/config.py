@@ -17,14 +17,20 @@ from ml_collections import config_dict
 ARCHS = ("deltanet", "gated_deltanet", "transformer", "lact")
 
 
-def _defaults(module: str, name: str) -> dict:
-  """Sub-section defaults exported by a sibling mixer module; {} while it does not exist."""
+def _defaults(module: str, name: str) -> config_dict.ConfigDict:
+  """Sub-section defaults exported by a sibling mixer module (empty if it does not exist).
+
+  None defaults become untyped placeholders so `--config.model.attention.window=2048` works
+  from the command line (config_flags cannot override a plain None field).
+  """
   import importlib
   try:
     mod = importlib.import_module(f"refine_jax.models.{module}")
   except ImportError:
-    return {}
-  return dict(getattr(mod, name, {}))
+    return config_dict.ConfigDict()
+  fields = dict(getattr(mod, name, {}))
+  return config_dict.ConfigDict(
+      {k: config_dict.placeholder(object) if v is None else v for k, v in fields.items()})
 
 
 def default_model_config() -> config_dict.ConfigDict:
@@ -60,8 +66,8 @@ def default_model_config() -> config_dict.ConfigDict:
   c.backend = "auto"           # pallas_kernels backend
   c.chunk_size = 64            # fast-weight chunk length (also the cache_at advance length)
   c.remat = False              # rematerialise each block in the backward pass
-  c.attention = config_dict.ConfigDict(_defaults("attention", "ATTENTION_DEFAULTS"))
-  c.lact = config_dict.ConfigDict(_defaults("lact", "LACT_DEFAULTS"))
+  c.attention = _defaults("attention", "ATTENTION_DEFAULTS")
+  c.lact = _defaults("lact", "LACT_DEFAULTS")
   return c
 
 

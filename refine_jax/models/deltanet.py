@@ -43,11 +43,13 @@ def _one_token(S_BHKV, q_BHK, k_BHK, v_BHV, beta_BH, g_BH):
   if g_BH is not None:
     S = S * jnp.exp(g_BH)[..., None, None]
   f32 = lambda a: a.astype(jnp.float32)
-  pred_BHV = jnp.einsum("bhk,bhkv->bhv", f32(k_BHK), S)
+  # full f32 products (no TF32 on GPU): decode must agree with the chunked forward
+  ein = lambda spec, a, b: jnp.einsum(spec, a, b, precision=jax.lax.Precision.HIGHEST)
+  pred_BHV = ein("bhk,bhkv->bhv", f32(k_BHK), S)
   delta_BHV = beta_BH[..., None] * (f32(v_BHV) - pred_BHV)
-  S = S + jnp.einsum("bhk,bhv->bhkv", f32(k_BHK), delta_BHV)
+  S = S + ein("bhk,bhv->bhkv", f32(k_BHK), delta_BHV)
   scale = q_BHK.shape[-1] ** -0.5
-  o_BHV = jnp.einsum("bhk,bhkv->bhv", f32(q_BHK) * scale, S)
+  o_BHV = ein("bhk,bhkv->bhv", f32(q_BHK) * scale, S)
   return o_BHV, S
 
 

@@ -23,6 +23,7 @@ from absl import logging
 from flax import nnx
 
 from refine_jax import checkpoint as ckpt_lib
+from refine_jax.checkpoint import trees as ckpt_trees
 from refine_jax import parallel
 from refine_jax.train import losses, metrics as metrics_lib, optim, state as state_lib
 
@@ -48,10 +49,15 @@ def make_train_step(graphdef, loss_fn, tx):
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     out = dict(aux)
-    out.update(loss=loss, grad_norm=optax.global_norm(grads))
+    out.update(loss=loss, grad_norm=_global_norm(grads))
     return params, opt_state, out
 
   return step
+
+
+def _global_norm(tree):
+  norm = getattr(getattr(optax, "tree", None), "norm", None)  # optax >= 0.2.6
+  return norm(tree) if norm is not None else optax.global_norm(tree)
 
 
 def make_eval_step(graphdef, eval_fn):
@@ -82,8 +88,14 @@ def default_eval_batches(config, num_batches):
 
 def _global_batch(local, sharding):
   """Per-process numpy batch -> global jax arrays sharded over (data, fsdp)."""
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in local.items() if np.asarray(v).ndim >= 1}
+  arrays = {k: np.asarray(v) for k, v in local.items() if np.asarray(v).ndim >= 1}
+  dp = math.prod(sharding.mesh.shape[a] for a in parallel.BATCH_AXES)
+  for k, v in arrays.items():
+    if (v.shape[0] * jax.process_count()) % dp:
+      raise ValueError(f"batch entry {k!r} has {v.shape[0]} rows per process, not divisible over "
+                       f"mesh.data*mesh.fsdp={dp}; make train.batch_size (and "
+                       "data.eval_batch_size) multiples of it.")
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in arrays.items()}
 
 
 def write_config(config, workdir):
@@ -141,11 +153,10 @@ def run_training(config, workdir, loss_fn, *, eval_fn=losses.ntp_eval,
   start = 0
   if restored is not None:
     ms.params, opt_state, start = restored.params, restored.opt_state, restored.step
-    logging.info("resumed %s from step %d", workdir, start)
+    _say(f"resumed {workdir} from checkpoint step {start}")
   elif config.get("init_checkpoint"):
-    ms.params, src = ckpt_lib.load_params(
-        config.init_checkpoint, state_lib.abstract(ms.params, ms.param_shardings))
-    logging.info("initialised params from %s", src)
+    ms.params, src = _load_init_params(config.init_checkpoint, ms)
+    _say(f"init_checkpoint: params loaded from {src} (optimiser and data start fresh)")
 
   it = train_iter if train_iter is not None else default_train_iter(config)
   if restored is not None and restored.data is not None:
@@ -181,7 +192,7 @@ def run_training(config, workdir, loss_fn, *, eval_fn=losses.ntp_eval,
         t0 = time.perf_counter()
         compiled = jstep.lower(ms.params, opt_state, ms.rest, batch, rng).compile()
         compile_s = time.perf_counter() - t0
-        logging.info("train step compiled in %.1fs", compile_s)
+        _say(f"train step compiled in {compile_s:.1f}s")
       t0 = time.perf_counter()
       ms.params, opt_state, out = compiled(ms.params, opt_state, ms.rest, batch, rng)
       out = jax.device_get(out)  # blocks: step_time_s is the step's wall time
@@ -228,6 +239,27 @@ def run_training(config, workdir, loss_fn, *, eval_fn=losses.ntp_eval,
                time.time() - t_start, last_saved)
   return TrainResult(model=ms.model(), step=max(start, steps), metrics=last_row,
                      eval_metrics=last_eval, workdir=workdir)
+
+
+def _load_init_params(path, ms):
+  """Params from an Orbax run/checkpoint dir, or an HF/FLA dir (config.json + safetensors)."""
+  abstract = state_lib.abstract(ms.params, ms.param_shardings)
+  try:
+    from refine_jax.interop import hf_checkpoint  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    hf_checkpoint = None
+  if hf_checkpoint is not None and hf_checkpoint.is_hf_dir(path):
+    model, _, _ = hf_checkpoint.load_hf(path)
+    pure = ckpt_trees.params_to_pure(nnx.state(model, nnx.Param))
+    return jax.device_put(ckpt_trees.params_from_pure(abstract, pure), ms.param_shardings), path
+  return ckpt_lib.load_params(path, abstract)
+
+
+def _say(msg):
+  """Key events: to the log and, on process 0, to stdout (logging defaults to WARNING)."""
+  logging.info(msg)
+  if jax.process_index() == 0:
+    print(msg, flush=True)
 
 
 def _evaluate(jeval, ms, eval_batches):

@@ -63,6 +63,15 @@ def make_ppo_step_builder(rcfg):
   return builder
 
 
+def _num(v):
+  """A JSON-friendly float (None for missing / non-finite)."""
+  try:
+    v = float(v)
+  except (TypeError, ValueError):
+    return None
+  return v if math.isfinite(v) else None
+
+
 def _has_checkpoint(workdir):
   d = os.path.join(workdir, "checkpoints")
   return os.path.isdir(d) and any(name.isdigit() for name in os.listdir(d))
@@ -220,7 +229,8 @@ def run(config, workdir):
 
   def on_step(step, row, ms):
     if not first:
-      first.update({k: row.get(k) for k in ("reward_mean", "ntp_loss", "loss")}, step=step)
+      first.update({k: _num(row.get(k)) for k in ("reward_mean", "ntp_loss", "loss")},
+                   step=step)
     logger(step, row, ms)
 
   ppo = int(rcfg.ppo_epochs) * mbs > 1
@@ -231,7 +241,7 @@ def run(config, workdir):
   m = result.metrics
   summary["refine"] = {
       "steps": result.step, "first_logged": first,
-      "last": {k: m.get(k) for k in ("reward_mean", "reward_std", "ntp_loss", "rl_loss",
+      "last": {k: _num(m.get(k)) for k in ("reward_mean", "reward_std", "ntp_loss", "rl_loss",
                                      "clip_frac", "entropy_selected", "step_time_s")},
       "eval_loss": result.eval_metrics.get("eval_loss"),
       "eval_ppl": result.eval_metrics.get("eval_ppl")}
@@ -241,8 +251,7 @@ def run(config, workdir):
     _eval_suite(config, result.model, workdir)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "midtrain_summary.json"), "w") as f:
-      json.dump(summary, f, indent=2, default=lambda x: None if isinstance(x, float) and
-                not math.isfinite(x) else str(x))
+      json.dump(summary, f, indent=2, default=_num)
   last = summary["refine"]["last"]
   print(f"midtrain done: step {result.step}, reward_mean {last['reward_mean']}, ntp_loss "
         f"{last['ntp_loss']}, eval_ppl {summary['refine']['eval_ppl']}, run dir {workdir}")

@@ -198,7 +198,7 @@ def answer_nll(model, batches):
   return nll / max(tok, 1.0)
 
 
-def _no_adaptation(config, out_dir, cells, tok, nll_batches, start_from, title):
+def no_adaptation(config, out_dir, cells, tok, nll_batches, start_from, title):
   """Scores of the starting weights; cached in out_dir (a rerun does not redo them)."""
   path = os.path.join(out_dir, "summary.json")
   if os.path.exists(path):
@@ -232,7 +232,7 @@ def run(config, workdir):
   nll_batches = held_out_batches(config, tok, held)
   cells = qa_eval.eval_cells(config, tok, held)
   eval_dir = os.path.join(workdir, "eval")
-  base = _no_adaptation(config, os.path.join(eval_dir, "no_adaptation"), cells, tok,
+  base = no_adaptation(config, os.path.join(eval_dir, "no_adaptation"), cells, tok,
                         nll_batches, start_from, "no adaptation")
 
   result = loop.run_training(config, workdir, outer_loss, eval_fn=losses.ntp_eval,

@@ -35,7 +35,10 @@ def init_model_state(model_fn, mesh, rules=rules_lib.LOGICAL_RULES):
     _, params, rest = nnx.split(model_fn(), nnx.Param, ...)
     return params, rest
 
-  params, rest = jax.jit(init, out_shardings=(p_sh, r_sh))()
+  if mesh.size == 1:  # eager is cheaper than compiling the initialiser
+    params, rest = jax.device_put(init(), (p_sh, r_sh))
+  else:
+    params, rest = jax.jit(init, out_shardings=(p_sh, r_sh))()
   return ModelState(graphdef, params, rest, p_sh, r_sh)
 
 
@@ -59,7 +62,10 @@ def opt_state_shardings(tx, params, param_shardings, mesh):
 def init_opt_state(tx, model_state, mesh):
   """(opt_state, opt_shardings) created on the mesh."""
   o_sh = opt_state_shardings(tx, model_state.params, model_state.param_shardings, mesh)
-  opt_state = jax.jit(tx.init, in_shardings=(model_state.param_shardings,),
-                      out_shardings=o_sh)(model_state.params)
+  if mesh.size == 1:
+    opt_state = jax.device_put(tx.init(model_state.params), o_sh)
+  else:
+    opt_state = jax.jit(tx.init, in_shardings=(model_state.param_shardings,),
+                        out_shardings=o_sh)(model_state.params)
   return opt_state, o_sh
 

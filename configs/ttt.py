@@ -1,0 +1,70 @@
+"""Test-time training: per test batch, a copy of the weights takes a few ReFINE steps on the
+unlabeled prompts ("binary" reward, lambda_rl 0.4), answers greedily and is discarded.
+
+  python -m refine_jax.main --config=configs/ttt.py [--workdir=runs/ttt-deltanet]
+
+With no init_checkpoint it first runs a short NTP warm-up on the embedded corpus in
+<workdir>/warmup (a tiny DeltaNet), so it works on a fresh machine. Give your weights with
+--config.init_checkpoint=runs/posttrain-deltanet (the model.* fields must match them).
+Variants: --config.ttt.mode=sft (NTP-only TTT baseline), --config.ttt.carry_over=True (keep
+adapting across batches), --config.ttt.steps=N. Writes eval/no_adaptation/ (same checkpoint,
+no TTT), eval/results.json (with TTT) and eval/comparison.md. Your own test set:
+--config.ttt.data_path=test.jsonl (prompt/answer or context/input/answers; parquet too).
+"""
+
+import os
+import sys
+
+try:
+  from configs import base
+except ImportError:  # loaded by path from outside the repo root
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from configs import base
+
+from ml_collections import config_dict
+
+
+def get_config():
+  from refine_jax.eval.runner import default_eval_config  # pylint: disable=g-import-not-at-top
+  from refine_jax.refine import default_refine_config  # pylint: disable=g-import-not-at-top
+  c = base.get_config()
+  c.stage = "ttt"
+  c.model.arch = "deltanet"
+  c.model.hidden = 128
+  c.model.layers = 2
+  c.model.heads = 2
+  c.model.chunk_size = 64
+  c.data.seq_len = 512
+  # train.* is used by the warm-up only.
+  c.train.batch_size = 8
+  c.train.weight_decay = 0.01
+  c.train.eval_batches = 1
+  c.checkpoint.every_steps = 100
+
+  # refine.*: the TTT update (paper: binary reward, lambda_rl 0.4).
+  c.refine = default_refine_config()
+  c.refine.reward = "binary"
+  c.refine.lambda_rl = 0.4
+  c.refine.log_rollouts_every = 0
+
+  c.ttt = config_dict.ConfigDict()
+  c.ttt.mode = "refine"       # refine | sft (NTP only on the prompts)
+  c.ttt.steps = 3             # updates per test batch
+  c.ttt.batch_size = 4        # prompts adapted together (and answered together)
+  c.ttt.carry_over = False    # False: every batch starts from the checkpoint's weights
+  c.ttt.lr = 3e-4             # AdamW, fresh per batch
+  c.ttt.weight_decay = 0.0
+  c.ttt.grad_clip = 1.0
+  c.ttt.bucket = 128          # prompt batches are padded to a multiple (fewer compilations)
+  c.ttt.data_path = ""        # jsonl/parquet test set; "" = synthetic eval.* cells
+  c.ttt.max_samples = 0       # rows of data_path to use; 0 = all
+  c.ttt.warmup_steps = 300    # NTP warm-up when init_checkpoint is empty; 0 = none
+  c.ttt.warmup_lr = 3e-3
+
+  c.eval = default_eval_config()
+  c.eval.tasks = "niah_single,variable_tracking"
+  c.eval.context_lengths = "416,464"
+  c.eval.num_samples = 8
+  c.eval.num_needles = 2
+  c.eval.progress = False
+  return c

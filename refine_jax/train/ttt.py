@@ -1,0 +1,246 @@
+"""Test-time training (DESIGN.md §5.6): ReFINE on the unlabeled test prompts, then answer.
+
+  python -m refine_jax.main --config=configs/ttt.py [--workdir=runs/ttt-deltanet]
+
+For each test batch: copy the weights, take ttt.steps updates on the prompts only ("refine":
+NTP + GRPO with the "binary" reward, lambda_rl 0.4; "sft": NTP only, the baseline), answer
+greedily with the cached decoder, score, discard the copy. ttt.carry_over=True keeps the
+adapted weights for the next batch instead (the reference code's behaviour).
+
+Library use (the caller's model is never modified):
+  adapt(model, config, prompt_ids, steps) -> new model
+  answer_with_ttt(model, config, prompts, tokenizer=...) -> answers
+The updates are a deterministic function of (weights, prompt tokens, config.seed): the RNG is
+derived from the prompt tokens, so a batch's answers do not depend on which batches ran
+before it (with carry_over off), and a rerun gives the same answers.
+
+The stage writes eval/no_adaptation/ (the same checkpoint, no TTT), eval/results.json (with
+TTT) and eval/comparison.md. Progress is resumable per batch: each finished batch's answers
+are appended to eval/ttt_progress.jsonl and a rerun skips them. With carry_over the adapted
+weights of an interrupted run are not saved, so the progress file is ignored and it restarts.
+"""
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from refine_jax.train import loop, losses, posttrain, qa_data, qa_eval
+
+MODES = ("refine", "sft")
+_STEPS: dict = {}  # (graphdef, config key) -> jitted update
+
+
+def validate(config):
+  t = config.ttt
+  if t.mode not in MODES:
+    raise ValueError(f"ttt.mode={t.mode!r}; choose one of {MODES}.")
+  if int(t.steps) < 0:
+    raise ValueError(f"ttt.steps={t.steps} must be >= 0.")
+  if int(t.batch_size) < 1:
+    raise ValueError(f"ttt.batch_size={t.batch_size} must be >= 1.")
+  if not float(t.lr) > 0:
+    raise ValueError(f"ttt.lr={t.lr} must be > 0.")
+
+
+def prompt_batch(prompt_ids: Sequence[Sequence[int]], bucket: int, pad_id: int):
+  """Right-padded NTP batch of the prompts, T = the longest prompt - 1 rounded up to `bucket`
+  (few compiled shapes): inputs, targets, loss_mask (1 on real prompt targets)."""
+  lens = [len(p) for p in prompt_ids]
+  if min(lens) < 2:
+    raise ValueError("every TTT prompt needs >= 2 tokens (one input, one target).")
+  T = -(-(max(lens) - 1) // bucket) * bucket
+  b = len(prompt_ids)
+  out = {"inputs": np.full((b, T), pad_id, np.int32), "targets": np.full((b, T), pad_id, np.int32),
+         "loss_mask": np.zeros((b, T), np.float32)}
+  for i, ids in enumerate(prompt_ids):
+    ids = np.asarray(ids, np.int32)
+    out["inputs"][i, :len(ids) - 1] = ids[:-1]
+    out["targets"][i, :len(ids) - 1] = ids[1:]
+    out["loss_mask"][i, :len(ids) - 1] = 1.0
+  return out
+
+
+def _loss_fn(config):
+  if config.ttt.mode == "sft":
+    return losses.ntp_loss
+  from refine_jax.refine import step as refine_step  # pylint: disable=g-import-not-at-top
+  return refine_step.make_loss_fn(config.refine)
+
+
+def _optimizer(t):
+  parts = [optax.clip_by_global_norm(float(t.grad_clip))] if float(t.grad_clip) > 0 else []
+  parts.append(optax.adamw(float(t.lr), b1=0.9, b2=0.95, weight_decay=float(t.weight_decay)))
+  return optax.chain(*parts)
+
+
+def _update_fn(graphdef, config):
+  """Jitted step(params, opt_state, rest, batch, rng), cached per model structure + config."""
+  key = (graphdef, config.ttt.to_json(sort_keys=True), config.refine.to_json(sort_keys=True))
+  if key not in _STEPS:
+    loss_fn, tx = _loss_fn(config), _optimizer(config.ttt)
+
+    def step(params, opt_state, rest, batch, rng):
+      def objective(p):
+        return loss_fn(nnx.merge(graphdef, p, rest), batch, rng)
+      (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(params)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state, dict(aux, loss=loss)
+
+    _STEPS[key] = (jax.jit(step), tx)
+  return _STEPS[key]
+
+
+def _prompt_key(prompt_ids, seed: int):
+  """RNG from the prompt tokens: the same batch adapts the same way wherever it comes."""
+  h = zlib.crc32(b"".join(np.asarray(p, np.int32).tobytes() + b"|" for p in prompt_ids))
+  return jax.random.fold_in(jax.random.key(int(seed)), h & 0x7FFFFFFF)
+
+
+def adapt(model, config, prompt_ids, steps: int | None = None, *, return_metrics=False):
+  """A new model: a copy of `model` after `steps` (default ttt.steps) TTT updates on the
+  prompt(s). prompt_ids: one list of token ids or a list of them. `model` is untouched."""
+  validate(config)
+  if len(prompt_ids) and np.ndim(prompt_ids[0]) == 0:
+    prompt_ids = [prompt_ids]
+  steps = int(config.ttt.steps if steps is None else steps)
+  chunk = int(config.model.get("chunk_size", 64))
+  bucket = max(int(config.ttt.bucket), chunk)
+  bucket = -(-bucket // chunk) * chunk
+  pad = int(config.ttt.get("pad_id", -1))
+  if pad < 0:
+    from refine_jax.data.tokenizers import get_tokenizer  # pylint: disable=g-import-not-at-top
+    pad = get_tokenizer(config.data).pad_id
+  batch = prompt_batch(prompt_ids, bucket, pad)
+  if config.ttt.mode == "refine":
+    from refine_jax.refine import step as refine_step  # pylint: disable=g-import-not-at-top
+    refine_step.validate(config.refine, batch["inputs"].shape[1])
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  params = jax.tree.map(jnp.copy, params)  # the caller's arrays are never donated or reused
+  step, tx = _update_fn(graphdef, config)
+  opt_state = tx.init(params)
+  key = _prompt_key(prompt_ids, config.seed)
+  rows = []
+  for s in range(steps):
+    params, opt_state, m = step(params, opt_state, rest, batch, jax.random.fold_in(key, s))
+    rows.append({k: float(v) for k, v in jax.device_get(m).items()})
+  new = nnx.merge(graphdef, params, rest)
+  return (new, rows) if return_metrics else new
+
+
+class Session:
+  """Answers batches of text prompts with TTT; holds the carried weights when carry_over."""
+
+  def __init__(self, model, config, tokenizer):
+    self.model, self.config, self.tok = model, config, tokenizer
+    self.carry = bool(config.ttt.carry_over)
+    self.metrics: list = []
+
+  def answer(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+    from refine_jax.eval import decode  # pylint: disable=g-import-not-at-top
+    bos = [self.tok.bos_id] if bool(self.config.data.add_bos) else []
+    ids = [bos + self.tok.encode(p) for p in prompts]
+    adapted, rows = adapt(self.model, self.config, ids, return_metrics=True)
+    if rows:
+      self.metrics.append({"first": rows[0], "last": rows[-1]})
+    new = decode.greedy_decode(adapted, ids, max_new_tokens=max_new_tokens,
+                               eos_id=self.tok.eos_id, batch_size=len(ids))
+    if self.carry:
+      self.model = adapted
+    return [self.tok.decode(n) for n in new]
+
+
+def answer_with_ttt(model, config, prompts: Sequence[str], *, tokenizer=None,
+                    max_new_tokens: int = 32) -> list[str]:
+  """Greedy answers to `prompts`, each batch of ttt.batch_size answered by a TTT copy."""
+  if tokenizer is None:
+    from refine_jax.data.tokenizers import get_tokenizer  # pylint: disable=g-import-not-at-top
+    tokenizer = get_tokenizer(config.data)
+  session, bs, out = Session(model, config, tokenizer), int(config.ttt.batch_size), []
+  for i in range(0, len(prompts), bs):
+    out += session.answer(prompts[i:i + bs], max_new_tokens)
+  return out
+
+
+# ----------------------------------------------------------------------------- stage
+
+
+class _Progress:
+  """eval/ttt_progress.jsonl: answers of finished batches, keyed by cell and batch index."""
+
+  def __init__(self, path, enabled):
+    self.path, self.done = path, {}
+    if enabled and os.path.exists(path):
+      with open(path) as f:
+        for line in f:
+          if line.strip():
+            rec = json.loads(line)
+            self.done[rec["key"]] = rec
+    elif os.path.exists(path):
+      os.remove(path)
+
+  def add(self, key, answers, metrics):
+    self.done[key] = {"key": key, "answers": answers, "metrics": metrics}
+    with open(self.path, "a") as f:
+      f.write(json.dumps(self.done[key]) + "\n")
+
+
+def run(config, workdir):
+  from refine_jax.data.tokenizers import get_tokenizer  # pylint: disable=g-import-not-at-top
+  validate(config)
+  workdir = os.path.abspath(workdir)
+  eval_dir = os.path.join(workdir, "eval")
+  os.makedirs(eval_dir, exist_ok=True)
+  t = config.ttt
+  tok = get_tokenizer(config.data)
+  loop.write_config(config, workdir)
+  start_from = config.init_checkpoint
+  if not start_from and int(t.warmup_steps) > 0:
+    start_from = posttrain.warmup(config, workdir, t.warmup_steps, t.warmup_lr, "ttt")
+  held = None
+  if t.data_path:
+    held = qa_data.load_samples(t.data_path, tok, max_prompt_tokens=int(config.data.seq_len),
+                                limit=int(t.max_samples) or None)
+  cells = qa_eval.eval_cells(config, tok, held)
+  base = posttrain.no_adaptation(config, os.path.join(eval_dir, "no_adaptation"), cells, tok,
+                                 None, start_from, "no adaptation")
+  model = qa_eval.load_model(config, start_from)
+  session = Session(model, config, tok)
+  progress = _Progress(os.path.join(eval_dir, "ttt_progress.jsonl"), not session.carry)
+  bs = int(t.batch_size)
+  tag = zlib.crc32((t.to_json(sort_keys=True) + config.refine.to_json(sort_keys=True) +
+                    str(start_from)).encode())  # stale answers of another setup never match
+
+  cell_of = {id(samples): key for key, samples in cells.items()}
+
+  def predict(samples, max_new):
+    task, length = cell_of[id(samples)]
+    out = []
+    for j in range(0, len(samples), bs):
+      key = f"{task}|{length}|{j // bs}|{tag:08x}"
+      if key not in progress.done:
+        n = len(session.metrics)
+        progress.add(key, session.answer([s.prompt for s in samples[j:j + bs]], max_new),
+                     session.metrics[n:])
+      out += progress.done[key]["answers"]
+    return out
+
+  name = f"{t.mode}-ttt ({t.steps} steps{', carry-over' if session.carry else ''})"
+  res = qa_eval.score_cells(cells, predict, tok, config, eval_dir, name)
+  table = qa_eval.comparison({"no adaptation": base["results"], name: res})
+  summary = {"mode": t.mode, "steps": int(t.steps), "carry_over": session.carry,
+             "init_checkpoint": start_from, "no_adaptation": base["results"], "ttt": res}
+  if jax.process_index() == 0:
+    with open(os.path.join(eval_dir, "comparison.md"), "w") as f:
+      f.write(f"# test-time training vs the same checkpoint without it\n\n{table}")
+    with open(os.path.join(workdir, "ttt_summary.json"), "w") as f:
+      json.dump(summary, f, indent=2, default=str)
+  print(f"ttt done ({name}), run dir {workdir}\n{table}")
+  return summary
