@@ -124,11 +124,12 @@ def stage_config(path: str, overrides: str, *, common: str, seed: int, steps: in
     if steps > 0:
       cfg.train.steps = int(steps)
     cfg.init_checkpoint = init
-    if "midtrain" in cfg:  # the experiment evaluates each arm itself
-      if "run_eval" in cfg.midtrain:
-        cfg.midtrain.run_eval = False
-      if "warmup_steps" in cfg.midtrain:
-        cfg.midtrain.warmup_steps = 0
+    for section in ("midtrain", "posttrain"):
+      if section in cfg:  # the experiment evaluates each arm itself and always gives init
+        if "run_eval" in cfg[section]:
+          cfg[section].run_eval = False
+        if "warmup_steps" in cfg[section]:
+          cfg[section].warmup_steps = 0
   return cfg
 
 
@@ -142,7 +143,8 @@ def _run_stage(cfg, workdir):
   return stages.get_stage(cfg.stage)(cfg, workdir)
 
 
-def _evaluate(run_dir: str, ecfg, model=None, run_config=None, title="eval") -> dict:
+def _evaluate(run_dir: str, ecfg, model=None, run_config=None, title="eval",
+              predict_fn=None) -> dict:
   out = os.path.join(run_dir, "eval")
   if os.path.isfile(os.path.join(out, report.RESULTS_JSON)):
     return report.load_results(out)
@@ -152,7 +154,7 @@ def _evaluate(run_dir: str, ecfg, model=None, run_config=None, title="eval") -> 
     from refine_jax.pretrained import load_pretrained  # pylint: disable=g-import-not-at-top
     model, run_config = load_pretrained(run_dir)
   return runner.run_eval(model, get_tokenizer(run_config.data), ecfg, out, config=run_config,
-                         title=title)
+                         title=title, predict_fn=predict_fn)
 
 
 def arm_names(exp) -> list[str]:
@@ -168,6 +170,7 @@ def run_experiment(exp, workdir: str) -> dict:
   """Runs every arm x seed (training + eval), writes the summary; returns it."""
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
+  _compilation_cache(exp, workdir)
   ecfg = exp.eval
   seeds, names = _seeds(exp.seeds), arm_names(exp)
   for name in names:  # fail on a bad spec before hours of training
@@ -188,21 +191,61 @@ def run_experiment(exp, workdir: str) -> dict:
   for name in names:
     per_arm[name] = []
     for seed in seeds:
-      init, run_dir, result = base, None, None
-      for i, (path, ov) in enumerate(parse_arm(exp.arms[name])):
-        run_dir = os.path.join(workdir, name, f"seed{seed}", f"stage{i}")
-        cfg = stage_config(path, ov, common=exp.overrides, seed=seed, steps=int(exp.steps),
-                           init=init)
-        result = _run_stage(cfg, run_dir)
-        init = run_dir
-      model = getattr(result, "model", None)
-      per_arm[name].append(_evaluate(run_dir, ecfg, model, cfg if model is not None else None,
-                                     title=f"{name} seed {seed}"))
+      per_arm[name].append(_run_arm(exp, name, seed, base, workdir))
   summary = summarize(per_arm, seeds=seeds)
   write_summary(summary, workdir, title=exp.title)
   print(summary["table"])
   print(f"wrote {os.path.join(workdir, 'experiment.md')}")
   return summary
+
+
+def _compilation_cache(exp, workdir):
+  """Seeds of one arm compile the same programs; a persistent cache compiles them once."""
+  if not exp.get("compilation_cache", True):
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  try:
+    if not jax.config.jax_compilation_cache_dir:
+      jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, ".jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  except (AttributeError, ValueError) as e:  # an older/newer jax without these options
+    print(f"experiment: no persistent compilation cache ({e})")
+
+
+def _run_arm(exp, name: str, seed: int, base: str, workdir: str) -> dict:
+  """Trains one arm for one seed (stage after stage) and evaluates its last model. A final
+  stage with stage=ttt trains nothing: the eval answers with test-time training instead."""
+  specs = parse_arm(exp.arms[name])
+  cfgs = []
+  for path, ov in specs:
+    cfgs.append(stage_config(path, ov, common=exp.overrides, seed=seed, steps=int(exp.steps),
+                             init=""))
+  ttt_cfg = cfgs.pop() if cfgs and cfgs[-1].stage == "ttt" else None
+  if any(c.stage == "ttt" for c in cfgs):
+    raise ValueError(f"arm {name!r}: a ttt stage can only be the last one.")
+  arm_dir = os.path.join(workdir, name, f"seed{seed}")
+  eval_dir = os.path.join(arm_dir, "eval")
+  title = f"{name} seed {seed}"
+  if os.path.isfile(os.path.join(eval_dir, report.RESULTS_JSON)):
+    return report.load_results(eval_dir)  # trained and evaluated by an earlier run
+  init, result, cfg = base, None, None
+  for i, cfg in enumerate(cfgs):
+    run_dir = os.path.join(arm_dir, f"stage{i}")
+    with cfg.unlocked():
+      cfg.init_checkpoint = init
+    result = _run_stage(cfg, run_dir)
+    init = run_dir
+  model = getattr(result, "model", None)
+  if model is None:
+    model, cfg = _load(init)
+  predict_fn = None
+  if ttt_cfg is not None:
+    from refine_jax.data.tokenizers import get_tokenizer  # pylint: disable=g-import-not-at-top
+    from refine_jax.train import ttt  # pylint: disable=g-import-not-at-top
+    tok = get_tokenizer(ttt_cfg.data)
+    predict_fn = lambda prompts, n: ttt.answer_with_ttt(model, ttt_cfg, list(prompts),
+                                                        tokenizer=tok, max_new_tokens=n)
+  return _evaluate(arm_dir, exp.eval, model, cfg, title=title, predict_fn=predict_fn)
 
 
 def _load(checkpoint):

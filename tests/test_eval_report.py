@@ -38,9 +38,9 @@ def test_experiment_table_and_summary_files(tmp_path):
   summary = experiments.summarize({"sft_mid": SFT, "refine_mid": RFN}, seeds=[0, 1, 2])
   lines = summary["table"].strip().splitlines()
   assert lines[2] == "| arm | niah_single | perplexity |"
-  assert lines[4] == "| sft_mid | 15.0 ± 10.0 | 10.0 ± 1.0 |"
+  assert lines[4] == "| sft_mid | 15.0 ± 10.0 | 10.00 ± 1.00 |"
   # refine_mid niah avg per seed: 30, 40, 50 -> 40 ± 10.
-  assert lines[5] == "| refine_mid | 40.0 ± 10.0 | 8.0 ± 0.0 |"
+  assert lines[5] == "| refine_mid | 40.0 ± 10.0 | 8.00 ± 0.00 |"
   per_len = [t for t in summary["tables"] if "context length 1024" in t][0]
   assert "| refine_mid | 30.0 ± 10.0 | - |" in per_len
   paths = experiments.write_summary(summary, str(tmp_path))
@@ -48,7 +48,7 @@ def test_experiment_table_and_summary_files(tmp_path):
   assert data["aggregate"]["refine_mid"]["niah_single"]["avg"] == pytest.approx([40.0, 10.0])
   assert data["per_seed"]["sft_mid"][2]["niah_single"]["1024"] == 20.0
   assert open(paths["png"], "rb").read(4) == b"\x89PNG"
-  assert "| sft_mid | 15.0 ± 10.0 | 10.0 ± 1.0 |" in open(paths["md"]).read()
+  assert "| sft_mid | 15.0 ± 10.0 | 10.00 ± 1.00 |" in open(paths["md"]).read()
 
 
 def test_markdown_table_of_one_run():

@@ -143,3 +143,24 @@ def test_model_path_matches_direct_decoding_and_naive_perplexity(tmp_path):
   nll = -np.take_along_axis(logp, b["targets"][..., None], -1)[..., 0]
   want = np.exp((nll * b["loss_mask"]).sum() / b["loss_mask"].sum())
   assert res["perplexity"][400] == pytest.approx(want, rel=1e-4)
+
+
+def test_two_argument_predict_fn_gets_the_answer_budget():
+  tok = ByteTokenizer()
+  seen = []
+  cfg = _cfg(tasks="niah_single", context_lengths="800", num_samples=2)
+  runner.run_eval(None, tok, cfg, None, predict_fn=lambda ps, n: seen.append(n) or [""] * len(ps))
+  samples = runner.task_samples(tok, cfg, "niah_single", 800)
+  assert seen == [max(len(tok.encode(s.target)) for s in samples) + 8]
+  cfg.max_new_tokens = 5
+  runner.run_eval(None, tok, cfg, None, predict_fn=lambda ps, n: seen.append(n) or [""] * len(ps))
+  assert seen[-1] == 5
+
+
+def test_stage_hook_form_dispatches_to_eval_stage(monkeypatch):
+  calls = []
+  monkeypatch.setattr(runner, "eval_stage", lambda *a: calls.append(a) or {"x": {1: 2.0}})
+  assert runner.run_eval("CONFIG", "/run", model="MODEL") == {"x": {1: 2.0}}
+  assert calls == [("CONFIG", "/run", "MODEL")]
+  with pytest.raises(TypeError, match="unexpected"):
+    runner.run_eval("CONFIG", "/run", model="MODEL", other=1)

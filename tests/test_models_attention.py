@@ -9,10 +9,11 @@ from flax import nnx
 from refine_jax.models.attention import Attention
 
 
-def make_cfg(window=None, kv=None, bias=False):
+def make_cfg(window=None, kv=None, bias=False, head_dim=None):
   return ml_collections.ConfigDict(dict(
       hidden=32, heads=4, dtype="float32",
-      attention=dict(window=window, num_kv_heads=kv, qkv_bias=bias, rope_theta=100.0)))
+      attention=dict(window=window, num_kv_heads=kv, qkv_bias=bias, rope_theta=100.0,
+                     head_dim=head_dim)))
 
 
 def rel_err(a, b):
@@ -50,9 +51,12 @@ def naive(m: Attention, x_BTD, window):
   return out.reshape(B, T, H * Dh) @ wo
 
 
-@pytest.mark.parametrize("window,kv,bias", [(None, None, False), (3, 2, True), (5, 1, False)])
-def test_matches_naive(window, kv, bias):
-  m = Attention(make_cfg(window, kv, bias), 0, rngs=nnx.Rngs(0))
+@pytest.mark.parametrize("window,kv,bias,head_dim",
+                         [(None, None, False, None), (3, 2, True, None), (5, 1, False, 6),
+                          (8, 2, False, None)])
+def test_matches_naive(window, kv, bias, head_dim):
+  """Window 3 / 5 at T=11 take the blocked sliding-window path; None and 8 the jax.nn one."""
+  m = Attention(make_cfg(window, kv, bias, head_dim), 0, rngs=nnx.Rngs(0))
   if bias:  # nonzero biases so the test sees them
     for lin in (m.q_proj, m.k_proj, m.v_proj):
       lin.bias[...] = 0.1 * jax.random.normal(jax.random.key(1), lin.bias.shape)

@@ -8,7 +8,6 @@ from flax import nnx
 from refine_jax.models import default_model_config
 from refine_jax.models.deltanet import DeltaNet, GatedDeltaNet
 
-jax.config.update("jax_default_matmul_precision", "highest")
 
 
 def small_cfg(arch="deltanet", **kw):

@@ -11,16 +11,15 @@ from flax import nnx
 from refine_jax.models import build_model, default_model_config, param_count
 from refine_jax.models.lm import fla_state_dict, load_fla_state_dict
 
-jax.config.update("jax_default_matmul_precision", "highest")
 
 HAS_LACT = importlib.util.find_spec("refine_jax.models.lact") is not None
 
-ARCHS = {
-    "deltanet": dict(arch="deltanet"),
-    "gated_deltanet": dict(arch="gated_deltanet", num_v_heads=4),
-    "hybrid": dict(arch="deltanet", attn_layers=(1,)),
-    "transformer": dict(arch="transformer"),
-    "lact": dict(arch="lact"),
+ARCHS = {  # one layer each, except the hybrid (layer stacking + mixed cache kinds)
+    "deltanet": dict(arch="deltanet", layers=1),
+    "gated_deltanet": dict(arch="gated_deltanet", num_v_heads=4, layers=1),
+    "hybrid": dict(arch="gated_deltanet", attn_layers=(1,), layers=2),
+    "transformer": dict(arch="transformer", layers=1),
+    "lact": dict(arch="lact", layers=1),
 }
 
 
@@ -93,11 +92,6 @@ def test_decode_prefill_cache_at_and_causality(name):
                            *[jax.tree.map(lambda a: a[b], caches[p]) for b, p in rows])
   want = step(m, follow, ref_cache)[0]
   assert rel(got, want) < 1e-5
-  # and those logits are the full-forward logits of the spliced sequences
-  r = 5                                                # row (b=1, p=15)
-  b, p = rows[r]
-  seq = jnp.concatenate([ids[b, :p + 1], follow[r]])[None]
-  assert rel(got[r], forward(m, seq)[0, -3:]) < 1e-5
 
 
 @pytest.mark.parametrize("name", ["deltanet", "gated_deltanet"])
@@ -166,9 +160,10 @@ def test_fla_state_dict_gdn_shapes_and_roundtrip():
   # load into a differently-initialised model: identical logits
   m2 = build_model(cfg, rngs=nnx.Rngs(7))
   ids = jnp.arange(12)[None] % 30
-  assert rel(m2(ids).logits, m(ids).logits) > 1e-3
+  want = forward(m, ids)
+  assert rel(forward(m2, ids), want) > 1e-3
   load_fla_state_dict(m2, sd)
-  np.testing.assert_array_equal(np.asarray(m2(ids).logits), np.asarray(m(ids).logits))
+  np.testing.assert_array_equal(np.asarray(forward(m2, ids)), np.asarray(want))
   bad = dict(sd)
   bad[p + "v_proj.weight"] = np.zeros((64, 64), np.float32)
   with pytest.raises(ValueError, match="v_proj"):

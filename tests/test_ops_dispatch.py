@@ -202,3 +202,23 @@ def test_advance_state_validation():
     pk.advance_state(S.astype(jnp.int32), k, v, beta)
   with pytest.raises(ValueError, match=r"unknown backend 'pallas_gpu'"):
     pk.advance_state(S, k, v, beta, backend="pallas_gpu")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["interpret", "interpret_gpu"])
+def test_real_interpret_backend_matches_xla_chunked(backend):
+  """End to end through the real pallas_entry (kernels in the Pallas interpreter)."""
+  pytest.importorskip("pallas_kernels.pallas_entry")
+  ks = jax.random.split(jax.random.PRNGKey(3), 5)
+  Bq, Tq, Hq, D = 1, 40, 1, 16
+  q = jax.random.normal(ks[0], (Bq, Tq, Hq, D))
+  k = jax.random.normal(ks[1], (Bq, Tq, Hq, D))
+  k = k / jnp.linalg.norm(k, axis=-1, keepdims=True)
+  v = jax.random.normal(ks[2], (Bq, Tq, Hq, D))
+  beta = jax.nn.sigmoid(jax.random.normal(ks[3], (Bq, Tq, Hq)))
+  g = jax.nn.log_sigmoid(jax.random.normal(ks[4], (Bq, Tq, Hq)))
+  o, S, cs = pk.delta_rule_with_chunk_states(q, k, v, beta, g, chunk_size=16, backend=backend)
+  o_r, S_r, cs_r = pk.delta_rule_with_chunk_states(q, k, v, beta, g, chunk_size=16,
+                                                   backend="xla_chunked")
+  for a, b in ((o, o_r), (S, S_r), (cs, cs_r)):
+    assert np.linalg.norm(a - b) / np.linalg.norm(b) < 1e-4

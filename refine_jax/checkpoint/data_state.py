@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
 
 def _filename(directory):
@@ -42,8 +43,10 @@ class DataStateHandler(ocp.CheckpointHandler):
   def restore(self, directory, args=None):
     path = _filename(directory)
     if not path.exists():
-      raise FileNotFoundError(f"no data-iterator state for this process at {path} (was the run "
-                              "saved with a different number of processes?)")
+      # E.g. the run was saved with another process count: params/optimiser still resume.
+      logging.warning("no data-iterator state for this process at %s; the data stream restarts",
+                      path)
+      return None
     return json.loads(path.read_text())
 
   def metadata(self, directory):

@@ -24,8 +24,12 @@ def lengths_of(results: Mapping) -> list[int]:
   return sorted({int(n) for row in results.values() for n in row})
 
 
-def _fmt(x: float) -> str:
-  return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1f}"
+def _digits(task: str) -> int:
+  return 2 if task in LOWER_IS_BETTER else 1  # perplexity moves in the second decimal
+
+
+def _fmt(x: float, digits: int = 1) -> str:
+  return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
 def average(row: Mapping) -> float:
@@ -41,8 +45,9 @@ def markdown_table(results: Mapping, title: str | None = None) -> str:
   lines.append("|---" * (len(lengths) + 2) + "|")
   for task, row in results.items():
     row = {int(k): v for k, v in row.items()}
-    cells = [_fmt(row.get(n, float("nan"))) for n in lengths]
-    lines.append(f"| {task} | " + " | ".join(cells) + f" | {_fmt(average(row))} |")
+    d = _digits(task)
+    cells = [_fmt(row.get(n, float("nan")), d) for n in lengths]
+    lines.append(f"| {task} | " + " | ".join(cells) + f" | {_fmt(average(row), d)} |")
   return "\n".join(lines) + "\n"
 
 
@@ -155,7 +160,8 @@ def experiment_table(agg_by_arm: Mapping[str, Mapping], *, column: str | int = "
     cells = []
     for t in tasks:
       cell = agg.get(t, {}).get(column)
-      cells.append("-" if cell is None else f"{cell[0]:.1f} ± {cell[1]:.1f}")
+      d = _digits(t)
+      cells.append("-" if cell is None else f"{cell[0]:.{d}f} ± {cell[1]:.{d}f}")
     lines.append(f"| {arm} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 

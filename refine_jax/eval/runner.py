@@ -13,6 +13,7 @@ Scores are percent (perplexity excepted).
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
 from typing import Callable, Sequence
@@ -177,6 +178,18 @@ def perplexity_score(model, config, ecfg, length: int) -> float:
   return scoring.perplexity(nll, tokens)
 
 
+def _with_budget(predict_fn):
+  """predict(prompts, max_new_tokens) from a predict_fn taking (prompts) or (prompts, n)."""
+  try:
+    params = [p for p in inspect.signature(predict_fn).parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+  except (TypeError, ValueError):
+    params = []
+  if len(params) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params):
+    return lambda prompts, n: list(predict_fn(prompts, n))
+  return lambda prompts, _: list(predict_fn(prompts))
+
+
 def stage_eval_config() -> ml_collections.ConfigDict:
   """The light default a training stage uses when its config has no eval.* section."""
   c = default_eval_config()
@@ -201,7 +214,8 @@ def run_eval(model, tokenizer=None, eval_cfg=None, out_dir: str | None = None, /
   """Evaluates tasks x context lengths; returns {task: {context_len: score}}.
 
   model: an LM (greedy cached decoding; also needed for mqar / perplexity), or None when
-  predict_fn is given. predict_fn(prompts) -> answers replaces decoding for the text tasks.
+  predict_fn is given. predict_fn(prompts) -> answers replaces decoding for the text tasks
+  (a predict_fn taking (prompts, max_new_tokens) also gets the cell's answer budget).
   eval_cfg: eval.* fields (default_eval_config()), or a config holding them under `eval`.
   config: the run config (data.* for perplexity and the held-out haystack).
   out_dir: where results.json, results.md, PNG plots and predictions.jsonl go (None: nowhere).
@@ -219,7 +233,7 @@ def run_eval(model, tokenizer=None, eval_cfg=None, out_dir: str | None = None, /
   if model is None and predict_fn is None:
     raise ValueError("run_eval needs a model or a predict_fn(prompts) -> answers.")
   if predict_fn is not None:
-    predict = lambda prompts, _: list(predict_fn(prompts))
+    predict = _with_budget(predict_fn)
   else:
     predict = model_predictor(model, tokenizer, ecfg)
   haystack = _haystack(ecfg, config) if any(n.startswith(("niah", "variable")) for n in names) \

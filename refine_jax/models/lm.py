@@ -86,7 +86,7 @@ class LM(nnx.Module):
     self.kinds = tuple(layer_kinds(cfg))
     std = cfg.initializer_range
     self.embeddings = nnx.Embed(
-        cfg.vocab_size, cfg.hidden, dtype=self.dtype, param_dtype=jnp.float32,
+        cfg.vocab_size, cfg.hidden, dtype=jnp.float32, param_dtype=jnp.float32,
         embedding_init=layers.partitioned(layers.normal_init(std), ("vocab", "embed")),
         rngs=rngs)
     self.layers = nnx.List([Block(cfg, i, kind, rngs=rngs) for i, kind in enumerate(self.kinds)])
@@ -102,7 +102,8 @@ class LM(nnx.Module):
       raise ValueError(f"cache has {len(cache)} layers, the model {len(self.layers)}")
     if capture and cache is not None:
       raise ValueError("capture=True needs a full-sequence forward without a cache")
-    h = self.embeddings(input_ids_BT).astype(self.dtype)
+    # The residual stream stays float32; mixers and MLPs compute in model.dtype.
+    h = self.embeddings(input_ids_BT)
     new_cache, captured = [], []
     for i, block in enumerate(self.layers):
       c = None if cache is None else cache[i]
@@ -114,7 +115,7 @@ class LM(nnx.Module):
       captured.append(cap)
     h = self.norm(h)
     if self.tie_word_embeddings:
-      logits = self.embeddings.attend(h)
+      logits = self.embeddings.attend(h.astype(self.dtype))
     else:
       logits = self.lm_head(h)
     return LMOutput(logits=logits.astype(jnp.float32),
@@ -131,6 +132,8 @@ class LM(nnx.Module):
 
     `captured` comes from `model(tokens, capture=True)`. No re-run of the prefix.
     """
+    if captured is None or len(captured) != len(self.layers):
+      raise ValueError("cache_at needs the `captured` of model(tokens, capture=True)")
     if positions_Bn.ndim != 2:
       raise ValueError(f"positions must be [batch, n]; got shape {positions_Bn.shape}")
     return tuple(b.attn.cache_at(cap, positions_Bn, max_len)
