@@ -4,7 +4,8 @@
         [--chunk_sizes 64,16] [--gated]
 
 Prints one row per T: median seconds of each backend (after a warm-up call, timed
-round-robin) and the speedup of each chunk size over the token scan.
+round-robin), also as process CPU seconds, and the speedup of each chunk size over the
+token scan.
 The issue's target is chunked >= 10x faster than the token scan at T = 4096.
 """
 from __future__ import annotations
@@ -47,17 +48,20 @@ def _fwd_bwd(backend, chunk_size, gated):
 
 
 def _interleaved_medians(fns, args, reps):
-  """Median wall time of each jitted fn, timed round-robin so that load from other processes
-  on a shared CPU hits every backend alike (the ratio is what this benchmark reports)."""
+  """Median wall and process-CPU seconds of each jitted fn, timed round-robin so that load
+  from other processes on a shared CPU hits every backend alike. CPU seconds are reported
+  too because wall time on a busy machine swings by 2-3x between runs."""
   for f in fns:
     jax.block_until_ready(f(*args))  # compile + warm-up
-  times = [[] for _ in fns]
+  wall = [[] for _ in fns]
+  cpu = [[] for _ in fns]
   for _ in range(reps):
-    for f, ts in zip(fns, times):
-      t0 = time.perf_counter()
+    for i, f in enumerate(fns):
+      t0, c0 = time.perf_counter(), time.process_time()
       jax.block_until_ready(f(*args))
-      ts.append(time.perf_counter() - t0)
-  return [statistics.median(ts) for ts in times]
+      wall[i].append(time.perf_counter() - t0)
+      cpu[i].append(time.process_time() - c0)
+  return [statistics.median(t) for t in wall], [statistics.median(t) for t in cpu]
 
 
 def main(argv=None):
@@ -75,9 +79,9 @@ def main(argv=None):
   chunks = [int(c) for c in a.chunk_sizes.split(",")]
   print(f"{op} fwd+bwd, jitted, median of {a.reps} (interleaved) | "
         f"device={jax.devices()[0].platform} B={a.B} H={a.H} K=V={a.d}")
-  head = f"{'T':>6} {'recurrent s':>12}"
+  head = f"{'T':>6} {'recurrent s':>12} {'(cpu s)':>8}"
   for c in chunks:
-    head += f" {f'chunked C={c} s':>16} {'speedup':>8}"
+    head += f" {f'chunked C={c} s':>16} {'(cpu s)':>8} {'speedup':>8} {'(cpu)':>6}"
   print(head)
   for T in (int(t) for t in a.T.split(",")):
     args = _inputs(a.B, T, a.H, a.d, a.gated)
@@ -85,12 +89,11 @@ def main(argv=None):
       args = args[:4]
     fns = [_fwd_bwd("xla_recurrent", 64, a.gated)] + [
         _fwd_bwd("xla_chunked", c, a.gated) for c in chunks]
-    t_rec, *t_chk = _interleaved_medians(fns, args, a.reps)
-    row = f"{T:>6} {t_rec:>12.4f}"
-    for t in t_chk:
-      row += f" {t:>16.4f} {t_rec / t:>7.1f}x"
+    (w_rec, *w_chk), (c_rec, *c_chk) = _interleaved_medians(fns, args, a.reps)
+    row = f"{T:>6} {w_rec:>12.4f} {c_rec:>8.3f}"
+    for w, c in zip(w_chk, c_chk):
+      row += f" {w:>16.4f} {c:>8.3f} {w_rec / w:>7.1f}x {c_rec / c:>5.1f}x"
     print(row, flush=True)
-
 
 if __name__ == "__main__":
   main()

@@ -76,7 +76,11 @@ def _scan_states(S0_BHKV, W_NBHCK, U0_NBHCV, kdec_NBHCK, decC_NBH):
     S_next = S_next + (S_BHKV if decC is None else decC[..., None, None] * S_BHKV)
     return S_next, (S_BHKV, U_BHCV)
 
-  S, (states, U) = jax.lax.scan(body, S0_BHKV, (W_NBHCK, U0_NBHCV, kdec_NBHCK, decC_NBH))
+  xs = (W_NBHCK, U0_NBHCV, kdec_NBHCK, decC_NBH)
+  if W_NBHCK.shape[0] == 1:  # one chunk: no loop
+    S, (states, U) = body(S0_BHKV, jax.tree.map(lambda a: a[0], xs))
+    return S, states[None], U[None]
+  S, (states, U) = jax.lax.scan(body, S0_BHKV, xs)
   return S, states, U
 
 

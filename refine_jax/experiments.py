@@ -144,15 +144,16 @@ def _run_stage(cfg, workdir):
 
 
 def _evaluate(run_dir: str, ecfg, model=None, run_config=None, title="eval",
-              predict_fn=None) -> dict:
+              predict_fn=None, source: str = "") -> dict:
+  """<run_dir>/eval results (kept when they exist); the model is `model` or loaded from
+  `source`."""
   out = os.path.join(run_dir, "eval")
   if os.path.isfile(os.path.join(out, report.RESULTS_JSON)):
     return report.load_results(out)
   from refine_jax.data.tokenizers import get_tokenizer  # pylint: disable=g-import-not-at-top
   from refine_jax.eval import runner  # pylint: disable=g-import-not-at-top
   if model is None or run_config is None:
-    from refine_jax.pretrained import load_pretrained  # pylint: disable=g-import-not-at-top
-    model, run_config = load_pretrained(run_dir)
+    model, run_config = _load(source)
   return runner.run_eval(model, get_tokenizer(run_config.data), ecfg, out, config=run_config,
                          title=title, predict_fn=predict_fn)
 
@@ -185,8 +186,8 @@ def run_experiment(exp, workdir: str) -> dict:
     _run_stage(cfg, base)
   per_arm: dict[str, list[dict]] = {}
   if exp.eval_base:
-    per_arm["base"] = [_evaluate(os.path.join(workdir, "base"), ecfg, *_load(base),
-                                 title="base")]
+    per_arm["base"] = [_evaluate(os.path.join(workdir, "base"), ecfg, title="base",
+                                 source=base)]
 
   for name in names:
     per_arm[name] = []
@@ -236,7 +237,7 @@ def _run_arm(exp, name: str, seed: int, base: str, workdir: str) -> dict:
     result = _run_stage(cfg, run_dir)
     init = run_dir
   model = getattr(result, "model", None)
-  if model is None:
+  if model is None:  # a stage that returns no live model (or a ttt-only arm)
     model, cfg = _load(init)
   predict_fn = None
   if ttt_cfg is not None:

@@ -24,7 +24,7 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:  # library INFO logs (Orbax) would drown the bar
     logging.set_verbosity(logging.WARNING)
   # Must precede any other JAX call on multi-host launches.
-  from refine_jax.parallel import maybe_initialize_distributed  # pylint: disable=g-import-not-at-top
+  from refine_jax.parallel import maybe_initialize_distributed
   maybe_initialize_distributed()
   from refine_jax.train import stages, validate  # pylint: disable=g-import-not-at-top
 
@@ -34,7 +34,6 @@ def main(argv):
   try:
     validate.validate_config(config)
   except ValueError as e:
-    logging.error("invalid config: %s", e)
     print(f"error: invalid config: {e}", file=sys.stderr)
     sys.exit(2)
   workdir = _WORKDIR.value or default_workdir(config)

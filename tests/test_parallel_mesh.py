@@ -4,7 +4,6 @@ losses equal the 1-device run, then resumed on 1 device from the 8-device checkp
 
 import json
 
-import jax
 import ml_collections
 import numpy as np
 import pytest

@@ -80,6 +80,28 @@ def test_teacher_forced_logprobs_equal_sampling_logprobs():
   np.testing.assert_allclose(lp, col.old_logp_Gk, rtol=1e-4, atol=1e-5)
 
 
+def test_truth_fed_from_cache_equals_full_pass_hidden_states():
+  """The true continuation fed from cache_at(p) reproduces the full pass at p+1..p+k, so the
+  cosine reward compares like with like (and a rollout equal to the truth scores 1)."""
+  model = tiny_model("gated_deltanet")
+  inputs = jnp.asarray(batch_of(4)["inputs"])
+  pos = jnp.array([[3, 9, 17], [8, 12, 20]], jnp.int32)
+  k = 3
+
+  @nnx.jit
+  def go(model, inputs, pos):
+    out = model(inputs, capture=True)
+    cache = model.cache_at(out.captured, pos, T + k)
+    true = rollout.continuation_at(inputs, pos + 1, k)
+    hid, _ = rollout.feed_tokens(model, cache, true)
+    idx = jnp.clip(pos[:, :, None] + 1 + jnp.arange(k), 0, T - 1)
+    ref = jnp.take_along_axis(out.hidden_states[:, None], idx[..., None], axis=2)
+    return hid, ref.reshape(hid.shape)
+
+  hid, ref = go(model, inputs, pos)
+  np.testing.assert_allclose(hid, ref, rtol=1e-4, atol=1e-4)
+
+
 def _loss_and_grads(model, batch, rc, rng):
   f = nnx.jit(lambda m, b, r: nnx.value_and_grad(step.make_loss_fn(rc), has_aux=True)(m, b, r))
   return f(model, batch, rng)

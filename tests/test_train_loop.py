@@ -1,13 +1,11 @@
 """Training loop on TinyLM (1 CPU device): exact resume, NaN guard, init_checkpoint, losses."""
 
-import json
 import logging
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 

@@ -43,14 +43,18 @@ def test_main_runs(tmp_path, python_subprocess):
 
 
 @pytest.mark.slow
-def test_main_rerun_resumes(tmp_path, python_subprocess):
-  wd = str(tmp_path / "run")
-  rows = _first_run(wd, python_subprocess)
-  proc = _main(_TINY + ["--config.train.steps=4", f"--workdir={wd}"], python_subprocess)
+def test_main_rerun_resumes_exactly(tmp_path, python_subprocess):
+  """3 steps, then the same command with steps=4 == 4 steps straight (real data iterator)."""
+  const = ["--config.train.schedule=constant", "--config.train.warmup_steps=0"]
+  wd, straight = str(tmp_path / "run"), str(tmp_path / "straight")
+  _main(_TINY + const + ["--config.train.steps=3", f"--workdir={wd}"], python_subprocess)
+  proc = _main(_TINY + const + ["--config.train.steps=4", f"--workdir={wd}"], python_subprocess)
   assert "resumed" in proc.stdout and "step 3" in proc.stdout
-  rows2 = read_metrics(os.path.join(wd, "metrics.jsonl"))
-  assert [r["step"] for r in rows2] == [1, 2, 3, 4]
-  assert rows2[:3] == rows
+  _main(_TINY + const + ["--config.train.steps=4", f"--workdir={straight}"], python_subprocess)
+  rows = read_metrics(os.path.join(wd, "metrics.jsonl"))
+  want = read_metrics(os.path.join(straight, "metrics.jsonl"))
+  assert [r["step"] for r in rows] == [1, 2, 3, 4]
+  assert [r["loss"] for r in rows] == [r["loss"] for r in want]
 
 
 def test_main_rejects_bad_config(tmp_path, python_subprocess):

@@ -232,6 +232,9 @@ def run_eval(model, tokenizer=None, eval_cfg=None, out_dir: str | None = None, /
   names, lengths = parse_tasks(ecfg.tasks), parse_lengths(ecfg.context_lengths)
   if model is None and predict_fn is None:
     raise ValueError("run_eval needs a model or a predict_fn(prompts) -> answers.")
+  if tokenizer is None and any(n in TEXT_TASKS for n in names):
+    raise ValueError("run_eval needs the tokenizer for text tasks: pass "
+                     "refine_jax.data.get_tokenizer(run_config.data).")
   if predict_fn is not None:
     predict = _with_budget(predict_fn)
   else:

@@ -204,10 +204,9 @@ class LaCT(nnx.Module):
     self.k_proj = mk(D, D, ("embed", "heads"), bias)
     self.v_proj = mk(D, D, ("embed", "heads"), bias)
     self.o_proj = mk(D, D, ("heads", "embed"), False)
-    self.q_norm = self.k_norm = None
-    if c["attn_qk_norm"]:  # FLA RMSNorm default eps
-      self.q_norm = layers.RMSNorm(D, eps=1e-5, rngs=rngs)
-      self.k_norm = layers.RMSNorm(D, eps=1e-5, rngs=rngs)
+    qk_norm = lambda: layers.RMSNorm(D, eps=1e-5, rngs=rngs)  # FLA RMSNorm default eps
+    self.q_norm = qk_norm() if c["attn_qk_norm"] else None
+    self.k_norm = qk_norm() if c["attn_qk_norm"] else None
     self.lr_proj = mk(D, 3 * Hf, ("embed", None), True)
     self.ttt_scale_proj = mk(D, Hf, ("embed", None), True) if c["learnable_ttt_scale"] else None
     self.momentum_proj = mk(D, Hf, ("embed", None), True) if self.use_momentum else None

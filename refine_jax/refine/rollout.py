@@ -99,6 +99,21 @@ def rollout_from_cache(model, cache, first_logits_GV, rng, *, length, temperatur
                  jnp.moveaxis(hid_kGD, 0, 1))
 
 
+def feed_tokens(model, cache, tokens_Gk):
+  """Teacher-forces tokens_Gk from `cache` one token at a time (the same decode path as
+  `rollout_from_cache`, not the chunked prefill, which would pad k tokens to a whole chunk).
+  Returns (hidden_GkD, logits_GkV): the hidden state of each fed token and the logits after
+  it. Differentiable w.r.t. the model and the cache."""
+  graphdef, state = nnx.split(model)
+
+  def step(cache, tok_G):
+    out = nnx.merge(graphdef, state)(tok_G[:, None], cache=cache)
+    return out.cache, (out.hidden_states[:, 0], out.logits[:, 0])
+
+  _, (hid_kGD, logits_kGV) = jax.lax.scan(step, cache, jnp.moveaxis(tokens_Gk, 1, 0))
+  return jnp.moveaxis(hid_kGD, 0, 1), jnp.moveaxis(logits_kGV, 0, 1)
+
+
 def first_logits_at(logits_BTV, positions_Bc):
   """logits[b, positions[b, i]] -> [B*c, V] (row b*c + i)."""
   B, c = positions_Bc.shape

@@ -68,6 +68,13 @@ def validate(rcfg, seq_len):
     raise ValueError(f"refine.tau={rcfg.tau} must be > 0.")
   if rcfg.smooth_kernel and rcfg.smooth_kernel % 2 == 0:
     raise ValueError(f"refine.smooth_kernel={rcfg.smooth_kernel} must be odd (or 0 = auto).")
+  if rcfg.ppo_epochs < 1 or rcfg.ppo_minibatches < 1:
+    raise ValueError(f"refine.ppo_epochs={rcfg.ppo_epochs} and refine.ppo_minibatches="
+                     f"{rcfg.ppo_minibatches} must be >= 1.")
+  if not rcfg.clip_eps > 0:
+    raise ValueError(f"refine.clip_eps={rcfg.clip_eps} must be > 0 (paper: 0.2).")
+  if rcfg.kl_coef < 0:
+    raise ValueError(f"refine.kl_coef={rcfg.kl_coef} must be >= 0.")
   reward.get(rcfg.reward)
 
 
@@ -103,7 +110,7 @@ def _rewards(model, rcfg, cache_Bc, roll, true_Bck):
   true_Gk = rollout.repeat_rows(true_Bck, n)
   if reward.needs_hidden(rcfg.reward):
     cache_sg = jax.tree.map(jax.lax.stop_gradient, cache_Bc)
-    true_hid = jax.lax.stop_gradient(model(true_Bck, cache=cache_sg).hidden_states)
+    true_hid = jax.lax.stop_gradient(rollout.feed_tokens(model, cache_sg, true_Bck)[0])
     true_hid = rollout.repeat_rows(true_hid, n)
   else:
     true_hid = jnp.zeros_like(roll.hidden_GkD)
@@ -115,8 +122,8 @@ def _rewards(model, rcfg, cache_Bc, roll, true_Bck):
 def policy_logprobs(model, out, positions_Bc, tokens_Gk, rcfg, cache_Bc=None):
   """Teacher-forced log pi(tokens) of stored rollouts, differentiable through the caches.
 
-  Token 0 is scored by the full-pass logits at the branch position; tokens 1..k-1 by one
-  prefill of tokens[:, :k-1] from the cache. Returns [G, k]."""
+  Token 0 is scored by the full-pass logits at the branch position; tokens 1..k-1 by feeding
+  tokens[:, :k-1] from the cache (decode path, as when sampling). Returns [G, k]."""
   n, k, T = rcfg.rollouts_per_position, rcfg.rollout_len, out.logits.shape[1]
   if cache_Bc is None:
     cache_Bc = model.cache_at(out.captured, positions_Bc, T + k)
@@ -124,7 +131,7 @@ def policy_logprobs(model, out, positions_Bc, tokens_Gk, rcfg, cache_Bc=None):
   lp0_G = rollout.token_logprob(first_G, tokens_Gk[:, 0], rcfg.temperature)
   if k == 1:
     return lp0_G[:, None]
-  logits_GkV = model(tokens_Gk[:, :-1], cache=rollout.repeat_rows(cache_Bc, n)).logits
+  _, logits_GkV = rollout.feed_tokens(model, rollout.repeat_rows(cache_Bc, n), tokens_Gk[:, :-1])
   G, km1, V = logits_GkV.shape
   rest = rollout.token_logprob(logits_GkV.reshape(G * km1, V), tokens_Gk[:, 1:].reshape(-1),
                                rcfg.temperature).reshape(G, km1)
@@ -197,7 +204,13 @@ def refine_loss(model, batch, rng, rcfg, ref_model=None):
 
 
 def make_loss_fn(rcfg, ref_model=None):
-  """loss_fn(model, batch, rng) -> (loss, metrics) for the training loop (jit it there)."""
+  """loss_fn(model, batch, rng) -> (loss, metrics) for the training loop (jit it there).
+  ref_model: the frozen reference policy for refine.kl_coef > 0 (its weights are closed over,
+  i.e. constants of the jitted step)."""
+  if rcfg.kl_coef > 0 and ref_model is None:
+    raise ValueError(f"refine.kl_coef={rcfg.kl_coef} needs a frozen reference model: pass "
+                     "make_loss_fn(rcfg, ref_model=...) or set refine.kl_coef=0.")
+
   def loss_fn(model, batch, rng):
     return refine_loss(model, batch, rng, rcfg, ref_model)
   return loss_fn

@@ -199,6 +199,10 @@ def _eval_suite(config, model, workdir):
 def run(config, workdir):
   rcfg = config.refine
   refine_step.validate(rcfg, int(config.data.seq_len))
+  if rcfg.kl_coef > 0:
+    raise ValueError(f"refine.kl_coef={rcfg.kl_coef}: the midtrain stage has no frozen "
+                     "reference model yet (the paper uses none); set refine.kl_coef=0, or call "
+                     "refine.make_loss_fn(rcfg, ref_model=...) from your own stage.")
   mbs = int(rcfg.ppo_minibatches)
   if int(config.train.batch_size) % mbs:
     raise ValueError(f"train.batch_size={config.train.batch_size} is not divisible by "
@@ -239,6 +243,9 @@ def run(config, workdir):
       eval_batches=eval_batches, step_builder=make_ppo_step_builder(rcfg) if ppo else None,
       on_step=on_step, stage="midtrain")
   m = result.metrics
+  if not m:  # a rerun of a finished run: nothing trained, keep the earlier summary
+    print(f"midtrain: {workdir} is already at step {result.step}; nothing to do")
+    return result
   summary["refine"] = {
       "steps": result.step, "first_logged": first,
       "last": {k: _num(m.get(k)) for k in ("reward_mean", "reward_std", "ntp_loss", "rl_loss",

@@ -1,4 +1,5 @@
-"""AdamW with warmup + cosine (or constant / linear) schedule, global-norm clipping, decoupled wd."""
+"""AdamW with warmup + cosine (or constant / linear) schedule, global-norm clipping,
+decoupled weight decay."""
 
 import jax
 import optax

@@ -236,7 +236,8 @@ def run(config, workdir):
                         nll_batches, start_from, "no adaptation")
 
   result = loop.run_training(config, workdir, outer_loss, eval_fn=losses.ntp_eval,
-                             train_iter=make_iterator(config, tok), eval_batches=nll_batches,
+                             train_iter=make_iterator(config, tok),
+                             eval_batches=nll_batches if int(config.train.eval_every) else [],
                              step_builder=make_step_builder(config, tok.pad_id),
                              stage="posttrain")
   res = qa_eval.score_cells(cells, qa_eval.greedy_predictor(result.model, tok, config), tok,

@@ -71,11 +71,11 @@ class SyntheticIterator:
 
 
 def tiny_config(steps=6, every=3, batch_size=4, seq_len=8, lr=1e-2, mesh=(-1, 1, 1)):
-  """Base config sized for TinyLM runs (no eval, no progress bar, synchronous saves)."""
+  """Base config sized for TinyLM runs (no eval, no progress bar)."""
   c = base.get_config()
   c.train.steps, c.train.batch_size, c.train.lr = steps, batch_size, lr
   c.train.warmup_steps, c.train.eval_every, c.train.progress_bar = 2, 0, False
   c.data.seq_len = seq_len
-  c.checkpoint.every_steps, c.checkpoint.async_save = every, False
+  c.checkpoint.every_steps = every
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = mesh
   return c

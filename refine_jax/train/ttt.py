@@ -142,12 +142,14 @@ class Session:
     self.model, self.config, self.tok = model, config, tokenizer
     self.carry = bool(config.ttt.carry_over)
     self.metrics: list = []
+    self.last_adapted = None
 
   def answer(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
     from refine_jax.eval import decode  # pylint: disable=g-import-not-at-top
     bos = [self.tok.bos_id] if bool(self.config.data.add_bos) else []
     ids = [bos + self.tok.encode(p) for p in prompts]
     adapted, rows = adapt(self.model, self.config, ids, return_metrics=True)
+    self.last_adapted = adapted
     if rows:
       self.metrics.append({"first": rows[0], "last": rows[-1]})
     new = decode.greedy_decode(adapted, ids, max_new_tokens=max_new_tokens,
