@@ -164,3 +164,18 @@ def test_stage_hook_form_dispatches_to_eval_stage(monkeypatch):
   assert calls == [("CONFIG", "/run", "MODEL")]
   with pytest.raises(TypeError, match="unexpected"):
     runner.run_eval("CONFIG", "/run", model="MODEL", other=1)
+
+
+def test_mqar_scores_the_models_argmax_on_query_positions():
+  import jax.numpy as jnp
+  from flax import nnx
+  from refine_jax.models import build_model, default_model_config
+  c = default_model_config()
+  c.vocab_size, c.hidden, c.layers, c.heads = 64, 32, 1, 2
+  model = build_model(c, rngs=nnx.Rngs(0))
+  cfg = _cfg(tasks="mqar", context_lengths="48", num_samples=3, mqar_kv_pairs=4, mqar_vocab=64)
+  got = runner.run_eval(model, None, cfg, None)["mqar"][48]
+  batch = tasks_lib.mqar_batch(3, split="eval", seq_len=48, num_kv_pairs=4, vocab_size=64)
+  pred = np.asarray(model(jnp.asarray(batch["inputs"])).logits).argmax(-1)
+  m = batch["query_mask"] > 0
+  assert got == pytest.approx(100.0 * (pred[m] == batch["targets"][m]).mean())

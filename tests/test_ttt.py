@@ -62,11 +62,13 @@ def test_adapt_leaves_weights_identical_and_matches_manual_sft_step():
   # One AdamW step on the prompts' NTP loss, by hand.
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   batch = ttt.prompt_batch(ids, 32, TOK.pad_id)
-  g = jax.grad(lambda p: losses.ntp_loss(nnx.merge(graphdef, p, rest), batch, None)[0])(params)
+  g = jax.jit(jax.grad(lambda p: losses.ntp_loss(nnx.merge(graphdef, p, rest), batch,
+                                                 None)[0]))(params)
   tx = optax.adamw(1e-2, b1=0.9, b2=0.95, weight_decay=0.0)
   u, _ = tx.update(g, tx.init(params), params)
   want = optax.apply_updates(params, u)
-  jax.tree.map(lambda a, w: np.testing.assert_allclose(a, w, rtol=1e-4, atol=1e-6),
+  # atol: 1000x below one update (lr 1e-2); Adam amplifies rounding of near-zero grads.
+  jax.tree.map(lambda a, w: np.testing.assert_allclose(a, w, rtol=1e-4, atol=1e-5),
                params_of(new), jax.tree.map(np.asarray, want))
   assert max(np.abs(a - b).max() for a, b in zip(jax.tree.leaves(params_of(new)),
                                                  jax.tree.leaves(before))) > 1e-3

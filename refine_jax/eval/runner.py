@@ -146,9 +146,17 @@ def mqar_score(model, ecfg, length: int) -> float:
   batch = tasks_lib.mqar_batch(int(ecfg.num_samples), split="eval", base_seed=int(ecfg.base_seed),
                                seq_len=length, num_kv_pairs=int(ecfg.mqar_kv_pairs),
                                vocab_size=int(ecfg.mqar_vocab))
-  logits = model(jnp.asarray(batch["inputs"])).logits
-  pred = np.asarray(jnp.argmax(logits, -1))
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  graphdef, state = nnx.split(model)
+  pred = np.asarray(_argmax_fn(graphdef)(state, jnp.asarray(batch["inputs"])))
   return scoring.mqar_accuracy(pred, batch["targets"], batch["query_mask"])
+
+
+@functools.lru_cache(maxsize=8)
+def _argmax_fn(graphdef):
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  return jax.jit(lambda state, ids: nnx.merge(graphdef, state)(ids).logits.argmax(-1))
 
 
 @functools.lru_cache(maxsize=8)

@@ -130,7 +130,8 @@ class LM(nnx.Module):
   def cache_at(self, captured, positions_Bn, max_len: int):
     """Caches after tokens[b, :positions[b, i] + 1] for batch B*n (row b*n + i).
 
-    `captured` comes from `model(tokens, capture=True)`. No re-run of the prefix.
+    `captured` comes from `model(tokens, capture=True)`; positions must lie in [0, T) (not
+    checked under jit: indices are clamped). No re-run of the prefix.
     """
     if captured is None or len(captured) != len(self.layers):
       raise ValueError("cache_at needs the `captured` of model(tokens, capture=True)")
