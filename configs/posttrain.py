@@ -38,14 +38,14 @@ def get_config():
   c.model.chunk_size = 64
   c.data.seq_len = 512
   c.train.batch_size = 8
-  c.train.steps = 60
+  c.train.steps = 40
   c.train.lr = 1e-3            # paper: 1e-6 at 1.3B; a tiny CPU model needs far more
   c.train.warmup_steps = 5
   c.train.schedule = "constant"
   c.train.weight_decay = 0.01
-  c.train.eval_every = 30
+  c.train.eval_every = 20
   c.train.eval_batches = 1
-  c.checkpoint.every_steps = 30
+  c.checkpoint.every_steps = 20
 
   # refine.*: the inner ReFINE update on the prompt ("hybrid" reward for post-training).
   c.refine = default_refine_config()
@@ -63,7 +63,7 @@ def get_config():
   c.posttrain.data_path = ""          # jsonl/parquet files (comma-separated); "" = synthetic
   c.posttrain.eval_path = ""          # held-out file; "" = every holdout_every-th row
   c.posttrain.holdout_every = 10
-  c.posttrain.warmup_steps = 300      # NTP warm-up when init_checkpoint is empty; 0 = none
+  c.posttrain.warmup_steps = 200      # NTP warm-up when init_checkpoint is empty; 0 = none
   c.posttrain.warmup_lr = 3e-3
 
   # eval.*: held-out accuracy cells (refine_jax.eval.runner fields).

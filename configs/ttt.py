@@ -58,7 +58,7 @@ def get_config():
   c.ttt.bucket = 128          # prompt batches are padded to a multiple (fewer compilations)
   c.ttt.data_path = ""        # jsonl/parquet test set; "" = synthetic eval.* cells
   c.ttt.max_samples = 0       # rows of data_path to use; 0 = all
-  c.ttt.warmup_steps = 300    # NTP warm-up when init_checkpoint is empty; 0 = none
+  c.ttt.warmup_steps = 200    # NTP warm-up when init_checkpoint is empty; 0 = none
   c.ttt.warmup_lr = 3e-3
 
   c.eval = default_eval_config()

@@ -6,8 +6,8 @@ Per chunk of C tokens, with chunk-start state S, G the within-chunk cumulative l
     S_i   = exp(G_i) S + sum_{j<=i} exp(G_i - G_j) k_j u_j^T
     (I + A) U = diag(beta) V - diag(beta exp(G)) K S,   A_jl = beta_j exp(G_j - G_l) k_j.k_l  (l < j)
 
-so with W = (I+A)^-1 diag(beta exp(G)) K and U0 = (I+A)^-1 diag(beta) V (one triangular solve,
-no dependence on S): U = U0 - W S, S' = exp(G_C) S + (exp(G_C - G) * K)^T U and
+so with W = (I+A)^-1 diag(beta exp(G)) K and U0 = (I+A)^-1 diag(beta) V (no dependence on S;
+(I+A)^-1 by blocked doubling, matmuls only, with a custom VJP): U = U0 - W S, S' = exp(G_C) S + (exp(G_C - G) * K)^T U and
 O = scale * [exp(G) * Q S + (Q K^T o M) U], M_ij = exp(G_i - G_j) for j <= i.
 
 Only `U = U0 - W S` and the state update are sequential (a lax.scan over chunks); everything

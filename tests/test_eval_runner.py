@@ -171,7 +171,7 @@ def test_mqar_scores_the_models_argmax_on_query_positions():
   from flax import nnx
   from refine_jax.models import build_model, default_model_config
   c = default_model_config()
-  c.vocab_size, c.hidden, c.layers, c.heads = 64, 32, 1, 2
+  c.arch, c.vocab_size, c.hidden, c.layers, c.heads = "transformer", 64, 32, 1, 2
   model = build_model(c, rngs=nnx.Rngs(0))
   cfg = _cfg(tasks="mqar", context_lengths="48", num_samples=3, mqar_kv_pairs=4, mqar_vocab=64)
   got = runner.run_eval(model, None, cfg, None)["mqar"][48]

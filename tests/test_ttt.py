@@ -36,7 +36,7 @@ def tiny_config(**over):
 
 def prompts(seed, n=2):
   rng = np.random.default_rng(seed)
-  return ["".join(rng.choice(list("abcdefgh ijklmnop"), size=int(rng.integers(30, 40))))
+  return ["".join(rng.choice(list("abcdefgh ijklmnop"), size=int(rng.integers(36, 60))))
           for _ in range(n)]
 
 
@@ -100,7 +100,7 @@ def test_reset_batches_are_independent_and_carry_over_is_not():
 
 
 def test_answer_with_ttt_matches_session_batches():
-  config = tiny_config(**{"ttt.steps": 1})
+  config = tiny_config()
   model = build_model(config.model, rngs=nnx.Rngs(2))
   ps = prompts(3, n=3)
   got = ttt.answer_with_ttt(model, config, ps, tokenizer=TOK, max_new_tokens=5)

@@ -83,7 +83,9 @@ def _optimizer(t):
 
 def _update_fn(graphdef, config):
   """Jitted step(params, opt_state, rest, batch, rng), cached per model structure + config."""
-  key = (graphdef, config.ttt.to_json(sort_keys=True), config.refine.to_json(sort_keys=True))
+  t = config.ttt
+  key = (graphdef, t.mode, float(t.lr), float(t.weight_decay), float(t.grad_clip),
+         config.refine.to_json(sort_keys=True))
   if key not in _STEPS:
     loss_fn, tx = _loss_fn(config), _optimizer(config.ttt)
 
