@@ -21,12 +21,11 @@ except ImportError:  # loaded by path from outside the repo root
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   from configs import base
 
-from ml_collections import config_dict
-
 
 def get_config():
   from refine_jax.eval.runner import default_eval_config  # pylint: disable=g-import-not-at-top
   from refine_jax.refine import default_refine_config  # pylint: disable=g-import-not-at-top
+  from refine_jax.train.ttt import default_ttt_config  # pylint: disable=g-import-not-at-top
   c = base.get_config()
   c.stage = "ttt"
   c.model.arch = "deltanet"
@@ -47,19 +46,8 @@ def get_config():
   c.refine.lambda_rl = 0.4
   c.refine.log_rollouts_every = 0
 
-  c.ttt = config_dict.ConfigDict()
-  c.ttt.mode = "refine"       # refine | sft (NTP only on the prompts)
-  c.ttt.steps = 3             # updates per test batch
-  c.ttt.batch_size = 4        # prompts adapted together (and answered together)
-  c.ttt.carry_over = False    # False: every batch starts from the checkpoint's weights
-  c.ttt.lr = 3e-4             # AdamW, fresh per batch
-  c.ttt.weight_decay = 0.0
-  c.ttt.grad_clip = 1.0
-  c.ttt.bucket = 128          # prompt batches are padded to a multiple (fewer compilations)
-  c.ttt.data_path = ""        # jsonl/parquet test set; "" = synthetic eval.* cells
-  c.ttt.max_samples = 0       # rows of data_path to use; 0 = all
-  c.ttt.warmup_steps = 200    # NTP warm-up when init_checkpoint is empty; 0 = none
-  c.ttt.warmup_lr = 3e-3
+  # ttt.*: every field with its default is in refine_jax.train.ttt.default_ttt_config().
+  c.ttt = default_ttt_config()
 
   c.eval = default_eval_config()
   c.eval.tasks = "niah_single,variable_tracking"

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 _HI = jax.lax.Precision.HIGHEST
+_REMAT = True  # recompute each group in the backward (saves token x C residual traffic)
 
 
 def _ein(spec, *xs):
@@ -206,11 +207,13 @@ def chunked(q, k, v, beta, g=None, *, scale=None, initial_state=None, chunk_size
 
   xs = tuple(None if x is None else to_groups(x) for x in (q, k, v, beta, g))
 
-  @jax.checkpoint
   def body(S_BHKV, x):
     x = [None if a is None else _to_chunks(a, C) for a in x]   # [n, B, H, C, ...]
     S_next, states, o_NBHCV = _chunk_group(S_BHKV, *x, scale)
     return S_next, (states, _from_chunks(o_NBHCV, n * C))       # o: [B, n*C, H, V]
+
+  if _REMAT:
+    body = jax.checkpoint(body)
 
   S, (states, o_GBLHV) = jax.lax.scan(body, S0, xs)
   states_NBHKV = states.reshape((N,) + states.shape[2:])

@@ -17,9 +17,9 @@ ARCHS = ["deltanet", "gated_deltanet", "transformer"] + (
     ["lact"] if importlib.util.find_spec("refine_jax.models.lact") else [])
 
 
-def tiny_model(arch="deltanet", seed=0):
+def tiny_model(arch="deltanet", seed=0, layers=2):
   cfg = default_model_config()
-  cfg.arch, cfg.vocab_size, cfg.hidden, cfg.layers, cfg.heads = arch, V, 32, 2, 2
+  cfg.arch, cfg.vocab_size, cfg.hidden, cfg.layers, cfg.heads = arch, V, 32, layers, 2
   cfg.chunk_size = 8
   if arch == "lact" and "chunk" in cfg.lact:
     cfg.lact.chunk = 8
@@ -112,7 +112,7 @@ def test_rl_gradient_reaches_early_prefix_through_the_state():
   embeddings of tokens that occur only in the first 6 positions get gradient. Those tokens are
   far outside the short-conv window of every rollout, so the only path is the fast-weight
   state captured at the branch point -- the cache_at caches must be differentiable."""
-  model = tiny_model()
+  model = tiny_model(layers=1)
   batch = batch_of(2)
   early = np.arange(V - 6, V)
   for key in ("inputs", "targets"):
@@ -131,7 +131,7 @@ def test_rl_gradient_reaches_early_prefix_through_the_state():
 
 def test_fused_loss_equals_two_phase_loss():
   """The one-pass loss_fn and collect + policy_loss give the same loss, metrics and grads."""
-  model = tiny_model("gated_deltanet")
+  model = tiny_model("gated_deltanet", layers=1)
   rc = tiny_rcfg(reward="hybrid")
   batch = batch_of(3)
   rng = jax.random.key(5)

@@ -131,3 +131,13 @@ def test_run_writes_results_and_resumes_per_batch(tmp_path, monkeypatch):
 def test_bad_mode_is_one_clear_error():
   with pytest.raises(ValueError, match="ttt.mode"):
     ttt.validate(tiny_config(**{"ttt.mode": "dpo"}))
+
+
+def test_resolve_config_for_other_stages():
+  """generate.py passes the checkpoint's own config (e.g. pretrain: empty refine.*)."""
+  from configs import pretrain  # pylint: disable=g-import-not-at-top
+  c = ttt.resolve_config(pretrain.get_config())
+  assert c.refine.reward == "binary" and c.refine.lambda_rl == 0.4
+  assert c.ttt.steps == ttt.default_ttt_config().steps and c.refine.num_chunks == 8
+  own = tiny_config()
+  assert ttt.resolve_config(own) is own

@@ -136,7 +136,7 @@ def _samples_fn(config, tok, split):
       perm = np.random.default_rng([int(config.data.shuffle_seed), epoch]).permutation(n)
       return train[perm[j]]
     return from_file, held
-  tasks = qa_data._split(p.tasks)  # pylint: disable=protected-access
+  tasks = qa_data.split_list(p.tasks)
   hi = seq_len - cap - 2
   return (lambda i: qa_data.synthetic_sample(
       tok, split, i, tasks=tasks, min_tokens=int(p.min_prompt_tokens), max_tokens=hi,
@@ -221,8 +221,10 @@ def run(config, workdir):
   os.makedirs(workdir, exist_ok=True)
   p = config.posttrain
   tok = get_tokenizer(config.data)
-  if not config.init_checkpoint and not has_checkpoint(workdir) and int(p.warmup_steps) > 0:
-    wdir = warmup(config, workdir, p.warmup_steps, p.warmup_lr, "posttrain")
+  if not config.init_checkpoint and int(p.warmup_steps) > 0:
+    wdir = os.path.join(workdir, "warmup")
+    if not has_checkpoint(workdir):  # (once post-training has a checkpoint it resumes that)
+      warmup(config, workdir, p.warmup_steps, p.warmup_lr, "posttrain")
     config = copy.deepcopy(config)
     with config.unlocked():
       config.init_checkpoint = wdir

@@ -23,7 +23,7 @@ from refine_jax.data import tasks as tasks_lib
 QA_FIELDS = "prompt/answer or context/input/answers"
 
 
-def _split(value) -> list[str]:
+def split_list(value) -> list[str]:
   if isinstance(value, str):
     return [v.strip() for v in value.split(",") if v.strip()]
   return [str(v) for v in value]
@@ -86,7 +86,7 @@ def load_samples(paths: str, tokenizer, max_prompt_tokens: int | None = None,
                  limit: int | None = None) -> list[tasks_lib.TaskSample]:
   """All rows of comma-separated jsonl / parquet paths as TaskSamples."""
   out = []
-  for path in _split(paths):
+  for path in split_list(paths):
     for i, row in enumerate(_rows(path)):
       out.append(row_to_sample(row, tokenizer, max_prompt_tokens, f"{path}:{i + 1}"))
       if limit is not None and len(out) >= limit:

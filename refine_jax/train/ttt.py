@@ -28,6 +28,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from flax import nnx
@@ -36,6 +37,41 @@ from refine_jax.train import loop, losses, posttrain, qa_data, qa_eval
 
 MODES = ("refine", "sft")
 _STEPS: dict = {}  # (graphdef, config key) -> jitted update
+
+
+def default_ttt_config() -> ml_collections.ConfigDict:
+  """Every ttt.* field and its default (configs/ttt.py starts from this)."""
+  c = ml_collections.ConfigDict()
+  c.mode = "refine"       # refine | sft (NTP only on the prompts)
+  c.steps = 3             # updates per test batch
+  c.batch_size = 4        # prompts adapted together (and answered together)
+  c.carry_over = False    # False: every batch starts from the checkpoint's weights
+  c.lr = 3e-4             # AdamW, fresh per batch
+  c.weight_decay = 0.0
+  c.grad_clip = 1.0
+  c.bucket = 128          # prompt batches are padded to a multiple (fewer compilations)
+  c.data_path = ""        # jsonl/parquet test set; "" = synthetic eval.* cells
+  c.max_samples = 0       # rows of data_path to use; 0 = all
+  c.warmup_steps = 200    # NTP warm-up when init_checkpoint is empty; 0 = none
+  c.warmup_lr = 3e-3
+  return c
+
+
+def resolve_config(config):
+  """`config` ready for adapt(): a config of another stage (e.g. what load_pretrained
+  returns) gets the ttt.* defaults and the paper's TTT refine.* (binary reward, lambda_rl
+  0.4) on top of the refine defaults."""
+  if config.get("stage") == "ttt" and "ttt" in config and "reward" in config.get("refine", {}):
+    return config
+  from refine_jax.refine import default_refine_config  # pylint: disable=g-import-not-at-top
+  c = ml_collections.ConfigDict(config.to_dict())
+  ttt_cfg = default_ttt_config()
+  ttt_cfg.update(c.get("ttt", {}))
+  rcfg = default_refine_config()
+  rcfg.update(c.get("refine", {}))
+  rcfg.reward, rcfg.lambda_rl = "binary", 0.4
+  c.ttt, c.refine = ttt_cfg, rcfg
+  return c
 
 
 def validate(config):
@@ -109,6 +145,7 @@ def _prompt_key(prompt_ids, seed: int):
 def adapt(model, config, prompt_ids, steps: int | None = None, *, return_metrics=False):
   """A new model: a copy of `model` after `steps` (default ttt.steps) TTT updates on the
   prompt(s). prompt_ids: one list of token ids or a list of them. `model` is untouched."""
+  config = resolve_config(config)
   validate(config)
   if len(prompt_ids) and np.ndim(prompt_ids[0]) == 0:
     prompt_ids = [prompt_ids]
