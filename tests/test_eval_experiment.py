@@ -33,7 +33,8 @@ def test_tiny_experiment_end_to_end(tmp_path):
     assert mean == pytest.approx(sum(ppl) / 2)
     assert 1.0 < mean < 259.0
   lines = open(os.path.join(work, "experiment.md")).read()
-  assert "| arm | niah_single | perplexity |" in lines and "| refine_mid |" in lines
+  assert "| arm | niah_single | niah_single_tf | perplexity |" in lines
+  assert "| refine_mid |" in lines
   assert open(os.path.join(work, "experiment.png"), "rb").read(4) == b"\x89PNG"
 
   cfg = eval_ruler.get_config()

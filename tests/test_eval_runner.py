@@ -179,3 +179,16 @@ def test_mqar_scores_the_models_argmax_on_query_positions():
   pred = np.asarray(model(jnp.asarray(batch["inputs"])).logits).argmax(-1)
   m = batch["query_mask"] > 0
   assert got == pytest.approx(100.0 * (pred[m] == batch["targets"][m]).mean())
+
+
+def test_teacher_forced_accuracy_counts_argmax_hits_on_answer_tokens():
+  from unittest import mock
+  from refine_jax.data.tasks import TaskSample
+  tok = ByteTokenizer()
+  # A fake model whose argmax after token t is t + 1. Prompt "a", target "bcz": after "a" it
+  # says "b" (hit), after "b" "c" (hit), after "c" "d" (miss) -> 2 of 3.
+  sample = TaskSample(task="t", prompt="a", answers=("bcz",), target="bcz", metadata={})
+  with mock.patch.object(runner, "_argmax_fn", lambda graphdef: lambda state, ids: ids + 1), \
+       mock.patch("flax.nnx.split", lambda model: (None, None)):
+    got = runner.teacher_forced_accuracy(object(), tok, [sample, sample])
+  assert got == pytest.approx(100 * 2 / 3)

@@ -202,14 +202,16 @@ def _losses(workdir):
     return {r["step"]: (r["loss"], r.get("inner_loss")) for r in map(json.loads, f)}
 
 
-def test_run_resume_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("mode", ["nested_sft",
+                                  pytest.param("nested_refine", marks=pytest.mark.slow)])
+def test_run_resume_equals_uninterrupted(tmp_path, mode):
   """posttrain run: 4 steps straight == 2 steps, then the same command with steps=4."""
   data = _pairs_file(tmp_path)
   over = {"posttrain.data_path": data, "train.schedule": "constant"}
   full, half = str(tmp_path / "full"), str(tmp_path / "half")
-  posttrain.run(tiny_config(**over), full)
-  posttrain.run(tiny_config(**over, **{"train.steps": 2}), half)
-  posttrain.run(tiny_config(**over), half)
+  posttrain.run(tiny_config(mode, **over), full)
+  posttrain.run(tiny_config(mode, **over, **{"train.steps": 2}), half)
+  posttrain.run(tiny_config(mode, **over), half)
   a, b = _losses(full), _losses(half)
   assert sorted(a) == sorted(b) == [1, 2, 3, 4]
   for s in (3, 4):
@@ -219,7 +221,9 @@ def test_run_resume_equals_uninterrupted(tmp_path):
   assert os.path.exists(os.path.join(full, "eval", "no_adaptation", "results.json"))
   summary = json.load(open(os.path.join(full, "posttrain_summary.json")))
   assert np.isfinite(summary["answer_nll_after"]) and np.isfinite(summary["answer_nll_before"])
-  assert summary["mode"] == "nested_refine" and summary["steps"] == 4
+  assert summary["mode"] == mode and summary["steps"] == 4
+  if mode == "nested_refine":
+    assert a[4][1] is not None and b[4][1] is not None  # the inner ReFINE loss was logged
 
 
 def test_bad_mode_is_one_clear_error():

@@ -66,6 +66,8 @@ def _plot(series: Mapping[str, Mapping], path: str, ylabel: str, title: str,
       ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=name)
     else:
       ax.plot(xs, ys, marker="o", label=name)
+  if ylabel.startswith("score"):
+    ax.set_ylim(-3, 103)
   ax.set_xscale("log", base=2)
   ax.set_xlabel("context length (tokens)")
   ax.set_ylabel(ylabel)
@@ -187,6 +189,8 @@ def plot_experiment(agg_by_arm: Mapping[str, Mapping], path: str, title: str = "
     ax.set_title(task, fontsize=9)
     ax.set_xlabel("context length")
     ax.set_ylabel("perplexity" if task in LOWER_IS_BETTER else "score (%)")
+    if task not in LOWER_IS_BETTER:
+      ax.set_ylim(-3, 103)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
   for ax in list(axes.flat)[len(tasks):]:

@@ -51,6 +51,8 @@ def default_eval_config() -> ml_collections.ConfigDict:
   c.mqar_kv_pairs = 8            # key-value pairs per MQAR sequence (length = context length)
   c.mqar_vocab = 256             # MQAR token ids stay in [0, mqar_vocab) (bytes for the byte tokenizer)
   c.ppl_batches = 2              # held-out batches per perplexity column
+  c.teacher_forced = False       # also <task>_tf: argmax accuracy on the true answer tokens
+                                 # given prompt + true answer prefix (moves before exact match)
   c.add_bos = True
   c.progress = True              # tqdm bar over (task, length) cells
   c.plots = True                 # PNG plots beside results.json
@@ -150,6 +152,29 @@ def mqar_score(model, ecfg, length: int) -> float:
   graphdef, state = nnx.split(model)
   pred = np.asarray(_argmax_fn(graphdef)(state, jnp.asarray(batch["inputs"])))
   return scoring.mqar_accuracy(pred, batch["targets"], batch["query_mask"])
+
+
+def teacher_forced_accuracy(model, tokenizer, samples, *, add_bos: bool = True) -> float:
+  """Percent of target tokens (sample.target) that the model's argmax predicts given the
+  prompt and the true target prefix; one right-padded forward (causal, so padding is inert)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  rows = []
+  for s in samples:
+    prompt = ([tokenizer.bos_id] if add_bos else []) + tokenizer.encode(s.prompt)
+    rows.append((prompt, tokenizer.encode(s.target)))
+  width = max(len(p) + len(t) for p, t in rows)
+  ids_BT = np.full((len(rows), width), tokenizer.pad_id, np.int32)
+  for r, (p, t) in enumerate(rows):
+    ids_BT[r, :len(p) + len(t)] = p + t
+  graphdef, state = nnx.split(model)
+  pred_BT = np.asarray(_argmax_fn(graphdef)(state, jnp.asarray(ids_BT)))
+  hits = total = 0
+  for r, (p, t) in enumerate(rows):
+    pos = np.arange(len(p) - 1, len(p) + len(t) - 1)  # logits at pos predict token pos + 1
+    hits += int((pred_BT[r, pos] == ids_BT[r, pos + 1]).sum())
+    total += len(t)
+  return 100.0 * hits / max(total, 1)
 
 
 @functools.lru_cache(maxsize=8)
@@ -258,6 +283,7 @@ def run_eval(model, tokenizer=None, eval_cfg=None, out_dir: str | None = None, /
     bar = tqdm(total=len(cells), desc=title, dynamic_ncols=True)
   cache: dict = {}  # qa and qa_f1 share predictions
   for task, length in cells:
+    tf = None
     if bar is not None:
       bar.set_postfix(task=task, len=length)
     if task in MODEL_TASKS:
@@ -288,7 +314,11 @@ def run_eval(model, tokenizer=None, eval_cfg=None, out_dir: str | None = None, /
       records += [{"task": task, "context_len": length, "index": i,
                    "prompt_tail": s.prompt[-120:], "prediction": p, "answers": list(s.answers),
                    "score": sc} for i, (s, p, sc) in enumerate(zip(samples, preds, per))]
+      if ecfg.teacher_forced and model is not None and task != "qa_f1":
+        tf = teacher_forced_accuracy(model, tokenizer, samples, add_bos=bool(ecfg.add_bos))
     results.setdefault(task, {})[length] = float(score)
+    if tf is not None:
+      results.setdefault(f"{task}_tf", {})[length] = tf
     if bar is not None:
       bar.update(1)
   if bar is not None:

@@ -76,6 +76,9 @@ def hybrid(inp: RewardInputs):
   return cosine(inp) + binary(inp)
 
 
+register("cosine_similarity")(cosine)  # the reference code's name for it
+
+
 def needs_hidden(name):
   """Whether a reward reads hidden states (lets the step skip the true-continuation pass)."""
   return name != "binary"

@@ -248,8 +248,8 @@ def run(config, workdir):
              "no_adaptation": base["results"], "posttrain": res,
              "answer_nll_before": base["answer_nll"],
              "answer_nll_after": answer_nll(result.model, nll_batches),
-             "last_metrics": {k: v for k, v in result.metrics.items()
-                              if isinstance(v, (int, float))}}
+             "last_metrics": {k: float(v) for k, v in result.metrics.items()
+                              if isinstance(v, (int, float, np.number))}}
   table = qa_eval.comparison({"no adaptation": base["results"], p.mode: res})
   if jax.process_index() == 0:
     with open(os.path.join(eval_dir, "comparison.md"), "w") as f:
