@@ -22,7 +22,6 @@ aggregates), experiment.md (tables), experiment.png.
 from __future__ import annotations
 
 import ast
-import copy
 import importlib.util
 import json
 import os

@@ -8,7 +8,7 @@ predictions.jsonl} (or `out_dir`).
 import os
 import sys
 
-from absl import app, flags
+from absl import app
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "e.g. configs/eval_ruler.py",
