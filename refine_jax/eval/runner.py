@@ -242,8 +242,7 @@ def eval_stage(config, workdir: str, model) -> dict:
 
 
 def run_eval(model, tokenizer=None, eval_cfg=None, out_dir: str | None = None, /, *,
-             config=None, predict_fn: PredictFn | None = None, title: str = "eval",
-             **stage_call) -> dict:
+             config=None, predict_fn: PredictFn | None = None, title: str = "eval") -> dict:
   """Evaluates tasks x context lengths; returns {task: {context_len: score}}.
 
   model: an LM (greedy cached decoding; also needed for mqar / perplexity), or None when
@@ -252,13 +251,8 @@ def run_eval(model, tokenizer=None, eval_cfg=None, out_dir: str | None = None, /
   eval_cfg: eval.* fields (default_eval_config()), or a config holding them under `eval`.
   config: the run config (data.* for perplexity and the held-out haystack).
   out_dir: where results.json, results.md, PNG plots and predictions.jsonl go (None: nowhere).
-  (Also accepts the stage-hook form run_eval(config, workdir, model=model) = eval_stage.)
+  Training stages call eval_stage(config, workdir, model) instead.
   """
-  if stage_call:
-    if set(stage_call) != {"model"} or eval_cfg is not None or out_dir is not None:
-      raise TypeError(f"run_eval: unexpected arguments {sorted(stage_call)}; call "
-                      "run_eval(model, tokenizer, eval_cfg, out_dir, config=...).")
-    return eval_stage(model, tokenizer, stage_call["model"])
   if eval_cfg is None:
     raise TypeError("run_eval(model, tokenizer, eval_cfg, out_dir): eval_cfg is missing.")
   ecfg = eval_cfg.eval if "eval" in eval_cfg else eval_cfg

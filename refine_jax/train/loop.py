@@ -213,7 +213,8 @@ def run_training(config, workdir, loss_fn, *, eval_fn=losses.ntp_eval,
             f"(loss={loss}, grad_norm={gnorm}); stopped without saving this step. Last good "
             f"checkpoint: step {last_good} in {ck.directory}. Lower train.lr, raise "
             "train.warmup_steps or check the data, then rerun the same command to resume.")
-      if jeval is not None and (step % int(tc.eval_every) == 0 or step == steps):
+      if jeval is not None and ((tc.eval_every > 0 and step % int(tc.eval_every) == 0)
+                                or step == steps):
         last_eval = _evaluate(jeval, ms, eval_batches)
         row.update(last_eval)
       writer.write(step, row)

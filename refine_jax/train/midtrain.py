@@ -179,21 +179,9 @@ def next_sequence_match(model, batches, rcfg, seed=0):
 
 
 def _eval_suite(config, model, workdir):
-  """Runs refine_jax.eval's suite when one exists (kept optional: the stage must not depend
-  on it)."""
-  import importlib  # pylint: disable=g-import-not-at-top
-  for mod_name, fn_name in (("refine_jax.eval.runner", "run_eval"),
-                            ("refine_jax.eval.runner", "run"), ("refine_jax.eval", "run_eval")):
-    try:
-      mod = importlib.import_module(mod_name)
-    except ImportError:
-      continue
-    fn = getattr(mod, fn_name, None)
-    if callable(fn):
-      logging.info("running eval suite %s.%s", mod_name, fn_name)
-      return fn(config, workdir, model=model)
-  logging.info("no eval suite in refine_jax.eval yet; skipped")
-  return None
+  """The eval suite (refine_jax.eval) on the final model, written to <workdir>/eval."""
+  from refine_jax.eval import runner  # pylint: disable=g-import-not-at-top
+  return runner.eval_stage(config, workdir, model)
 
 
 def run(config, workdir):
