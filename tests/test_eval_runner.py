@@ -157,13 +157,17 @@ def test_two_argument_predict_fn_gets_the_answer_budget():
   assert seen[-1] == 5
 
 
-def test_stage_hook_form_dispatches_to_eval_stage(monkeypatch):
+def test_eval_stage_runs_the_stage_eval_config_into_workdir_eval(monkeypatch, tmp_path):
+  from configs import pretrain
   calls = []
-  monkeypatch.setattr(runner, "eval_stage", lambda *a: calls.append(a) or {"x": {1: 2.0}})
-  assert runner.run_eval("CONFIG", "/run", model="MODEL") == {"x": {1: 2.0}}
-  assert calls == [("CONFIG", "/run", "MODEL")]
-  with pytest.raises(TypeError, match="unexpected"):
-    runner.run_eval("CONFIG", "/run", model="MODEL", other=1)
+  monkeypatch.setattr(runner, "run_eval",
+                      lambda *a, **kw: calls.append((a, kw)) or {"x": {1: 2.0}})
+  config = pretrain.get_config()
+  assert runner.eval_stage(config, str(tmp_path), "MODEL") == {"x": {1: 2.0}}
+  (model, tok, ecfg, out_dir), kw = calls[0]
+  assert model == "MODEL" and out_dir == str(tmp_path / "eval") and kw["config"] is config
+  assert tok.vocab_size == config.model.vocab_size  # the run's own tokenizer
+  assert ecfg.tasks == runner.stage_eval_config().tasks  # no config.eval -> the light suite
 
 
 def test_mqar_scores_the_models_argmax_on_query_positions():
