@@ -68,3 +68,14 @@ def get_config():
   # refine.*: ReFINE fields; filled in by configs/midtrain.py (and the other ReFINE stages).
   c.refine = config_dict.ConfigDict()
   return c
+
+
+def tiny_deltanet(c):
+  """The tiny DeltaNet every stage's embedded default trains on a laptop CPU in minutes
+  (~0.6M params with the byte tokenizer). Scale up with --config.model.* overrides."""
+  c.model.arch = "deltanet"
+  c.model.hidden = 128
+  c.model.layers = 2
+  c.model.heads = 2
+  c.model.chunk_size = 64
+  return c

@@ -31,11 +31,7 @@ def get_config():
   from refine_jax.refine import default_refine_config  # pylint: disable=g-import-not-at-top
   c = base.get_config()
   c.stage = "posttrain"
-  c.model.arch = "deltanet"
-  c.model.hidden = 128
-  c.model.layers = 2
-  c.model.heads = 2
-  c.model.chunk_size = 64
+  base.tiny_deltanet(c)
   c.data.seq_len = 512
   c.train.batch_size = 8
   c.train.steps = 40

@@ -22,11 +22,7 @@ except ImportError:  # loaded by path from outside the repo root
 def get_config():
   c = base.get_config()
   c.stage = "pretrain"
-  c.model.arch = "deltanet"
-  c.model.hidden = 128
-  c.model.layers = 2
-  c.model.heads = 2
-  c.model.chunk_size = 64
+  base.tiny_deltanet(c)
   c.data.seq_len = 128
   c.train.batch_size = 8
   c.train.steps = 300

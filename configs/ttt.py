@@ -28,11 +28,7 @@ def get_config():
   from refine_jax.train.ttt import default_ttt_config  # pylint: disable=g-import-not-at-top
   c = base.get_config()
   c.stage = "ttt"
-  c.model.arch = "deltanet"
-  c.model.hidden = 128
-  c.model.layers = 2
-  c.model.heads = 2
-  c.model.chunk_size = 64
+  base.tiny_deltanet(c)
   c.data.seq_len = 512
   # train.* is used by the warm-up only.
   c.train.batch_size = 8
