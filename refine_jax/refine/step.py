@@ -172,6 +172,23 @@ def _reward_metrics(rewards_BG, valid_BG, ent_Bc, valid_Bc):
           "valid_frac": jnp.mean(valid_Bc.astype(jnp.float32))}
 
 
+def _sample_and_score(model, out, targets_BT, mask_BT, rng, rcfg):
+  """Selection, rollouts from the captured states, rewards and group advantages: the part
+  shared by the fused loss and `collect`. Rollout log-probs stay differentiable."""
+  B, T = targets_BT.shape
+  n, k, c = rcfg.rollouts_per_position, rcfg.rollout_len, rcfg.num_chunks
+  r_sel, r_roll = jax.random.split(rng)
+  pos_Bc, valid_Bc, ent_Bc = _select(r_sel, out.logits, mask_BT, rcfg)
+  roll, cache_Bc = rollout.rollouts_from_capture(
+      model, out, pos_Bc, r_roll, n=n, length=k, max_len=T + k, temperature=rcfg.temperature,
+      top_k=rcfg.top_k, top_p=rcfg.top_p)
+  true_Bck = rollout.continuation_at(targets_BT, pos_Bc, k)
+  rewards_BG = _rewards(model, rcfg, cache_Bc, roll, true_Bck).reshape(B, c * n)
+  valid_BG = jnp.repeat(valid_Bc, n, axis=1)
+  adv_BG = grpo.group_advantages(rewards_BG, valid_BG, rcfg.adv_eps)
+  return pos_Bc, valid_Bc, ent_Bc, roll, true_Bck, rewards_BG, valid_BG, adv_BG
+
+
 def refine_loss(model, batch, rng, rcfg, ref_model=None):
   """The fused one-epoch step (ppo_epochs = 1): returns (loss, metrics).
 
@@ -180,19 +197,11 @@ def refine_loss(model, batch, rng, rcfg, ref_model=None):
   the right gradient, and no second rollout-length pass is needed.
   """
   inputs, targets, mask = _batch_arrays(batch)
-  B, T = inputs.shape
-  n, k, c = rcfg.rollouts_per_position, rcfg.rollout_len, rcfg.num_chunks
-  r_sel, r_roll = jax.random.split(rng)
+  B = inputs.shape[0]
   out = model(inputs, capture=True)
   ntp = ntp_loss(out.logits, targets, mask)
-  pos_Bc, valid_Bc, ent_Bc = _select(r_sel, out.logits, mask, rcfg)
-  roll, cache_Bc = rollout.rollouts_from_capture(
-      model, out, pos_Bc, r_roll, n=n, length=k, max_len=T + k, temperature=rcfg.temperature,
-      top_k=rcfg.top_k, top_p=rcfg.top_p)
-  true_Bck = rollout.continuation_at(targets, pos_Bc, k)
-  rewards_BG = _rewards(model, rcfg, cache_Bc, roll, true_Bck).reshape(B, c * n)
-  valid_BG = jnp.repeat(valid_Bc, n, axis=1)
-  adv_BG = grpo.group_advantages(rewards_BG, valid_BG, rcfg.adv_eps)
+  pos_Bc, valid_Bc, ent_Bc, roll, _, rewards_BG, valid_BG, adv_BG = _sample_and_score(
+      model, out, targets, mask, rng, rcfg)
   ref_lp = (_ref_logprobs(ref_model, inputs, pos_Bc, roll.tokens_Gk, rcfg)
             if rcfg.kl_coef > 0 else None)
   rl, rl_metrics = _rl_terms(rcfg, B, roll.logp_Gk, jax.lax.stop_gradient(roll.logp_Gk),
@@ -231,19 +240,11 @@ class Collected(NamedTuple):
 def collect(model, batch, rng, rcfg) -> Collected:
   """Selection + rollouts + rewards + advantages with the current weights (no gradient)."""
   inputs, targets, mask = _batch_arrays(batch)
-  B, T = inputs.shape
-  n, k, c = rcfg.rollouts_per_position, rcfg.rollout_len, rcfg.num_chunks
-  r_sel, r_roll = jax.random.split(rng)
   out = model(inputs, capture=True)
-  pos_Bc, valid_Bc, ent_Bc = _select(r_sel, out.logits, mask, rcfg)
-  roll, cache_Bc = rollout.rollouts_from_capture(
-      model, out, pos_Bc, r_roll, n=n, length=k, max_len=T + k, temperature=rcfg.temperature,
-      top_k=rcfg.top_k, top_p=rcfg.top_p)
-  true_Bck = rollout.continuation_at(targets, pos_Bc, k)
-  rewards_BG = _rewards(model, rcfg, cache_Bc, roll, true_Bck).reshape(B, c * n)
-  valid_BG = jnp.repeat(valid_Bc, n, axis=1)
-  adv_BG = grpo.group_advantages(rewards_BG, valid_BG, rcfg.adv_eps)
-  col = Collected(pos_Bc, valid_Bc, roll.tokens_Gk, rollout.repeat_rows(true_Bck, n),
+  pos_Bc, valid_Bc, ent_Bc, roll, true_Bck, rewards_BG, _, adv_BG = _sample_and_score(
+      model, out, targets, mask, rng, rcfg)
+  col = Collected(pos_Bc, valid_Bc, roll.tokens_Gk,
+                  rollout.repeat_rows(true_Bck, rcfg.rollouts_per_position),
                   roll.logp_Gk, rewards_BG, adv_BG, ent_Bc)
   return jax.tree.map(jax.lax.stop_gradient, col)
 
