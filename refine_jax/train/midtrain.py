@@ -201,17 +201,19 @@ def run(config, workdir):
 
   eval_batches = loop.default_eval_batches(config, max(1, int(config.train.eval_batches)))
   summary = {}
-  if not config.init_checkpoint and not _has_checkpoint(workdir) and mt.warmup_steps > 0:
+  if not config.init_checkpoint and mt.warmup_steps > 0:
     wdir = os.path.join(workdir, "warmup")
-    print(f"midtrain: no init_checkpoint -> NTP warm-up ({mt.warmup_steps} steps) in {wdir}")
-    warm = loop.run_training(_warmup_config(config), wdir, losses.ntp_loss,
-                             eval_fn=losses.ntp_eval, eval_batches=eval_batches,
-                             stage="midtrain-warmup")
-    summary["warmup"] = {"steps": warm.step, "loss": warm.metrics.get("loss"),
-                         "eval_loss": warm.eval_metrics.get("eval_loss")}
-    if mt.summary_eval:
-      summary["next_sequence_match_before"] = next_sequence_match(warm.model, eval_batches,
-                                                                  rcfg)
+    if not _has_checkpoint(workdir):  # a resumed run already has its warm-up behind it
+      print(f"midtrain: no init_checkpoint -> NTP warm-up ({mt.warmup_steps} steps) in {wdir}")
+      warm = loop.run_training(_warmup_config(config), wdir, losses.ntp_loss,
+                               eval_fn=losses.ntp_eval, eval_batches=eval_batches,
+                               stage="midtrain-warmup")
+      summary["warmup"] = {"steps": warm.step, "loss": warm.metrics.get("loss"),
+                           "eval_loss": warm.eval_metrics.get("eval_loss")}
+      if mt.summary_eval:
+        summary["next_sequence_match_before"] = next_sequence_match(warm.model, eval_batches,
+                                                                    rcfg)
+    # Also on resume, so config.json stays the same resolved config.
     config = copy.deepcopy(config)
     with config.unlocked():
       config.init_checkpoint = wdir
