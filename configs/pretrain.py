@@ -3,9 +3,8 @@
   python -m refine_jax.main --config=configs/pretrain.py [--workdir=runs/pretrain-deltanet]
 
 Default: hidden 128, 2 layers, 2 heads, seq_len 128, batch 8, 300 steps (0.59M params).
-Measured on the shared 2-core CPU (load ~10): 3m21s wall (20 s compile, median step 0.5 s,
-~2 steps/s, ~2k tokens/s); train loss 5.59 (= ln 259) -> ~2.0, held-out perplexity 7.6 at step
-100 and 5.3 at step 300. Rerunning the same command resumes (a finished run stops at once).
+Measured on an idle 2-core CPU: 40 s wall (median step 0.09 s, ~11 steps/s); train loss 5.59
+(= ln 259) -> ~2.0, held-out perplexity 7.6 at step 100 and 5.3 at step 300. Rerunning the same command resumes (a finished run stops at once).
 Scale up with e.g. --config.model.hidden=1024 --config.model.layers=24 --config.data.seq_len=2048.
 """
 
