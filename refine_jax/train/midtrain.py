@@ -25,7 +25,7 @@ from absl import logging
 from flax import nnx
 
 from refine_jax.refine import step as refine_step
-from refine_jax.train import loop, losses
+from refine_jax.train import loop, losses, warmup
 
 
 def make_ppo_step_builder(rcfg):
@@ -72,23 +72,6 @@ def _num(v):
   return v if math.isfinite(v) else None
 
 
-def _has_checkpoint(workdir):
-  d = os.path.join(workdir, "checkpoints")
-  return os.path.isdir(d) and any(name.isdigit() for name in os.listdir(d))
-
-
-def _warmup_config(config):
-  w = config.midtrain
-  wc = copy.deepcopy(config)
-  with wc.unlocked():
-    wc.stage = "pretrain"
-    wc.train.steps = int(w.warmup_steps)
-    wc.train.lr = float(w.warmup_lr)
-    wc.train.warmup_steps = max(1, int(w.warmup_steps) // 10)
-    wc.train.eval_every = int(w.warmup_steps)
-  return wc
-
-
 class RolloutLogger:
   """on_step hook: every refine.log_rollouts_every steps, rollouts on a fixed held-out batch
   -> rollouts.jsonl + TensorBoard text; also the greedy next-sequence match used in the
@@ -132,7 +115,7 @@ class RolloutLogger:
       return
     col = self.sample(ms, step)
     inputs = self.batch["inputs"]
-    c, n, k = self.rcfg.num_chunks, self.rcfg.rollouts_per_position, self.rcfg.rollout_len
+    c, n = self.rcfg.num_chunks, self.rcfg.rollouts_per_position
     lines, md = [], [f"step {step}\n"]
     for b in range(inputs.shape[0]):
       for i in range(c):
@@ -203,11 +186,9 @@ def run(config, workdir):
   summary = {}
   if not config.init_checkpoint and mt.warmup_steps > 0:
     wdir = os.path.join(workdir, "warmup")
-    if not _has_checkpoint(workdir):  # a resumed run already has its warm-up behind it
-      print(f"midtrain: no init_checkpoint -> NTP warm-up ({mt.warmup_steps} steps) in {wdir}")
-      warm = loop.run_training(_warmup_config(config), wdir, losses.ntp_loss,
-                               eval_fn=losses.ntp_eval, eval_batches=eval_batches,
-                               stage="midtrain-warmup")
+    if not warmup.has_checkpoint(workdir):  # a resumed run already has its warm-up behind it
+      warm = warmup.ntp_warmup(config, workdir, steps=mt.warmup_steps, lr=mt.warmup_lr,
+                               stage="midtrain", eval_batches=eval_batches)
       summary["warmup"] = {"steps": warm.step, "loss": warm.metrics.get("loss"),
                            "eval_loss": warm.eval_metrics.get("eval_loss")}
       if mt.summary_eval:

@@ -30,7 +30,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from refine_jax.train import loop, losses, qa_data, qa_eval
+from refine_jax.train import loop, losses, qa_data, qa_eval, warmup
 
 MODES = ("nested_refine", "nested_sft", "sft")
 
@@ -166,27 +166,6 @@ def held_out_batches(config, tok, held):
 # ----------------------------------------------------------------------------- stage
 
 
-def has_checkpoint(workdir):
-  d = os.path.join(workdir, "checkpoints")
-  return os.path.isdir(d) and any(name.isdigit() for name in os.listdir(d))
-
-
-def warmup(config, workdir, steps, lr, stage):
-  """NTP warm-up on the data pipeline in <workdir>/warmup; returns that directory."""
-  wdir = os.path.join(workdir, "warmup")
-  wc = copy.deepcopy(config)
-  with wc.unlocked():
-    wc.stage = "pretrain"
-    wc.train.steps = int(steps)
-    wc.train.lr = float(lr)
-    wc.train.warmup_steps = max(1, int(steps) // 10)
-    wc.train.schedule = "cosine"
-    wc.train.eval_every = int(steps)
-  print(f"{stage}: no init_checkpoint -> NTP warm-up ({steps} steps) in {wdir}")
-  loop.run_training(wc, wdir, losses.ntp_loss, eval_fn=losses.ntp_eval, stage=f"{stage}-warmup")
-  return wdir
-
-
 def answer_scores(model, batches):
   """Held-out teacher-forced answer scores: {"answer_nll": per token, "answer_token_acc":
   fraction of answer tokens that are the argmax} (finer-grained than exact-match accuracy)."""
@@ -224,8 +203,9 @@ def run(config, workdir):
   tok = get_tokenizer(config.data)
   if not config.init_checkpoint and int(p.warmup_steps) > 0:
     wdir = os.path.join(workdir, "warmup")
-    if not has_checkpoint(workdir):  # (once post-training has a checkpoint it resumes that)
-      warmup(config, workdir, p.warmup_steps, p.warmup_lr, "posttrain")
+    if not warmup.has_checkpoint(workdir):  # (once post-training has a checkpoint it resumes that)
+      warmup.ntp_warmup(config, workdir, steps=p.warmup_steps, lr=p.warmup_lr,
+                        stage="posttrain", schedule="cosine")
     config = copy.deepcopy(config)
     with config.unlocked():
       config.init_checkpoint = wdir

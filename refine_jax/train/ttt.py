@@ -33,7 +33,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from refine_jax.train import loop, losses, posttrain, qa_data, qa_eval
+from refine_jax.train import loop, losses, posttrain, qa_data, qa_eval, warmup
 
 MODES = ("refine", "sft")
 _STEPS: dict = {}  # (graphdef, config key) -> jitted update
@@ -244,7 +244,8 @@ def run(config, workdir):
   loop.write_config(config, workdir)
   start_from = config.init_checkpoint
   if not start_from and int(t.warmup_steps) > 0:
-    start_from = posttrain.warmup(config, workdir, t.warmup_steps, t.warmup_lr, "ttt")
+    start_from = warmup.ntp_warmup(config, workdir, steps=t.warmup_steps, lr=t.warmup_lr,
+                                   stage="ttt", schedule="cosine").workdir
   held = None
   if t.data_path:
     held = qa_data.load_samples(t.data_path, tok, max_prompt_tokens=int(config.data.seq_len),

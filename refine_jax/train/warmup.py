@@ -1,0 +1,34 @@
+"""The short NTP warm-up that midtrain, posttrain and ttt run in <workdir>/warmup when they
+have no init_checkpoint (a fresh machine), so their embedded defaults start from a model
+that already knows the byte statistics."""
+
+import copy
+import os
+
+from refine_jax.train import loop, losses
+
+
+def has_checkpoint(workdir) -> bool:
+  """True when <workdir>/checkpoints holds a saved step (the stage itself has started)."""
+  d = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(d) and any(name.isdigit() for name in os.listdir(d))
+
+
+def ntp_warmup(config, workdir, *, steps, lr, stage, schedule=None, eval_batches=None):
+  """Trains `steps` NTP steps at peak `lr` in <workdir>/warmup (resuming it if present).
+
+  schedule: train.schedule for the warm-up (None keeps the stage's). Returns the loop's
+  TrainResult; its `workdir` is what the stage passes on as init_checkpoint."""
+  wdir = os.path.join(workdir, "warmup")
+  wc = copy.deepcopy(config)
+  with wc.unlocked():
+    wc.stage = "pretrain"
+    wc.train.steps = int(steps)
+    wc.train.lr = float(lr)
+    wc.train.warmup_steps = max(1, int(steps) // 10)
+    wc.train.eval_every = int(steps)
+    if schedule is not None:
+      wc.train.schedule = schedule
+  print(f"{stage}: no init_checkpoint -> NTP warm-up ({steps} steps) in {wdir}")
+  return loop.run_training(wc, wdir, losses.ntp_loss, eval_fn=losses.ntp_eval,
+                           eval_batches=eval_batches, stage=f"{stage}-warmup")
