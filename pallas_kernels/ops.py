@@ -12,7 +12,8 @@ Backends:
   pallas_gpu, pallas_tpu   the Pallas kernels (pallas_entry.py); an error if unsupported.
   interpret      the Pallas TPU kernel in interpret mode (runs on CPU; used by tests).
   interpret_gpu, interpret_tpu   pick the interpreted kernel explicitly.
-Every backend is differentiable.
+Every backend is differentiable. Under a mesh context (jax.set_mesh) the Pallas backends run
+per device in shard_map (batch over data/fsdp, heads over tensor; see shard.py).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 
 from pallas_kernels import chunked as _chunked
 from pallas_kernels import reference as _reference
+from pallas_kernels import shard as _shard
 
 BACKENDS = ("auto", "xla_chunked", "xla_recurrent", "pallas_gpu", "pallas_tpu",
             "interpret", "interpret_gpu", "interpret_tpu")
@@ -160,10 +162,26 @@ def _run(q, k, v, beta, g, scale, initial_state, chunk_size, backend, chunk_stat
     o, S = _reference.recurrent(q, k, v, beta, g, scale=scale, initial_state=initial_state)
     return o, S, None
   entry, target, interpret = pallas
-  o, S, cs = entry.pallas_delta_rule(q, k, v, beta, g, scale=scale, initial_state=initial_state,
-                                     chunk_size=chunk_size, target=target, interpret=interpret,
-                                     return_chunk_states=chunk_states)
-  return o, S, cs
+  gated, has_s0 = g is not None, initial_state is not None
+
+  def call(q, k, v, beta, *rest):
+    rest = list(rest)
+    g_ = rest.pop(0) if gated else None
+    s0 = rest.pop(0) if has_s0 else None
+    out = entry.pallas_delta_rule(q, k, v, beta, g_, scale=scale, initial_state=s0,
+                                  chunk_size=chunk_size, target=target, interpret=interpret,
+                                  return_chunk_states=chunk_states)
+    return out if chunk_states else out[:2]
+
+  args = (q, k, v, beta) + ((g,) if gated else ()) + ((initial_state,) if has_s0 else ())
+  mesh = _shard.context_mesh()
+  if mesh is not None:  # per-device kernels under a mesh (shard.py says why)
+    ins = ("BTHK", "BTHK", "BTHV", "BTH") + (("BTH",) if gated else ()) + (
+        ("BHKV",) if has_s0 else ())
+    outs = ("BTHV", "BHKV") + (("BNHKV",) if chunk_states else ())
+    call = _shard.per_shard(call, mesh, q.shape[0], q.shape[2], ins, outs)
+  out = call(*args)
+  return out[0], out[1], (out[2] if chunk_states else None)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Device mesh from `config.mesh` (axes data, fsdp, tensor) and multi-host start-up."""
 
+import contextlib
 import math
 import os
 
@@ -42,6 +43,13 @@ def make_mesh(mesh_cfg, devices=None):
   except Exception:  # pylint: disable=broad-except
     grid = np.asarray(devices).reshape(shape)
   return jax.sharding.Mesh(grid, MESH_AXES)
+
+
+def mesh_context(mesh):
+  """`jax.set_mesh(mesh)` as a context manager (a no-op on jax without it). Tracing inside
+  it lets pallas_kernels run its Pallas kernels per device in shard_map."""
+  set_mesh = getattr(jax, "set_mesh", None)
+  return set_mesh(mesh) if set_mesh is not None else contextlib.nullcontext()
 
 
 def _launched_multihost():

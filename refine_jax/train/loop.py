@@ -189,7 +189,8 @@ def run_training(config, workdir, loss_fn, *, eval_fn=losses.ntp_eval,
       rng = jax.random.fold_in(base_key, step)
       if compiled is None:  # compile once, outside the timed region (AOT, same shardings)
         t0 = time.perf_counter()
-        compiled = jstep.lower(ms.params, opt_state, ms.rest, batch, rng).compile()
+        with parallel.mesh_context(mesh):  # Pallas ops then run per device (shard_map)
+          compiled = jstep.lower(ms.params, opt_state, ms.rest, batch, rng).compile()
         compile_s = time.perf_counter() - t0
         _say(f"train step compiled in {compile_s:.1f}s")
       t0 = time.perf_counter()
@@ -215,7 +216,8 @@ def run_training(config, workdir, loss_fn, *, eval_fn=losses.ntp_eval,
             "train.warmup_steps or check the data, then rerun the same command to resume.")
       if jeval is not None and ((tc.eval_every > 0 and step % int(tc.eval_every) == 0)
                                 or step == steps):
-        last_eval = _evaluate(jeval, ms, eval_batches)
+        with parallel.mesh_context(mesh):
+          last_eval = _evaluate(jeval, ms, eval_batches)
         row.update(last_eval)
       writer.write(step, row)
       last_row = dict(row, step=step)
