@@ -13,7 +13,9 @@
 #   VERSION       TPU VM image                        (default tpu-ubuntu2204-base)
 #   SPOT=1        preemptible capacity
 #   CONFIG        config file                         (default configs/midtrain.py)
-#   WORKDIR       run dir; on a pod it must be storage every worker sees, e.g. gs://BUCKET/run
+#   WORKDIR       run dir; on a pod it must be storage every worker sees: a path on shared
+#                 NFS/Filestore or a gcsfuse mount, e.g. /gcs/BUCKET/run (gs:// URLs are refused:
+#                 metrics and eval files use plain file I/O)
 #                 (default runs/<TPU_NAME>, which only suits a single-host slice)
 #   KEEP=1        with `all`: keep the slice after the run (default: delete it, even on failure)
 #
@@ -34,6 +36,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 die() { echo "tpu_pod.sh: $*" >&2; exit 2; }
 [[ -n "${ZONE:-}" ]] || die "set ZONE (e.g. ZONE=us-central2-b), the zone with your TPU quota"
 command -v gcloud >/dev/null || die "gcloud not found; install the Google Cloud SDK"
+[[ "$WORKDIR" != *://* ]] || die "WORKDIR=$WORKDIR: use a path every worker sees (shared NFS, \
+or a gcsfuse mount such as /gcs/BUCKET/run), not a URL"
 
 GC=(gcloud compute tpus tpu-vm)
 COMMON=(--zone="$ZONE")

@@ -168,6 +168,8 @@ def arm_names(exp) -> list[str]:
 
 def run_experiment(exp, workdir: str) -> dict:
   """Runs every arm x seed (training + eval), writes the summary; returns it."""
+  from refine_jax.train import validate  # pylint: disable=g-import-not-at-top
+  validate.check_workdir(workdir)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   _compilation_cache(exp, workdir)

@@ -37,6 +37,11 @@ def main(argv):
     print(f"error: invalid config: {e}", file=sys.stderr)
     sys.exit(2)
   workdir = _WORKDIR.value or default_workdir(config)
+  try:
+    validate.check_workdir(workdir)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   if not _WORKDIR.value:
     print(f"no --workdir given; using {os.path.abspath(workdir)}")
   stages.get_stage(config.stage)(config, workdir)

@@ -40,7 +40,7 @@ def test_tpu_requires_zone(tmp_path):
 
 def test_tpu_run_issues_one_command_on_all_workers(tmp_path):
   env, log = _fake_bin(tmp_path, "gcloud")
-  env.update(ZONE="us-central2-b", TPU_NAME="t1", WORKDIR="gs://b/run 1")
+  env.update(ZONE="us-central2-b", TPU_NAME="t1", WORKDIR="/gcs/b/run 1")
   r = subprocess.run(["bash", TPU, "run", "--", "--config.train.steps=7"], env=env,
                      capture_output=True, text=True)
   assert r.returncode == 0, r.stderr
@@ -49,7 +49,14 @@ def test_tpu_run_issues_one_command_on_all_workers(tmp_path):
   assert "--zone=us-central2-b" in args and "--worker=all" in args
   cmd = next(a for a in args if a.startswith("--command="))
   assert "python3 -m refine_jax.main --config=configs/midtrain.py" in cmd
-  assert r"--workdir=gs://b/run\ 1 --config.train.steps=7" in cmd
+  assert r"--workdir=/gcs/b/run\ 1 --config.train.steps=7" in cmd
+
+
+def test_tpu_refuses_a_url_workdir(tmp_path):
+  env, log = _fake_bin(tmp_path, "gcloud")
+  env.update(ZONE="z", TPU_NAME="t1", WORKDIR="gs://b/run")
+  r = subprocess.run(["bash", TPU, "run"], env=env, capture_output=True, text=True)
+  assert r.returncode == 2 and "gcsfuse" in r.stderr and not log.exists()
 
 
 def test_tpu_all_deletes_the_slice_even_when_the_run_fails(tmp_path):

@@ -91,3 +91,13 @@ def test_kill_9_during_saves_keeps_a_good_checkpoint(tmp_path, python_subprocess
   assert "resumed" in out.stdout
   rows = read_metrics(os.path.join(wd, "metrics.jsonl"))
   assert [r["step"] for r in rows] == list(range(1, 41))
+
+
+def test_main_refuses_a_url_workdir(tmp_path, python_subprocess):
+  cfg = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                     "configs", "pretrain.py")
+  proc = python_subprocess(["-m", "refine_jax.main", f"--config={cfg}",
+                            "--workdir=gs://bucket/run"], cwd=str(tmp_path), check=False)
+  assert proc.returncode == 2
+  assert "--workdir=gs://bucket/run" in proc.stderr and "gcsfuse" in proc.stderr
+  assert not (tmp_path / "gs:").exists()

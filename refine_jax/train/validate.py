@@ -2,9 +2,20 @@
 
 import math
 import os
+import re
 
 from refine_jax.parallel import mesh as mesh_lib
 from refine_jax.train import optim, stages
+
+
+def check_workdir(workdir):
+  """Run directories are plain paths: metrics, eval files and resume bookkeeping use file I/O.
+  A URL (gs://, s3://) would silently become a local folder named 'gs:', so it is refused."""
+  if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", str(workdir)):
+    raise ValueError(
+        f"--workdir={workdir}: run directories must be a filesystem path, not a URL. Mount the "
+        "bucket on every host (e.g. gcsfuse gs://BUCKET at /gcs/BUCKET, then "
+        "--workdir=/gcs/BUCKET/run) or use shared NFS/Filestore storage.")
 
 
 def _positive_int(value, name):
