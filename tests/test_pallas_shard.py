@@ -79,6 +79,20 @@ _SCRIPT = textwrap.dedent(r"""
   txt = jax.jit(fwd).trace({n: jax.ShapeDtypeStruct(a.shape, a.dtype) for n, a in xb.items()}
                            ).lower(lowering_platforms=("cuda",)).as_text()
   assert "manual_computation" not in txt
+
+  # The fused decode kernel too (rollouts decode inside the sharded train step).
+  from pallas_kernels.fused_recurrent import fused_recurrent
+  x = inputs(4, 1, 4, 16, 32, seed=3)
+  sh = shardings(x, 4)
+  dec = jax.jit(lambda x: fused_recurrent(x["q"], x["k"], x["v"], x["beta"], x["g"],
+                                          initial_state=x["s0"], backend="interpret_gpu"),
+                in_shardings=(sh,))
+  want = dec(x)
+  xs = jax.device_put(x, sh)
+  with jax.set_mesh(mesh):
+    assert "manual_computation" in dec.lower(xs).as_text()
+    got = dec(xs)
+  assert max(rel(a, b) for a, b in zip(got, want)) < 1e-6
   print("OK")
 """)
 

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 import pallas_kernels
+from pallas_kernels.fused_recurrent import fused_recurrent
 from refine_jax.models import layers
 from refine_jax.models.config import delta_dims
 
@@ -35,22 +36,6 @@ def _rule(q, k, v, beta, g, *, initial_state, want_state, chunk_size, backend):
   return pallas_kernels.gated_delta_rule(q, k, v, g, beta, initial_state=initial_state,
                                          output_final_state=want_state, chunk_size=chunk_size,
                                          backend=backend)
-
-
-def _one_token(S_BHKV, q_BHK, k_BHK, v_BHV, beta_BH, g_BH):
-  """Single decode step of the (gated) delta rule; cheaper than any chunked kernel."""
-  S = S_BHKV
-  if g_BH is not None:
-    S = S * jnp.exp(g_BH)[..., None, None]
-  f32 = lambda a: a.astype(jnp.float32)
-  # full f32 products (no TF32 on GPU): decode must agree with the chunked forward
-  ein = lambda spec, a, b: jnp.einsum(spec, a, b, precision=jax.lax.Precision.HIGHEST)
-  pred_BHV = ein("bhk,bhkv->bhv", f32(k_BHK), S)
-  delta_BHV = beta_BH[..., None] * (f32(v_BHV) - pred_BHV)
-  S = S + ein("bhk,bhv->bhkv", f32(k_BHK), delta_BHV)
-  scale = q_BHK.shape[-1] ** -0.5
-  o_BHV = ein("bhk,bhkv->bhv", f32(q_BHK) * scale, S)
-  return o_BHV, S
 
 
 def _dt_bias_init(key, shape, dtype=jnp.float32):
@@ -176,10 +161,9 @@ class DeltaNet(nnx.Module):
     (q, k, v, beta, g), pre_conv, new_conv = self._features(
         x_BTD, None if cache is None else cache["conv"])
     captured = None
-    if cache is not None and T == 1:
-      o, S = _one_token(cache["state"], q[:, 0], k[:, 0], v[:, 0], beta[:, 0],
-                        None if g is None else g[:, 0])
-      o = o[:, None]
+    if cache is not None and T == 1:  # decode: one fused kernel on GPU/TPU, einsums on CPU
+      o, S = fused_recurrent(q, k, v, beta, g, initial_state=cache["state"],
+                             backend=self.backend)
     elif capture:
       o, S, chunk_states = pallas_kernels.delta_rule_with_chunk_states(
           q, k, v, beta, g, chunk_size=self.chunk_size, backend=self.backend)
