@@ -8,19 +8,22 @@
 #
 #   mkdir -p .whl && python3 -m pip download --dest .whl --no-deps \
 #       --python-version 3.12 --only-binary=:all: \
-#       fla-core==0.6.0 einops grain ml-collections jax-triton
-#   (fla-core is flash-linear-attention's op package: fla.ops.delta_rule / gated_delta_rule;
-#    it needs only einops besides torch/triton. grain has binary deps: add
+#       fla-core==0.6.0 einops grain ml-collections jax-triton \
+#       pytest iniconfig pluggy packaging pygments
+#   (pytest and its deps in case the machine lacks them; fla-core is flash-linear-attention's
+#    op package, fla.ops.*delta_rule, needing only einops besides torch/triton. grain has binary deps: add
 #    array-record, dm-tree, etc. with --no-deps only if a test that imports grain runs.)
 #
 # Then, through the device tool: run(command="bash benchmarks/gpu_check.sh",
 #   carry=[".whl"], timeout_s=540). Results come back under $OUT:
 #   env.txt, tests.txt (pytest on the GPU: the Triton kernels for real, not interpreted),
-#   kernel_bench.{json,md} (pallas_gpu vs xla_chunked vs FLA, fwd and fwd+bwd).
+#   kernel_bench.{json,md} (pallas_gpu vs xla_chunked vs FLA, fwd and fwd+bwd),
+#   decode_bench.{json,md} (fused one-token decode kernel vs XLA vs FLA fused_recurrent).
 # A second call, `bash benchmarks/gpu_check.sh tune` (~5 minutes), sweeps the launch
 # settings in pallas_gpu.TUNING at T = 8192 instead: kernel_bench_tune_*.md.
 set -u
 export PYTHONUNBUFFERED=1   # keep partial output if a step hits its timeout
+export XLA_PYTHON_CLIENT_PREALLOCATE=false   # FLA (torch) shares the card with JAX
 OUT=${OUT:-runs/gpu_check}
 mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
@@ -55,11 +58,14 @@ fi
 
 # 1) Correctness on the GPU: the GPU kernels run for real (fp32 < 1e-4, bf16 < 1e-2 vs the
 #    naive recurrence, outputs/states/all gradients), incl. C=64, K=V=128 device shapes.
-timeout 200 python3 -m pytest tests/test_pallas_kernels.py tests/test_pallas_math.py \
-    tests/test_pallas_lowering.py -v -p no:cacheprovider --durations=10 2>&1 \
-    | tee "$OUT/tests.txt" | tail -25
+timeout 180 python3 -m pytest tests/test_pallas_kernels.py tests/test_pallas_math.py \
+    tests/test_pallas_lowering.py tests/test_pallas_fused_recurrent.py -v -p no:cacheprovider \
+    --durations=10 2>&1 | tee "$OUT/tests.txt" | tail -25
 
 # 2) The benchmark: B*H = 128 heads, T = 2048, 8192, 32768, K = V = 128, bf16.
-timeout 250 python3 benchmarks/kernel_bench.py --out "$OUT" --iters 3 2>&1 \
+timeout 240 python3 benchmarks/kernel_bench.py --out "$OUT" --iters 3 2>&1 \
     | tee "$OUT/bench.txt" | tail -20
+
+# 3) The fused decode step (memory bound: GB/s vs a measured copy), B*H = 128..1024.
+timeout 60 python3 benchmarks/decode_bench.py --out "$OUT" 2>&1 | tee "$OUT/decode.txt" | tail -16
 echo "gpu_check done: results in $OUT"
