@@ -1,5 +1,7 @@
 """The Pallas kernels lower, on this CPU-only machine, to Triton IR (GPU) and Mosaic (TPU) at
 production shapes: catches primitives or shapes a backend cannot take before a device runs."""
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -7,9 +9,21 @@ import pytest
 from pallas_kernels import pallas_gpu, pallas_tpu
 
 
+def _target(platform):
+  # jax >= 0.11 asks which GPU the Triton IR is for when none is attached (0.10 assumed
+  # sm_90); an abstract mesh on an abstract H100 answers it. Older jax: no such API, no need.
+  AbstractDevice = getattr(jax.sharding, "AbstractDevice", None)
+  if platform != "cuda" or AbstractDevice is None:
+    return contextlib.nullcontext()
+  dev = AbstractDevice(device_kind="NVIDIA H100", num_cores=None, platform="gpu")
+  mesh = jax.sharding.AbstractMesh((1,), ("x",), abstract_device=dev)
+  return jax.sharding.use_abstract_mesh(mesh)
+
+
 def _lower(fn, args, platform):
   try:
-    return jax.jit(fn).trace(*args).lower(lowering_platforms=(platform,)).as_text()
+    with _target(platform):
+      return jax.jit(fn).trace(*args).lower(lowering_platforms=(platform,)).as_text()
   except (ImportError, ModuleNotFoundError) as e:  # jaxlib built without that dialect
     pytest.skip(f"cannot lower for {platform} here: {e}")
 
@@ -24,10 +38,12 @@ def test_kernels_lower(target, gated):
   q, k, v, beta = bf(B, T, H, K), bf(B, T, H, K), bf(B, T, H, V), bf(B, T, H)
   g = bf(B, T, H) if gated else None
   mod, platform = (pallas_gpu, "cuda") if target == "gpu" else (pallas_tpu, "tpu")
+  # The custom call names the lowering: Triton (not Mosaic GPU, which lacks ops we use) / Mosaic.
+  call = "xla.gpu.triton" if target == "gpu" else "tpu_custom_call"
   fwd = lambda *a: mod.fwd(*a, scale=K ** -0.5, chunk_size=C)
   txt = _lower(fwd, (q, k, v, beta, g, f32(B, H, K, V)), platform)
-  assert "delta_rule_fwd" in txt
+  assert "delta_rule_fwd" in txt and call in txt
   bwd = lambda *a: mod.bwd(*a, scale=K ** -0.5, chunk_size=C)
   txt = _lower(bwd, (q, k, v, beta, g, f32(B, N, H, K, V), bf(B, T, H, V), f32(B, H, K, V),
                      f32(B, N, H, K, V)), platform)
-  assert "delta_rule_bwd" in txt
+  assert "delta_rule_bwd" in txt and call in txt

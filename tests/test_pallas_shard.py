@@ -8,13 +8,22 @@ import numpy as np
 from conftest import run_python
 
 _SCRIPT = textwrap.dedent(r"""
-  import re
+  import contextlib, re
   import jax, jax.numpy as jnp, numpy as np
   from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
   import pallas_kernels
   from pallas_kernels import reference
 
   mesh = Mesh(np.array(jax.devices()).reshape(2, 2, 2), ("data", "fsdp", "tensor"))
+
+  def gpu_target(mesh=None):
+    # jax >= 0.11 needs to be told which GPU to lower Triton IR for when none is attached.
+    AD = getattr(jax.sharding, "AbstractDevice", None)
+    if AD is None:
+      return contextlib.nullcontext()
+    dev = AD(device_kind="NVIDIA H100", num_cores=None, platform="gpu")
+    am = jax.sharding.AbstractMesh((1,), ("_",)) if mesh is None else mesh.abstract_mesh
+    return jax.sharding.use_abstract_mesh(am.update(abstract_device=dev))
   rel = lambda a, b: float(np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64))
                            / (np.linalg.norm(np.asarray(b, np.float64)) + 1e-30))
 
@@ -69,15 +78,16 @@ _SCRIPT = textwrap.dedent(r"""
   fwd = lambda x: pallas_kernels.gated_delta_rule(x["q"], x["k"], x["v"], x["g"], x["beta"],
                                                   chunk_size=16, backend="pallas_gpu")
   args = {n: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh[n]) for n, a in xb.items()}
-  with jax.set_mesh(mesh):
+  with jax.set_mesh(mesh), gpu_target(mesh):
     txt = jax.jit(fwd).trace(args).lower(lowering_platforms=("cuda",)).as_text()
   body = txt[txt.index("manual_computation"):]
   assert re.search(r"custom_call @__gpu\$xla\.gpu\.triton\(", body), "Triton call not in shard_map"
   call = body[body.index("xla.gpu.triton"):]
   assert "tensor<1x64x2x16xbf16>" in call, "kernel does not see per-device shapes"
   # Outside a mesh context nothing is wrapped.
-  txt = jax.jit(fwd).trace({n: jax.ShapeDtypeStruct(a.shape, a.dtype) for n, a in xb.items()}
-                           ).lower(lowering_platforms=("cuda",)).as_text()
+  with gpu_target():
+    txt = jax.jit(fwd).trace({n: jax.ShapeDtypeStruct(a.shape, a.dtype) for n, a in xb.items()}
+                             ).lower(lowering_platforms=("cuda",)).as_text()
   assert "manual_computation" not in txt
 
   # The fused decode kernel too (rollouts decode inside the sharded train step).

@@ -48,13 +48,13 @@ def make_train_step(graphdef, loss_fn, tx):
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     out = dict(aux)
-    out.update(loss=loss, grad_norm=_global_norm(grads))
+    out.update(loss=loss, grad_norm=global_norm(grads))
     return params, opt_state, out
 
   return step
 
 
-def _global_norm(tree):
+def global_norm(tree):
   norm = getattr(getattr(optax, "tree", None), "norm", None)  # optax >= 0.2.6
   return norm(tree) if norm is not None else optax.global_norm(tree)
 

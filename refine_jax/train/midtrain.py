@@ -53,7 +53,7 @@ def make_ppo_step_builder(rcfg):
           (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(params)
           updates, opt_state = tx.update(grads, opt_state, params)
           params = optax.apply_updates(params, updates)
-          rows.append(dict(aux, loss=loss, grad_norm=optax.global_norm(grads)))
+          rows.append(dict(aux, loss=loss, grad_norm=loop.global_norm(grads)))
       out = {k: jnp.mean(jnp.stack([r[k] for r in rows])) for k in rows[0]}
       out["loss"] = rows[-1]["loss"]
       return params, opt_state, out

@@ -94,7 +94,7 @@ def make_step_builder(config, pad_id):
         updates, opt_state = tx.update(g, opt_state, params)
         params = optax.apply_updates(params, jax.tree.map(lambda u: u * scale, updates))
         out.update({f"inner_{k}": v for k, v in aux.items()})
-        out.update(inner_loss=li, inner_grad_norm=optax.global_norm(g))
+        out.update(inner_loss=li, inner_grad_norm=loop.global_norm(g))
 
       def outer_obj(p):
         return outer_loss(nnx.merge(graphdef, p, rest), batch, r_out)
@@ -102,7 +102,7 @@ def make_step_builder(config, pad_id):
       updates, opt_state = tx.update(g, opt_state, params)
       params = optax.apply_updates(params, updates)
       out.update({f"answer_{k}": v for k, v in aux.items() if k != "ntp_loss"})
-      out.update(loss=lo, grad_norm=optax.global_norm(g))
+      out.update(loss=lo, grad_norm=loop.global_norm(g))
       return params, opt_state, out
 
     return step
