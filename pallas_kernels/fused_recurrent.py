@@ -337,14 +337,15 @@ def _resolve(backend, q, v, dtypes):
     target = _ops._platform_target()
     if target is None:
       return None
-    reason = unsupported_reason(q.shape, v.shape, dtypes, target)
+    reason = _ops.triton_reason(target) or unsupported_reason(q.shape, v.shape, dtypes, target)
     if reason:
       _ops._warn_once(f"pallas_kernels.fused_recurrent: Pallas {target} kernel unsupported "
                       f"here ({reason}); using backend='xla'.")
       return None
     return target, False
   target, interpret = _PALLAS[backend]
-  reason = unsupported_reason(q.shape, v.shape, dtypes, target)
+  reason = ((None if interpret else _ops.triton_reason(target))
+            or unsupported_reason(q.shape, v.shape, dtypes, target))
   if reason:
     raise ValueError(f"fused_recurrent: backend={backend!r} does not support these inputs: "
                      f"{reason}. Use backend='xla' (or 'auto', which falls back).")

@@ -112,6 +112,14 @@ def _platform_target():
   return None
 
 
+def triton_reason(target):
+  """Why the (non-interpreted) GPU kernels cannot run with this jax, or None."""
+  if target != "gpu":
+    return None
+  from pallas_kernels import pallas_gpu
+  return pallas_gpu.triton_reason()
+
+
 def _resolve(backend, q_shape, v_shape, dtype, chunk_size):
   """Returns ("xla_chunked" | "xla_recurrent", None) or ("pallas", (entry, target, interpret))."""
   if backend in ("xla_chunked", "xla_recurrent"):
@@ -126,7 +134,8 @@ def _resolve(backend, q_shape, v_shape, dtype, chunk_size):
       _warn_once(f"pallas_kernels: Pallas {target} kernels unavailable ({e}); "
                  "using backend='xla_chunked'.")
       return "xla_chunked", None
-    reason = pallas_entry.unsupported_reason(q_shape, v_shape, dtype, chunk_size, target)
+    reason = (triton_reason(target)
+              or pallas_entry.unsupported_reason(q_shape, v_shape, dtype, chunk_size, target))
     if reason:
       _warn_once(f"pallas_kernels: Pallas {target} kernel unsupported here ({reason}); "
                  "using backend='xla_chunked'.")
@@ -138,7 +147,8 @@ def _resolve(backend, q_shape, v_shape, dtype, chunk_size):
   except ImportError as e:
     raise ImportError(f"backend={backend!r} needs pallas_kernels.pallas_entry, which failed "
                       f"to import ({e}); use backend='xla_chunked' or 'auto'.") from e
-  reason = pallas_entry.unsupported_reason(q_shape, v_shape, dtype, chunk_size, target)
+  reason = ((None if interpret else triton_reason(target))
+            or pallas_entry.unsupported_reason(q_shape, v_shape, dtype, chunk_size, target))
   if reason:
     raise ValueError(f"backend={backend!r} does not support these inputs: {reason}. "
                      "Use backend='xla_chunked' (or 'auto', which falls back).")

@@ -29,10 +29,30 @@ TUNING = dict(fwd_block_v=64, fwd_warps=4, fwd_stages=2,
 
 
 def _compiler_params(num_warps, num_stages):
-  # Triton compiler params select the Triton lowering; without them jax may pick Mosaic GPU
-  # (jax_pallas_use_mosaic_gpu), which lacks reductions along an axis and more.
+  # Explicit Triton params: jax 0.10 could otherwise pick Mosaic GPU (jax_pallas_use_mosaic_gpu);
+  # from 0.11 a GPU pallas_call is Triton-only and these just set warps and pipeline stages.
   from jax.experimental.pallas import triton as pltriton
   return pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
+
+
+def triton_reason():
+  """None if this jax can lower pallas_call to Triton, else why not. The Pallas Triton
+  backend is deprecated since jax 0.11 (Mosaic GPU, a different kernel API, replaces it);
+  when it goes, backend="auto" must fall back to XLA rather than fail."""
+  try:
+    from jax.experimental.pallas import triton as pltriton
+    from jax._src.pallas.triton import pallas_call_registration  # noqa: F401
+  except ImportError as e:
+    return f"jax {jax.__version__} has no Pallas Triton backend ({e})"
+  if not hasattr(pltriton, "CompilerParams"):
+    return f"jax {jax.__version__}: jax.experimental.pallas.triton.CompilerParams is gone"
+  try:  # the deprecation can be turned into an error
+    from jax._src import deprecations
+    if deprecations.is_accelerated("jax-pallas-triton"):
+      return f"jax {jax.__version__}: the Pallas Triton backend is switched off"
+  except (ImportError, AttributeError, ValueError, KeyError):  # 0.10: not registered
+    pass
+  return None
 
 
 def _cfg(dtype):

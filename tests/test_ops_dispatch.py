@@ -222,3 +222,26 @@ def test_real_interpret_backend_matches_xla_chunked(backend):
                                                    backend="xla_chunked")
   for a, b in ((o, o_r), (S, S_r), (cs, cs_r)):
     assert np.linalg.norm(a - b) / np.linalg.norm(b) < 1e-4
+
+
+def test_gpu_kernels_fall_back_when_jax_drops_pallas_triton(fake_entry, monkeypatch):
+  """jax deprecated the Pallas Triton backend (0.11): if a release removes it, auto on GPU
+  uses XLA (one warning naming why), pallas_gpu says why, and the interpreter still runs."""
+  from pallas_kernels import fused_recurrent as fr
+  from pallas_kernels import pallas_gpu
+  entry = fake_entry(_FakeEntry(reason=None))
+  monkeypatch.setattr(pallas_gpu, "triton_reason", lambda: "jax 9.9 has no Pallas Triton")
+  monkeypatch.setattr(ops, "_platform_target", lambda: "gpu")
+  q, k, v, beta, g = _args()
+  with pytest.warns(RuntimeWarning, match="no Pallas Triton.*xla_chunked"):
+    o, _ = pk.delta_rule(q, k, v, beta, chunk_size=4)
+  assert entry.calls == []
+  np.testing.assert_array_equal(o, chunked.chunked(q, k, v, beta, chunk_size=4)[0])
+  with pytest.raises(ValueError, match="no Pallas Triton"):
+    pk.delta_rule(q, k, v, beta, backend="pallas_gpu")
+  pk.delta_rule(q, k, v, beta, backend="interpret_gpu")
+  assert entry.calls[-1]["interpret"]
+  with pytest.warns(RuntimeWarning, match="no Pallas Triton.*'xla'"):
+    fr.fused_recurrent(q[:, :1], k[:, :1], v[:, :1], beta[:, :1])
+  with pytest.raises(ValueError, match="no Pallas Triton"):
+    fr.fused_recurrent(q[:, :1], k[:, :1], v[:, :1], beta[:, :1], backend="pallas_gpu")
