@@ -45,6 +45,11 @@ def unsupported_reason(q_shape, v_shape, dtype, chunk_size, target):
     for name, d in (("K", K), ("V", V)):
       if not (_pow2(d) and 16 <= d <= 256):
         return f"{name}={d}: the GPU kernel needs a power of two in [16, 256]"
+    if jnp.dtype(dtype) == jnp.float32 and max(K, V) > 64:
+      # float32 dot operands: the backward needs ~290 KB of shared memory at K=V=128 (sm_90
+      # blocks get 227 KB; benchmarks/triton_compile_check.py)
+      return (f"float32 inputs with K={K}, V={V}: the GPU kernel takes float32 only for "
+              "K, V <= 64; cast q/k/v/beta/g to bfloat16 for larger heads")
   else:
     # Mosaic blocks: second-minor dims multiples of 8; the whole K x V state sits in VMEM.
     if C % 8 or not 8 <= C <= 256:

@@ -21,11 +21,13 @@ f32 = jnp.float32
 # Launch defaults; benchmarks/kernel_bench.py --tune overrides them for a sweep.
 # The backward holds about twice the live tiles of the forward, hence more warps.
 # bf16_dots=1: bf16 dot operands for bf16 inputs (2x the TF32 tensor-core rate, as FLA;
-# relative errors ~5e-3 instead of ~2e-3 at C=64), off until a GPU run shows it pays.
+# relative errors ~5e-3 instead of ~2e-3 at C=64). It is also what makes the backward fit:
+# compiled offline for sm_90 (benchmarks/triton_compile_check.py, K=V=128, C=64) the bwd
+# needs 112 KB of shared memory with bf16 operands but 320 KB with float32 ones (limit 227).
 # bwd_block_v = V would drop the per-V-block partial dq/dk/dbeta/dg (less HBM traffic) at
-# the cost of a K x V float32 cotangent in registers.
+# the cost of a K x V float32 cotangent in registers (fits: 168 KB; more spills).
 TUNING = dict(fwd_block_v=64, fwd_warps=4, fwd_stages=2,
-              bwd_block_v=64, bwd_warps=8, bwd_stages=1, bf16_dots=0)
+              bwd_block_v=64, bwd_warps=8, bwd_stages=1, bf16_dots=1)
 
 
 def _compiler_params(num_warps, num_stages):
@@ -55,9 +57,14 @@ def triton_reason():
   return None
 
 
-def _cfg(dtype):
-  if jnp.dtype(dtype) == jnp.float32:   # IEEE float32 dots: exact to ~1e-6
-    return pm.MathCfg(precision=jax.lax.Precision.HIGHEST, explicit_transpose=False)
+def _cfg(dtype, interpret):
+  if jnp.dtype(dtype) == jnp.float32:
+    # Float32 inputs: 3xTF32 tensor-core dots (~float32 accuracy). IEEE dots would compile to
+    # unrolled FMAs: minutes of compile time and heavy spills. The CPU interpreter has no
+    # TF32, so it uses plain float32 dots.
+    prec = (jax.lax.Precision.HIGHEST if interpret
+            else jax.lax.DotAlgorithmPreset.TF32_TF32_F32_X3)
+    return pm.MathCfg(precision=prec, explicit_transpose=False)
   # bf16 / fp16 inputs: TF32 dots, or bf16 operands with TUNING["bf16_dots"].
   return pm.MathCfg(precision=jax.lax.Precision.DEFAULT, explicit_transpose=False,
                     operand_dtype=jnp.bfloat16 if TUNING["bf16_dots"] else jnp.float32)
@@ -108,7 +115,7 @@ def fwd(q, k, v, beta, g, S0, *, scale, chunk_size, interpret=False, block_v=Non
   BV = _block_v(V, block_v, TUNING["fwd_block_v"])
   gated = g is not None
   kernel = functools.partial(_fwd_kernel, C=C, N=N, H=H, BV=BV, scale=float(scale),
-                             gated=gated, store_cs=store_chunk_states, cfg=_cfg(q.dtype))
+                             gated=gated, store_cs=store_chunk_states, cfg=_cfg(q.dtype, interpret))
   args = (q, k, v, beta) + ((g,) if gated else ()) + (S0.astype(f32),)
   out_shape = (jax.ShapeDtypeStruct((B, T, H, V), v.dtype),
                jax.ShapeDtypeStruct((B, H, K, V), f32))
@@ -177,7 +184,7 @@ def bwd(q, k, v, beta, g, chunk_states, do, dsT, dcs, *, scale, chunk_size,
   gated = g is not None
   has_dcs = dcs is not None
   kernel = functools.partial(_bwd_kernel, C=C, N=N, H=H, BV=BV, scale=float(scale),
-                             gated=gated, has_dcs=has_dcs, cfg=_cfg(q.dtype))
+                             gated=gated, has_dcs=has_dcs, cfg=_cfg(q.dtype, interpret))
   args = ((q, k, v, beta) + ((g,) if gated else ()) + (chunk_states, do, dsT.astype(f32))
           + ((dcs.astype(f32),) if has_dcs else ()))
   out_shape = [jax.ShapeDtypeStruct((NV, B, T, H, K), f32),

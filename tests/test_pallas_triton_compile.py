@@ -1,0 +1,61 @@
+"""The Pallas GPU kernels, compiled offline for sm_90 by the pip `triton` package (no GPU
+needed), fit an H100's shared memory. Skipped where triton is not importable; see
+benchmarks/triton_compile_check.py for the venv recipe and the full table."""
+import importlib.util
+import os
+import sys
+import warnings
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_spec = importlib.util.spec_from_file_location(
+    "triton_compile_check", os.path.join(ROOT, "benchmarks", "triton_compile_check.py"))
+tcc = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = tcc   # dataclasses look their module up while it loads
+_spec.loader.exec_module(tcc)
+
+_LOG = """ptxas info    : Compiling entry function 'delta_rule_bwd_gpu' for 'sm_90a'
+ptxas info    : Function properties for delta_rule_bwd_gpu
+    3976 bytes stack frame, 5012 bytes spill stores, 5904 bytes spill loads
+ptxas info    : Used 255 registers, used 1 barriers, 3976 bytes cumulative stack size
+"""
+
+
+def test_ptxas_log_numbers():
+  assert tcc._ptxas_numbers(_LOG) == dict(regs=255, stack_bytes=3976, spill_stores=5012,
+                                          spill_loads=5904)
+  with pytest.raises(RuntimeError, match="ptxas log"):
+    tcc._ptxas_numbers("ptxas info    : Compiling entry function 'f' for 'sm_90a'\n")
+
+
+def _check(kernel, gated, dtype):
+  pytest.importorskip("triton")
+  # The current pallas_gpu.TUNING at the production head size the kernel takes for dtype.
+  (case,) = [c for c in tcc.cases(False, (dtype,)) if c.kernel == kernel and c.gated == gated]
+  os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+  res = tcc.compile_ir(tcc.triton_ir(case), warps=case.warps, stages=case.stages, cc=90)
+  assert res["num_warps"] == case.warps
+  # Over 227 KB the launch fails on an H100: a hard requirement.
+  assert res["shared_bytes"] <= tcc.SMEM_LIMIT[90], (
+      f"{case}: needs {res['shared_bytes']} B shared memory > {tcc.SMEM_LIMIT[90]} B on sm_90;"
+      " change pallas_gpu.TUNING (see benchmarks/triton_compile_check.py --sweep)")
+  # Spills cost speed, not correctness: report them.
+  if res["spill_stores"] or res["spill_loads"]:
+    warnings.warn(f"{case}: {res['regs']} registers, {res['spill_stores']} B spill stores, "
+                  f"{res['spill_loads']} B spill loads")
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])   # K=V=128 bf16, 64 float32
+@pytest.mark.parametrize("gated", [False, True])
+@pytest.mark.parametrize("kernel", ["fwd", "bwd"])
+def test_default_tuning_fits_sm90(kernel, gated, dtype):
+  _check(kernel, gated, dtype)
+
+
+def test_float32_inputs_use_3xtf32_dots_not_ieee():
+  """IEEE float32 dots compile to unrolled FMAs (minutes of ptxas, heavy spills)."""
+  pytest.importorskip("triton")
+  (case,) = [c for c in tcc.cases(False, ("float32",)) if c.kernel == "bwd" and not c.gated]
+  ttir = tcc.triton_ir(case)
+  assert "tf32x3" in ttir and "ieee" not in ttir
