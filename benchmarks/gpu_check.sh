@@ -47,8 +47,9 @@ if [ "${1:-check}" = "tune" ]; then
   # Launch-setting sweep of our kernel at one size, one setting changed at a time.
   timeout 60 python3 benchmarks/kernel_bench.py --out "$OUT" --T 8192 --variants gated \
       --impls pallas_gpu --iters 3 --tag _tune_default 2>&1 | tail -1
-  for tune in bf16_dots=1 fwd_block_v=128 bwd_block_v=128 fwd_block_v=32 bwd_warps=4 \
-      fwd_warps=8; do
+  # (all fit sm_90 shared memory: benchmarks/triton_compile_check.py --sweep)
+  for tune in fwd_warps=8 fwd_block_v=128 bwd_block_v=128 fwd_block_v=32 bwd_block_v=32 \
+      bwd_warps=4; do
     timeout 45 python3 benchmarks/kernel_bench.py --out "$OUT" --T 8192 --variants gated \
         --impls pallas_gpu --iters 3 --tune "$tune" --tag "_tune_${tune/=/}" 2>&1 | tail -1
   done
