@@ -57,8 +57,17 @@ def unsupported_reason(q_shape, v_shape, dtype, chunk_size, target):
     for name, d in (("K", K), ("V", V)):
       if d % 8 or d > 1024:
         return f"{name}={d}: the TPU kernel needs a multiple of 8, at most 1024"
-    if T > 1 << 18:  # a head's beta/g rows stay resident in VMEM
-      return f"T={T}: the TPU kernel takes at most {1 << 18} tokens per sequence"
+    # VMEM limits found by the Mosaic compiler for v4, v5e, v5p, v6e, v7x (16 MiB of scoped
+    # VMEM on the first three; benchmarks/tpu_compile_check.py --sweep).
+    if jnp.dtype(dtype) == jnp.float32 and K > 512:
+      return (f"float32 inputs with K={K}: the TPU kernel takes float32 only for K <= 512; "
+              "cast q/k/v/beta/g to bfloat16")
+    if K * V > 256 * 256 and V % 128:
+      return (f"K={K}, V={V}: a K x V state this large must be split into 128-wide V-blocks; "
+              "use V a multiple of 128")
+    if T > 1 << 16:  # a head's beta/g rows (and their gradients) stay resident in VMEM
+      return (f"T={T}: the TPU kernel takes at most {1 << 16} tokens per sequence; split "
+              "longer sequences and carry initial_state")
   return None
 
 

@@ -41,8 +41,17 @@ def _call_kwargs(interpret):
   return dict(compiler_params=pltpu.CompilerParams(dimension_semantics=sem))
 
 
-def _block_v(V, block_v):
-  BV = V if block_v is None else block_v
+# Default V-block: the whole V while the K x V float32 state block stays this small. Larger
+# blocks overflow the 16 MiB scoped VMEM of v4 / v5e / v5p in the backward (its state blocks
+# are double-buffered; benchmarks/tpu_compile_check.py --sweep).
+MAX_STATE_BLOCK = 256 * 256
+
+
+def _block_v(K, V, block_v):
+  if block_v is None:   # V, else the largest 512 / 256 / 128 dividing V that fits
+    opts = [V] + [bv for bv in (512, 256, 128) if bv < V and V % bv == 0]
+    block_v = next((bv for bv in opts if K * bv <= MAX_STATE_BLOCK), opts[-1])
+  BV = block_v
   if V % BV or (BV != V and BV % 128):
     raise ValueError(f"block_v={BV} must divide V={V} and be V or a multiple of 128.")
   return BV
@@ -80,9 +89,12 @@ class _Tokens:
     return jnp.swapaxes(y, 1, 2)
 
 
-def _scalars(x, C):  # [B, T, H] -> [B, H, N, C]
+def _scalars(x, C):  # [B, T, H] -> [B, H, N, C] float32
+  # float32 even for bf16 inputs: the kernels read row n of the [N, C] block at a dynamic n,
+  # and Mosaic cannot prove such a row aligned in a bf16 block (two rows share a packed
+  # sublane: E2003 CompileTimeMosaicUnprovenMemoryAccessAlignment).
   B, T, H = x.shape
-  return jnp.swapaxes(x, 1, 2).reshape(B, H, T // C, C)
+  return jnp.swapaxes(x.astype(f32), 1, 2).reshape(B, H, T // C, C)
 
 
 def _unscalars(y):   # [..., B, H, N, C] -> [..., B, T, H]
@@ -126,7 +138,7 @@ def fwd(q, k, v, beta, g, S0, *, scale, chunk_size, interpret=False, block_v=Non
   V = v.shape[-1]
   C = chunk_size
   N = T // C
-  BV = _block_v(V, block_v)
+  BV = _block_v(K, V, block_v)
   gated = g is not None
   fwd_chunk = lambda i: i
   tk = _Tokens(B, T, H, C, K, K, fwd_chunk, by_v=False)
@@ -200,7 +212,7 @@ def bwd(q, k, v, beta, g, chunk_states, do, dsT, dcs, *, scale, chunk_size,
   V = v.shape[-1]
   C = chunk_size
   N = T // C
-  BV = _block_v(V, block_v)
+  BV = _block_v(K, V, block_v)
   NV = V // BV
   gated = g is not None
   has_dcs = dcs is not None

@@ -150,6 +150,11 @@ def test_unsupported_shapes_give_reasons():
   assert "int32" in ur((1, 8, 1, 16), (1, 8, 1, 16), jnp.int32, 16, "gpu")
   assert "float16" in ur((1, 8, 1, 16), (1, 8, 1, 16), jnp.float16, 16, "tpu")
   assert "T=300000" in ur((1, 300000, 1, 16), (1, 300000, 1, 16), jnp.float32, 64, "tpu")
+  # VMEM bounds found by the Mosaic compiler (benchmarks/tpu_compile_check.py --sweep)
+  assert "T=100000" in ur((1, 100000, 1, 16), (1, 100000, 1, 16), jnp.bfloat16, 64, "tpu")
+  assert "bfloat16" in ur((1, 8, 1, 1024), (1, 8, 1, 1024), jnp.float32, 64, "tpu")
+  assert "multiple of 128" in ur((1, 8, 1, 512), (1, 8, 1, 264), jnp.bfloat16, 64, "tpu")
+  assert ur((1, 8, 1, 1024), (1, 8, 1, 1024), jnp.bfloat16, 64, "tpu") is None
   assert "bfloat16" in ur((1, 8, 1, 128), (1, 8, 1, 128), jnp.float32, 64, "gpu")  # smem
   assert ur((1, 8, 1, 64), (1, 8, 1, 64), jnp.float32, 64, "gpu") is None
   assert ur((1, 8, 1, 128), (1, 8, 1, 128), jnp.bfloat16, 64, "gpu") is None
