@@ -65,9 +65,6 @@ def unsupported_reason(q_shape, v_shape, dtype, chunk_size, target):
     if K * V > 256 * 256 and V % 128:
       return (f"K={K}, V={V}: a K x V state this large must be split into 128-wide V-blocks; "
               "use V a multiple of 128")
-    if T > 1 << 16:  # a head's beta/g rows (and their gradients) stay resident in VMEM
-      return (f"T={T}: the TPU kernel takes at most {1 << 16} tokens per sequence; split "
-              "longer sequences and carry initial_state")
   return None
 
 

@@ -9,8 +9,8 @@ Layouts (TPU blocks want dense (8, 128) tiles in their last two dims):
 - q/k/v/o: when K and the V-block are multiples of 128, [B, T, H, K] is viewed as
   [B, T, H*K] (a free reshape) and a (C, K) block is picked at column h: no transposes.
   Otherwise the wrapper moves heads in front of time, [B, H, T, K].
-- beta/g: [B, H, N, C], one head's whole row block resident in VMEM; a chunk reads row n.
-  ([.., T, 1] blocks would pad every scalar to 128 lanes in HBM.)
+- beta/g: float32 [B, H, N, C] rows (N padded to 8), read in blocks of 8 chunks; a chunk
+  reads row n % 8. ([.., T, 1] blocks would pad every scalar to 128 lanes in HBM.)
 """
 from __future__ import annotations
 
@@ -89,17 +89,27 @@ class _Tokens:
     return jnp.swapaxes(y, 1, 2)
 
 
-def _scalars(x, C):  # [B, T, H] -> [B, H, N, C] float32
-  # float32 even for bf16 inputs: the kernels read row n of the [N, C] block at a dynamic n,
-  # and Mosaic cannot prove such a row aligned in a bf16 block (two rows share a packed
-  # sublane: E2003 CompileTimeMosaicUnprovenMemoryAccessAlignment).
+# beta/g (and their cotangents) travel as [B, H, Np, C] float32 rows, one row per chunk, in
+# blocks of _ROWS rows (one (8, 128) tile row-group): VMEM use does not grow with T, and a
+# block stays resident over the _ROWS consecutive chunks that read (or write) it. Indices use
+# lax.rem / lax.div (chunk indices are >= 0): Python's % and // add a sign fix-up whose Mosaic
+# lowering needs the TPU generation at trace time.
+_ROWS = 8
+
+
+def _scalars(x, C):  # [B, T, H] -> [B, H, Np, C] float32, Np = N rounded up to _ROWS
+  # float32 even for bf16 inputs: the kernels read row n % _ROWS at a dynamic index, and
+  # Mosaic cannot prove such a row aligned in a bf16 block (two rows share a packed sublane:
+  # E2003 CompileTimeMosaicUnprovenMemoryAccessAlignment).
   B, T, H = x.shape
-  return jnp.swapaxes(x.astype(f32), 1, 2).reshape(B, H, T // C, C)
+  N = T // C
+  y = jnp.swapaxes(x.astype(f32), 1, 2).reshape(B, H, N, C)
+  return jnp.pad(y, [(0, 0), (0, 0), (0, -N % _ROWS), (0, 0)])
 
 
-def _unscalars(y):   # [..., B, H, N, C] -> [..., B, T, H]
-  *lead, B, H, N, C = y.shape
-  return jnp.swapaxes(y.reshape(*lead, B, H, N * C), -1, -2)
+def _unscalars(y, N):   # [..., B, H, Np, C] -> [..., B, T, H] (padding rows dropped)
+  *lead, B, H, _, C = y.shape
+  return jnp.swapaxes(y[..., :N, :].reshape(*lead, B, H, N * C), -1, -2)
 
 
 def _fwd_kernel(*refs, N, scale, gated, store_cs, cfg):
@@ -119,8 +129,9 @@ def _fwd_kernel(*refs, N, scale, gated, store_cs, cfg):
   if store_cs:
     cs_ref[...] = S_KV
   q = q_ref[...].astype(f32) * scale
-  beta = pm.to_col(b_ref[pl.ds(n, 1), :].astype(f32))
-  g = None if g_ref is None else pm.to_col(g_ref[pl.ds(n, 1), :].astype(f32))
+  r = pl.ds(jax.lax.rem(n, _ROWS), 1)   # this chunk's row in the resident beta/g block
+  beta = pm.to_col(b_ref[r, :].astype(f32))
+  g = None if g_ref is None else pm.to_col(g_ref[r, :].astype(f32))
   o, S_KV = pm.chunk_fwd(q, k_ref[...], v_ref[...], beta, g, S_KV, cfg)
   o_ref[...] = o.astype(o_ref.dtype)
   S_scr[...] = S_KV
@@ -143,7 +154,8 @@ def fwd(q, k, v, beta, g, S0, *, scale, chunk_size, interpret=False, block_v=Non
   fwd_chunk = lambda i: i
   tk = _Tokens(B, T, H, C, K, K, fwd_chunk, by_v=False)
   tv = _Tokens(B, T, H, C, V, BV, fwd_chunk, by_v=True)
-  sc = pl.BlockSpec((_SQ, _SQ, N, C), lambda b, h, iv, n: (b, h, 0, 0))
+  sc = pl.BlockSpec((_SQ, _SQ, _ROWS, C),
+                    lambda b, h, iv, n: (b, h, jax.lax.div(n, _ROWS), 0))
   state = pl.BlockSpec((_SQ, _SQ, K, BV), lambda b, h, iv, n: (b, h, 0, iv))
   cstate = pl.BlockSpec((_SQ, _SQ, _SQ, K, BV), lambda b, h, iv, n: (b, n, h, 0, iv))
   in_specs = [tk.spec, tk.spec, tv.spec, sc] + ([sc] if gated else []) + [state]
@@ -185,16 +197,17 @@ def _bwd_kernel(*refs, N, scale, gated, has_dcs, cfg):
     dS_scr[...] = dsT_ref[...]
 
   q = q_ref[...].astype(f32) * scale
-  beta = pm.to_col(b_ref[pl.ds(n, 1), :].astype(f32))
-  g = None if g_ref is None else pm.to_col(g_ref[pl.ds(n, 1), :].astype(f32))
+  r = pl.ds(jax.lax.rem(n, _ROWS), 1)   # this chunk's row in the resident beta/g block
+  beta = pm.to_col(b_ref[r, :].astype(f32))
+  g = None if g_ref is None else pm.to_col(g_ref[r, :].astype(f32))
   dq, dk, dv, dbeta, dg, dS_KV = pm.chunk_bwd(q, k_ref[...], v_ref[...], beta, g,
                                                cs_ref[...], do_ref[...], dS_scr[...], cfg)
   dq_ref[...] = dq * scale
   dk_ref[...] = dk
   dv_ref[...] = dv.astype(dv_ref.dtype)
-  db_ref[pl.ds(n, 1), :] = pm.to_row(dbeta)
+  db_ref[r, :] = pm.to_row(dbeta)   # written back when the chunk leaves this row block
   if gated:
-    dg_ref[pl.ds(n, 1), :] = pm.to_row(dg)
+    dg_ref[r, :] = pm.to_row(dg)
   if has_dcs:  # chunk_states[n] is the state entering chunk n
     dS_KV = dS_KV + dcs_ref[...]
   dS_scr[...] = dS_KV
@@ -219,13 +232,16 @@ def bwd(q, k, v, beta, g, chunk_states, do, dsT, dcs, *, scale, chunk_size,
   rev = lambda i: N - 1 - i
   tk = _Tokens(B, T, H, C, K, K, rev, by_v=False)
   tv = _Tokens(B, T, H, C, V, BV, rev, by_v=True)
-  sc = pl.BlockSpec((_SQ, _SQ, N, C), lambda b, h, iv, i: (b, h, 0, 0))
+  sc = pl.BlockSpec((_SQ, _SQ, _ROWS, C),
+                    lambda b, h, iv, i: (b, h, jax.lax.div(rev(i), _ROWS), 0))
   state = pl.BlockSpec((_SQ, _SQ, K, BV), lambda b, h, iv, i: (b, h, 0, iv))
   cstate = pl.BlockSpec((_SQ, _SQ, _SQ, K, BV), lambda b, h, iv, i: (b, rev(i), h, 0, iv))
   # Per-V-block partial sums of dq / dk / dbeta / dg: a leading NV axis.
   part_k = pl.BlockSpec((_SQ,) + tuple(tk.spec.block_shape),
                         lambda b, h, iv, i: (iv,) + tuple(tk.spec.index_map(b, h, 0, i)))
-  part_s = pl.BlockSpec((_SQ, _SQ, _SQ, N, C), lambda b, h, iv, i: (iv, b, h, 0, 0))
+  part_s = pl.BlockSpec((_SQ, _SQ, _SQ, _ROWS, C),
+                        lambda b, h, iv, i: (iv, b, h, jax.lax.div(rev(i), _ROWS), 0))
+  Np = N + (-N % _ROWS)
   in_specs = ([tk.spec, tk.spec, tv.spec, sc] + ([sc] if gated else [])
               + [cstate, tv.spec, state] + ([cstate] if has_dcs else []))
   args = ([tk.pack(q), tk.pack(k), tv.pack(v), _scalars(beta, C)]
@@ -236,9 +252,9 @@ def bwd(q, k, v, beta, g, chunk_states, do, dsT, dcs, *, scale, chunk_size,
   out_shape = [jax.ShapeDtypeStruct((NV,) + tk.shape(), f32),
                jax.ShapeDtypeStruct((NV,) + tk.shape(), f32),
                jax.ShapeDtypeStruct(tv.shape(), v.dtype),
-               jax.ShapeDtypeStruct((NV, B, H, N, C), f32)]
+               jax.ShapeDtypeStruct((NV, B, H, Np, C), f32)]
   if gated:
-    out_shape.append(jax.ShapeDtypeStruct((NV, B, H, N, C), f32))
+    out_shape.append(jax.ShapeDtypeStruct((NV, B, H, Np, C), f32))
   out_shape.append(jax.ShapeDtypeStruct((B, H, K, V), f32))
   kernel = functools.partial(_bwd_kernel, N=N, scale=float(scale), gated=gated,
                              has_dcs=has_dcs, cfg=_cfg(q.dtype))
@@ -248,6 +264,6 @@ def bwd(q, k, v, beta, g, chunk_states, do, dsT, dcs, *, scale, chunk_size,
       name="delta_rule_bwd_tpu", **_call_kwargs(interpret))(*args))
   dq, dk = tk.unpack(outs[0].sum(0)), tk.unpack(outs[1].sum(0))
   dv = tv.unpack(outs[2])
-  dbeta = _unscalars(outs[3].sum(0))
-  dg = _unscalars(outs[4].sum(0)) if gated else None
+  dbeta = _unscalars(outs[3].sum(0), N)
+  dg = _unscalars(outs[4].sum(0), N) if gated else None
   return dq, dk, dv, dbeta, dg, outs[-1]

@@ -83,3 +83,13 @@ def test_over_the_vmem_limit_is_reported():
   _need_libtpu()
   r = tcc.check(tcc.Case("bwd", True, "float32", d=1024, default=False), GEN, measure_vmem=False)
   assert not r["ok"] and "vmem" in r["error"].lower()
+
+
+def test_long_sequences_need_no_more_vmem():
+  """beta/g stream in 8-chunk row blocks: the backward at T = 2^18 (which overflowed v5e's
+  16 MiB scoped VMEM when a head's rows stayed resident) compiles with the VMEM of T = 128."""
+  _need_libtpu()
+  short = tcc.check(tcc.Case("bwd", True, "float32", t=128, default=False), GEN)
+  long = tcc.check(tcc.Case("bwd", True, "float32", t=1 << 18, default=False), GEN)
+  assert short["ok"] and long["ok"], (short["error"], long["error"])
+  assert long["vmem_min"] <= short["vmem_min"] + 2 * tcc.VMEM_STEP
