@@ -130,6 +130,28 @@ def test_schedule_warmup_then_cosine():
   np.testing.assert_allclose(float(sched(110)), 0.1, rtol=1e-5)
 
 
+@pytest.mark.parametrize("updates_per_step", [1, 3])
+def test_lr_follows_train_steps_when_a_step_makes_several_updates(updates_per_step):
+  """With a constant gradient Adam's step is exactly the lr, so each update's size shows the
+  lr optax used: update u of train step s (0-based) must use schedule(s), not schedule(u)."""
+  config = T.tiny_config(steps=8, lr=1.0)
+  config.train.warmup_steps, config.train.schedule = 4, "linear"
+  config.train.weight_decay, config.train.grad_clip, config.train.eps = 0.0, 0.0, 0.0
+  tx, sched = optim.make_optimizer(config.train, updates_per_step)
+  params = {"w": jnp.zeros((2, 2))}
+  state = tx.init(params)
+  got, want = [], []
+  for step in range(6):
+    for _ in range(updates_per_step):
+      updates, state = tx.update({"w": jnp.ones((2, 2))}, state, params)
+      got.append(-float(updates["w"][0, 0]))
+      want.append(float(sched(step)))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+  assert want[-1] > 0.5  # still mid-schedule: the steps, not the 18 updates, set the lr
+  with pytest.raises(ValueError, match="updates_per_step"):
+    optim.make_optimizer(config.train, 0)
+
+
 def test_weight_decay_skips_vectors():
   params = {"w": jnp.ones((2, 2)), "b": jnp.ones((2,))}
   config = T.tiny_config(lr=0.1)

@@ -116,7 +116,8 @@ def write_config(config, workdir):
 
 def run_training(config, workdir, loss_fn, *, eval_fn=losses.ntp_eval,
                  model_fn: Callable | None = None, train_iter=None, eval_batches=None,
-                 step_builder: Callable | None = None, on_step: Callable | None = None,
+                 step_builder: Callable | None = None, updates_per_step: int = 1,
+                 on_step: Callable | None = None,
                  stage: str | None = None) -> TrainResult:
   """Trains config.train.steps steps in `workdir`, resuming from its latest good checkpoint.
 
@@ -125,7 +126,8 @@ def run_training(config, workdir, loss_fn, *, eval_fn=losses.ntp_eval,
   model_fn() -> nnx model (default: build_model(config.model)); train_iter: an iterator of
   per-process numpy batches with get_state/set_state (default: the data pipeline);
   eval_batches: list of per-process batches (default: config.train.eval_batches from the data
-  pipeline's held-out split). step_builder(graphdef, loss_fn, tx) replaces make_train_step.
+  pipeline's held-out split). step_builder(graphdef, loss_fn, tx) replaces make_train_step;
+  updates_per_step = the tx.update calls its step makes (the lr schedule still follows steps).
   on_step(step, metrics, model_state) runs on the host after each step.
   """
   t_start = time.time()
@@ -141,7 +143,7 @@ def run_training(config, workdir, loss_fn, *, eval_fn=losses.ntp_eval,
   logging.info("mesh %s over %d devices", dict(mesh.shape), mesh.size)
 
   ms = state_lib.init_model_state(model_fn or default_model_fn(config), mesh)
-  tx, schedule = optim.make_optimizer(tc)
+  tx, schedule = optim.make_optimizer(tc, updates_per_step)
   opt_state, opt_sh = state_lib.init_opt_state(tx, ms, mesh)
 
   ck = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),

@@ -31,7 +31,7 @@ from refine_jax.train import loop, losses, warmup
 def make_ppo_step_builder(rcfg):
   """step_builder for the loop when ppo_epochs * ppo_minibatches > 1: collect rollouts once
   with the current weights, then several clipped-PPO updates over sequence minibatches.
-  (The lr schedule counts optimiser updates, so it advances epochs * minibatches per step.)"""
+  run_training gets updates_per_step = epochs * minibatches, so the lr follows train steps."""
   epochs, mbs = int(rcfg.ppo_epochs), int(rcfg.ppo_minibatches)
 
   def builder(graphdef, loss_fn, tx):
@@ -212,7 +212,7 @@ def run(config, workdir):
   result = loop.run_training(
       config, workdir, refine_step.make_loss_fn(rcfg), eval_fn=losses.ntp_eval,
       eval_batches=eval_batches, step_builder=make_ppo_step_builder(rcfg) if ppo else None,
-      on_step=on_step, stage="midtrain")
+      updates_per_step=int(rcfg.ppo_epochs) * mbs, on_step=on_step, stage="midtrain")
   m = result.metrics
   if not m:  # a rerun of a finished run: nothing trained, keep the earlier summary
     print(f"midtrain: {workdir} is already at step {result.step}; nothing to do")

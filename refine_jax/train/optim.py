@@ -31,13 +31,24 @@ def decay_mask(params):
   return jax.tree.map(lambda x: x.ndim >= 2, params)
 
 
-def make_optimizer(train_cfg):
-  """(optax transformation, schedule) from `config.train`."""
+def per_update(schedule, updates_per_step):
+  """The schedule as optax sees it: optax counts optimiser updates, the config counts train
+  steps, so a step that makes several updates must not advance the schedule several times."""
+  if updates_per_step == 1:
+    return schedule
+  return lambda count: schedule(count // updates_per_step)
+
+
+def make_optimizer(train_cfg, updates_per_step=1):
+  """(optax transformation, schedule over train steps) from `config.train`;
+  updates_per_step: optimiser updates one train step makes (PPO epochs, nested updates)."""
+  if int(updates_per_step) < 1:
+    raise ValueError(f"updates_per_step={updates_per_step} must be >= 1")
   schedule = make_schedule(train_cfg)
   parts = []
   if train_cfg.grad_clip and train_cfg.grad_clip > 0:
     parts.append(optax.clip_by_global_norm(float(train_cfg.grad_clip)))
-  parts.append(optax.adamw(schedule, b1=float(train_cfg.b1), b2=float(train_cfg.b2),
+  parts.append(optax.adamw(per_update(schedule, int(updates_per_step)), b1=float(train_cfg.b1), b2=float(train_cfg.b2),
                            eps=float(train_cfg.eps), weight_decay=float(train_cfg.weight_decay),
                            mask=decay_mask))
   return optax.chain(*parts), schedule

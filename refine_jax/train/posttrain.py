@@ -222,6 +222,7 @@ def run(config, workdir):
                              train_iter=make_iterator(config, tok),
                              eval_batches=nll_batches if int(config.train.eval_every) else [],
                              step_builder=make_step_builder(config, tok.pad_id),
+                             updates_per_step=1 if p.mode == "sft" else 2,
                              stage="posttrain")
   res = qa_eval.score_cells(cells, qa_eval.greedy_predictor(result.model, tok, config), tok,
                             config, eval_dir, f"posttrain ({p.mode})")
