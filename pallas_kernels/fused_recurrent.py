@@ -372,18 +372,6 @@ def fused_recurrent(q, k, v, beta, g=None, *, scale=None, initial_state=None, ba
     return _xla(q, k, v, beta, g, initial_state, scale)
   target, interpret = pallas
   opts = _Opts(target, interpret, scale)
-  gated, has_s0 = g is not None, initial_state is not None
-
-  def call(q, k, v, beta, *rest):
-    rest = list(rest)
-    g_ = rest.pop(0) if gated else None
-    s0 = rest.pop(0) if has_s0 else None
-    return _fused(q, k, v, beta, g_, s0, opts)
-
-  args = (q, k, v, beta) + ((g,) if gated else ()) + ((initial_state,) if has_s0 else ())
-  mesh = _shard.context_mesh()
-  if mesh is not None:  # per-device kernels under a mesh (shard.py says why)
-    ins = ("BTHK", "BTHK", "BTHV", "BTH") + (("BTH",) if gated else ()) + (
-        ("BHKV",) if has_s0 else ())
-    call = _shard.per_shard(call, mesh, q.shape[0], q.shape[2], ins, ("BTHV", "BHKV"))
-  return tuple(call(*args))
+  # Per device under a mesh context (shard.py says why).
+  return _shard.call(lambda *a: _fused(*a, opts), q, k, v, beta, g, initial_state,
+                     ("BTHV", "BHKV"))

@@ -172,25 +172,16 @@ def _run(q, k, v, beta, g, scale, initial_state, chunk_size, backend, chunk_stat
     o, S = _reference.recurrent(q, k, v, beta, g, scale=scale, initial_state=initial_state)
     return o, S, None
   entry, target, interpret = pallas
-  gated, has_s0 = g is not None, initial_state is not None
 
-  def call(q, k, v, beta, *rest):
-    rest = list(rest)
-    g_ = rest.pop(0) if gated else None
-    s0 = rest.pop(0) if has_s0 else None
-    out = entry.pallas_delta_rule(q, k, v, beta, g_, scale=scale, initial_state=s0,
+  def kernel(q, k, v, beta, g, s0):
+    out = entry.pallas_delta_rule(q, k, v, beta, g, scale=scale, initial_state=s0,
                                   chunk_size=chunk_size, target=target, interpret=interpret,
                                   return_chunk_states=chunk_states)
     return out if chunk_states else out[:2]
 
-  args = (q, k, v, beta) + ((g,) if gated else ()) + ((initial_state,) if has_s0 else ())
-  mesh = _shard.context_mesh()
-  if mesh is not None:  # per-device kernels under a mesh (shard.py says why)
-    ins = ("BTHK", "BTHK", "BTHV", "BTH") + (("BTH",) if gated else ()) + (
-        ("BHKV",) if has_s0 else ())
-    outs = ("BTHV", "BHKV") + (("BNHKV",) if chunk_states else ())
-    call = _shard.per_shard(call, mesh, q.shape[0], q.shape[2], ins, outs)
-  out = call(*args)
+  # Per device under a mesh context (shard.py says why).
+  outs = ("BTHV", "BHKV") + (("BNHKV",) if chunk_states else ())
+  out = _shard.call(kernel, q, k, v, beta, g, initial_state, outs)
   return out[0], out[1], (out[2] if chunk_states else None)
 
 

@@ -43,6 +43,25 @@ def _axes_for(dim, names, mesh, free):
   return axes or None
 
 
+def call(fn, q, k, v, beta, g, s0, out_layouts):
+  """fn(q, k, v, beta, g, s0) -> tuple of outputs laid out as `out_layouts` (e.g. "BTHV",
+  "BHKV"), run per device under a mesh context and as is outside one. g and s0 may be None."""
+  mesh = context_mesh()
+  if mesh is None:
+    return tuple(fn(q, k, v, beta, g, s0))
+  gated, has_s0 = g is not None, s0 is not None
+
+  def body(q, k, v, beta, *rest):
+    rest = list(rest)
+    return tuple(fn(q, k, v, beta, rest.pop(0) if gated else None,
+                    rest.pop(0) if has_s0 else None))
+
+  args = (q, k, v, beta) + ((g,) if gated else ()) + ((s0,) if has_s0 else ())
+  ins = ("BTHK", "BTHK", "BTHV", "BTH") + (("BTH",) if gated else ()) + (
+      ("BHKV",) if has_s0 else ())
+  return per_shard(body, mesh, q.shape[0], q.shape[2], ins, out_layouts)(*args)
+
+
 def per_shard(fn, mesh, batch, heads, in_layouts, out_layouts):
   """shard_map(fn) with specs from layout strings: "B" batch axis, "H" head axis, any other
   letter an unsharded dim (e.g. "BTHK", "BHKV", "BNHKV"). `batch`/`heads` are the global
