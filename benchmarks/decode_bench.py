@@ -25,6 +25,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import results  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -221,10 +222,7 @@ def main(argv=None):
                  f"{vs} |")
   table = "\n".join(lines)
   print(table)
-  with open(os.path.join(a.out, f"decode_bench{a.tag}.json"), "w") as f:
-    json.dump(dict(device=dev, steps=steps, rows=rows), f, indent=1)
-  with open(os.path.join(a.out, f"decode_bench{a.tag}.md"), "w") as f:
-    f.write(table + "\n")
+  results.write(a.out, f"decode_bench{a.tag}", dict(device=dev, steps=steps, rows=rows), table)
   return rows
 
 

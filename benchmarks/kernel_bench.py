@@ -24,6 +24,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import results  # noqa: E402
 # JAX would take 75% of GPU memory at its first op, leaving FLA (torch) too little at T=32k.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
@@ -196,10 +197,8 @@ def main(argv=None):
                  f"{100 * r['fwdbwd_frac_peak']:.1f} |")
   table = "\n".join(lines)
   print(table)
-  with open(os.path.join(a.out, f"kernel_bench{a.tag}.json"), "w") as f:
-    json.dump(dict(device=dev, matmul_peak_tflops=peak, rows=rows), f, indent=1)
-  with open(os.path.join(a.out, f"kernel_bench{a.tag}.md"), "w") as f:
-    f.write(table + "\n")
+  results.write(a.out, f"kernel_bench{a.tag}",
+                dict(device=dev, matmul_peak_tflops=peak, rows=rows), table)
   return rows
 
 

@@ -37,13 +37,13 @@ import contextlib
 import dataclasses
 import functools
 import itertools
-import json
 import os
 import re
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import results  # noqa: E402
 # libtpu takes a machine-wide lock file, so a second process (a pytest-xdist worker, a run of
 # this script) would fail to start it. Compile-only devices own no chips: sharing is safe.
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
@@ -326,13 +326,9 @@ def main(argv=None):
   text = markdown(rows, versions)
   print(text)
   if a.out:
-    os.makedirs(a.out, exist_ok=True)
-    name = "tpu_compile_sweep" if a.sweep else "tpu_compile"
-    with open(os.path.join(a.out, name + ".json"), "w") as fh:
-      json.dump(dict(versions=versions, topologies={g: GENERATIONS[g] for g in gens},
-                     rows=rows), fh, indent=1)
-    with open(os.path.join(a.out, name + ".md"), "w") as fh:
-      fh.write(text)
+    results.write(a.out, "tpu_compile_sweep" if a.sweep else "tpu_compile",
+                  dict(versions=versions, topologies={g: GENERATIONS[g] for g in gens},
+                       rows=rows), text)
   bad = [r for r in rows if r["default"] and not r["ok"]]
   if bad:
     print(f"{len(bad)} default-config kernel(s) fail to compile", file=sys.stderr)

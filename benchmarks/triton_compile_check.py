@@ -31,7 +31,6 @@ import contextlib
 import dataclasses
 import io
 import itertools
-import json
 import os
 import re
 import sys
@@ -39,6 +38,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import results  # noqa: E402
 
 # Per-block shared memory a kernel can opt into, by compute capability (sm_90: 227 KB of 228).
 SMEM_LIMIT = {90: 232448, 89: 101376, 86: 101376, 80: 166912, 100: 232448}
@@ -98,15 +98,8 @@ def triton_ir(case: Case, cc: int = 90) -> str:
   old = dict(pallas_gpu.TUNING)
   pallas_gpu.TUNING["bf16_dots"] = case.bf16_dots
   pcr.lowering.lower_jaxpr_to_triton_module = grab
-  target = contextlib.nullcontext()
-  AbstractDevice = getattr(jax.sharding, "AbstractDevice", None)
-  if AbstractDevice is not None:  # jax >= 0.11 asks which GPU (0.10 assumed sm_90)
-    dev = AbstractDevice(device_kind=_DEVICE_KIND.get(cc, "NVIDIA H100"), num_cores=None,
-                         platform="gpu")
-    target = jax.sharding.use_abstract_mesh(
-        jax.sharding.AbstractMesh((1,), ("x",), abstract_device=dev))
   try:
-    with target:
+    with pallas_gpu.abstract_gpu(device_kind=_DEVICE_KIND.get(cc, "NVIDIA H100")):
       jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",))
   except _Captured:
     pass
@@ -234,12 +227,8 @@ def main(argv=None):
   md = markdown(rows, a.cc)
   print(md)
   if a.out:
-    os.makedirs(a.out, exist_ok=True)
-    name = "triton_compile_sweep" if a.sweep else "triton_compile"
-    with open(os.path.join(a.out, name + ".json"), "w") as fh:
-      json.dump(dict(triton=triton.__version__, cc=a.cc, rows=rows), fh, indent=1)
-    with open(os.path.join(a.out, name + ".md"), "w") as fh:
-      fh.write(md)
+    results.write(a.out, "triton_compile_sweep" if a.sweep else "triton_compile",
+                  dict(triton=triton.__version__, cc=a.cc, rows=rows), md)
   bad = [r for r in rows if r["error"] or not r["fits_smem"]]
   if bad:
     print(f"{len(bad)} kernel(s) fail to compile or exceed shared memory", file=sys.stderr)

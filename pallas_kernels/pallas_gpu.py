@@ -8,6 +8,7 @@ pallas_entry does the padding and the custom_vjp.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import jax
@@ -35,6 +36,19 @@ def _compiler_params(num_warps, num_stages):
   # from 0.11 a GPU pallas_call is Triton-only and these just set warps and pipeline stages.
   from jax.experimental.pallas import triton as pltriton
   return pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
+
+
+def abstract_gpu(mesh=None, device_kind="NVIDIA H100"):
+  """Context in which jax lowers these kernels for CUDA with no GPU attached (CPU checks:
+  lowering tests, benchmarks/triton_compile_check.py). jax >= 0.11 asks which GPU the Triton
+  IR is for; an abstract mesh (`mesh`'s, or one device) on an abstract device says so.
+  jax 0.10 has no such API and assumed sm_90."""
+  AbstractDevice = getattr(jax.sharding, "AbstractDevice", None)
+  if AbstractDevice is None:
+    return contextlib.nullcontext()
+  dev = AbstractDevice(device_kind=device_kind, num_cores=None, platform="gpu")
+  am = jax.sharding.AbstractMesh((1,), ("_",)) if mesh is None else mesh.abstract_mesh
+  return jax.sharding.use_abstract_mesh(am.update(abstract_device=dev))
 
 
 def triton_reason():

@@ -2,6 +2,7 @@
 with N fake CPU devices (XLA_FLAGS must be set before JAX is imported, so it can't be done
 in-process once another test has imported JAX)."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -26,6 +27,19 @@ def run_python(args, *, devices=1, timeout=600, cwd=ROOT, check=True):
     raise AssertionError(f"python {' '.join(args)} failed (rc={proc.returncode}):\n"
                          f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
   return proc
+
+
+def lower_text(fn, args, platform):
+  """StableHLO text of jit(fn)(*args) lowered for `platform` ("cuda" | "tpu") on this CPU
+  machine; skips the test when this jaxlib cannot lower for it."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from pallas_kernels import pallas_gpu  # pylint: disable=g-import-not-at-top
+  target = pallas_gpu.abstract_gpu() if platform == "cuda" else contextlib.nullcontext()
+  try:
+    with target:
+      return jax.jit(fn).trace(*args).lower(lowering_platforms=(platform,)).as_text()
+  except (ImportError, ModuleNotFoundError) as e:  # jaxlib built without that dialect
+    pytest.skip(f"cannot lower for {platform} here: {e}")
 
 
 @pytest.fixture

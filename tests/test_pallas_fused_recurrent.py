@@ -1,7 +1,6 @@
 """Fused recurrent (decode) kernels against the naive recurrence: outputs, final state and
 every gradient, for the xla path and both Pallas kernels (interpreted on CPU, for real on a
 GPU / TPU), plus dispatch (fallback / errors), scan-of-steps use and lowering."""
-import contextlib
 import functools
 import warnings
 
@@ -10,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import lower_text
 from pallas_kernels import ops, reference
 from pallas_kernels import fused_recurrent as fr
 
@@ -226,23 +226,6 @@ def test_bad_inputs_give_one_clear_error():
   assert o.shape == (1, 2, 3, 8) and S.shape == (1, 3, 16, 8)
 
 
-def _gpu_target(platform):
-  # jax >= 0.11 needs to know which GPU the Triton IR is for when none is attached; an
-  # abstract mesh on an abstract H100 says so. Older jax has no such API and needs none.
-  AbstractDevice = getattr(jax.sharding, "AbstractDevice", None)
-  if platform != "cuda" or AbstractDevice is None:
-    return contextlib.nullcontext()
-  dev = AbstractDevice(device_kind="NVIDIA H100", num_cores=None, platform="gpu")
-  return jax.sharding.use_abstract_mesh(
-      jax.sharding.AbstractMesh((1,), ("x",), abstract_device=dev))
-
-
-def _lower(fn, args, platform):
-  try:
-    with _gpu_target(platform):
-      return jax.jit(fn).trace(*args).lower(lowering_platforms=(platform,)).as_text()
-  except (ImportError, ModuleNotFoundError) as e:  # jaxlib built without that dialect
-    pytest.skip(f"cannot lower for {platform} here: {e}")
 
 
 @pytest.mark.parametrize("T", [1, 5])
@@ -255,7 +238,7 @@ def test_kernels_lower_at_production_shapes(target, T):
   args = (bf(B, T, H, K), bf(B, T, H, K), bf(B, T, H, V), bf(B, T, H), bf(B, T, H),
           jnp.zeros((B, H, K, V), jnp.float32))
   call, platform = (fr._gpu_call, "cuda") if target == "gpu" else (fr._tpu_call, "tpu")
-  txt = _lower(lambda *a: call(*a, scale=K ** -0.5, interpret=False, alias=True), args,
+  txt = lower_text(lambda *a: call(*a, scale=K ** -0.5, interpret=False, alias=True), args,
                platform)
   # the custom call names the lowering: Triton (not Mosaic GPU) / Mosaic TPU
   assert "fused_recurrent" in txt

@@ -1,31 +1,10 @@
 """The Pallas kernels lower, on this CPU-only machine, to Triton IR (GPU) and Mosaic (TPU) at
 production shapes: catches primitives or shapes a backend cannot take before a device runs."""
-import contextlib
-
-import jax
 import jax.numpy as jnp
 import pytest
 
+from conftest import lower_text as _lower
 from pallas_kernels import pallas_gpu, pallas_tpu
-
-
-def _target(platform):
-  # jax >= 0.11 asks which GPU the Triton IR is for when none is attached (0.10 assumed
-  # sm_90); an abstract mesh on an abstract H100 answers it. Older jax: no such API, no need.
-  AbstractDevice = getattr(jax.sharding, "AbstractDevice", None)
-  if platform != "cuda" or AbstractDevice is None:
-    return contextlib.nullcontext()
-  dev = AbstractDevice(device_kind="NVIDIA H100", num_cores=None, platform="gpu")
-  mesh = jax.sharding.AbstractMesh((1,), ("x",), abstract_device=dev)
-  return jax.sharding.use_abstract_mesh(mesh)
-
-
-def _lower(fn, args, platform):
-  try:
-    with _target(platform):
-      return jax.jit(fn).trace(*args).lower(lowering_platforms=(platform,)).as_text()
-  except (ImportError, ModuleNotFoundError) as e:  # jaxlib built without that dialect
-    pytest.skip(f"cannot lower for {platform} here: {e}")
 
 
 @pytest.mark.parametrize("gated", [False, True])

@@ -8,7 +8,7 @@ import numpy as np
 from conftest import run_python
 
 _SCRIPT = textwrap.dedent(r"""
-  import contextlib, re
+  import re
   import jax, jax.numpy as jnp, numpy as np
   from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
   import pallas_kernels
@@ -16,14 +16,7 @@ _SCRIPT = textwrap.dedent(r"""
 
   mesh = Mesh(np.array(jax.devices()).reshape(2, 2, 2), ("data", "fsdp", "tensor"))
 
-  def gpu_target(mesh=None):
-    # jax >= 0.11 needs to be told which GPU to lower Triton IR for when none is attached.
-    AD = getattr(jax.sharding, "AbstractDevice", None)
-    if AD is None:
-      return contextlib.nullcontext()
-    dev = AD(device_kind="NVIDIA H100", num_cores=None, platform="gpu")
-    am = jax.sharding.AbstractMesh((1,), ("_",)) if mesh is None else mesh.abstract_mesh
-    return jax.sharding.use_abstract_mesh(am.update(abstract_device=dev))
+  from pallas_kernels.pallas_gpu import abstract_gpu as gpu_target
   rel = lambda a, b: float(np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64))
                            / (np.linalg.norm(np.asarray(b, np.float64)) + 1e-30))
 
