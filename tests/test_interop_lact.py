@@ -78,7 +78,7 @@ def test_lact_tensors_land_in_place(lact_ckpt):
     np.testing.assert_array_equal(p[L + ("qk_offset",)], t[a + "qk_offset"])
     np.testing.assert_array_equal(p[L + ("ttt_norm", "weight")], t[a + "ttt_norm.weight"])
   # LaCT's LowRankFastWeight with add_identity: W = w_left @ w_right + 0.5 I.
-  w = model.layers[0].attn.init_weights()
+  w = model.blocks()[0].attn.init_weights()
   a = "model.layers.0.attn."
   want = t[a + "w0.w_left"] @ t[a + "w0.w_right"] + 0.5 * np.eye(32, 16)[None]  # [Hf, dh, dk]
   np.testing.assert_allclose(np.asarray(w["w0"]), want, rtol=1e-5, atol=1e-5)

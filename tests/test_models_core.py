@@ -87,7 +87,7 @@ def tiny_lm(**kw):
 
 def test_every_param_has_logical_axes():
   m = tiny_lm(arch="gated_deltanet", num_v_heads=4)
-  allowed = {"vocab", "embed", "heads", "kv_heads", "mlp", "conv", "norm", None}
+  allowed = {"vocab", "embed", "heads", "kv_heads", "mlp", "conv", "norm", "layers", None}
   for path, v in nnx.to_flat_state(nnx.state(m, nnx.Param)):
     axes = v.get_metadata().get("out_sharding")
     assert axes is not None and len(axes) == v[...].ndim, path
@@ -112,10 +112,11 @@ def test_bf16_compute_and_stable_cache_dtypes():
   assert dt(c0) == dt(c1) == dt(c_at)
 
 
-def test_remat_gives_same_gradients():
+@pytest.mark.parametrize("remat", [True, "full", "dots", "dots_no_batch"])
+def test_remat_gives_same_gradients(remat):
   ids = jnp.arange(20).reshape(2, 10) % 20
   loss = lambda m: jnp.mean(m(ids).logits ** 2)
-  g0 = nnx.jit(nnx.grad(loss))(tiny_lm())
-  g1 = nnx.jit(nnx.grad(loss))(tiny_lm(remat=True))
+  g0 = nnx.jit(nnx.grad(loss))(tiny_lm(scan_layers=False))
+  g1 = nnx.jit(nnx.grad(loss))(tiny_lm(remat=remat, scan_layers=False))
   for a, b in zip(jax.tree.leaves(nnx.state(g0)), jax.tree.leaves(nnx.state(g1))):
     assert float(jnp.linalg.norm(a - b)) <= 1e-5 * float(jnp.linalg.norm(a)) + 1e-12

@@ -14,9 +14,12 @@ def params_to_pure(state):
 
 
 def params_from_pure(template, pure):
-  """Values of `pure` placed into a copy of the nnx.State `template` (keys must match exactly)."""
+  """Values of `pure` placed into a copy of the nnx.State `template` (keys must match exactly,
+  up to the layer layout: scanned [L, ...] params and per-layer ones convert both ways)."""
   want = {_key(p): v for p, v in _flat_pure(nnx.to_pure_dict(template))}
   have = {_key(p): v for p, v in _flat_pure(pure)}
+  if set(want) != set(have):
+    have = _relayout(want, have)
   missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
   if missing or extra:
     raise ValueError(f"checkpoint parameters do not match the model: missing {missing[:5]}, "
@@ -34,6 +37,29 @@ def params_from_pure(template, pure):
                        f"expects {want_shape}; match the model.* config of the checkpoint.")
     out.append(var.replace(value) if isinstance(var, nnx.Variable) else value)
   return jax.tree.unflatten(treedef, out)
+
+
+def _relayout(want, have):
+  """`have` re-keyed to `want`'s layer layout (stack or split the per-layer params)."""
+  from refine_jax.models import lm  # pylint: disable=g-import-not-at-top
+
+  def norm(path):  # ("layers", "3", ...) -> ("layers", 3, ...), as lm's per-layer paths
+    path = tuple(path)
+    if len(path) > 1 and path[0] == "layers" and str(path[1]).isdigit():
+      return ("layers", int(path[1])) + path[2:]
+    return path
+
+  per_layer = {norm(p): v for p, v in lm.per_layer_params(
+      (tuple(k.split("/")), v) for k, v in have.items())}
+  n = 1 + max((p[1] for p in per_layer if p[0] == "layers" and isinstance(p[1], int)),
+              default=-1)
+  out = {}
+  for key in want:
+    try:
+      out[key] = lm.stacked_value(norm(key.split("/")), per_layer, n)
+    except KeyError:
+      return have  # a real mismatch: report it against the original keys
+  return out
 
 
 def tree_to_nested(tree):

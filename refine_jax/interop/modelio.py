@@ -1,6 +1,8 @@
 """Build a model from flat params without random init, and read flat params back.
 
-Flat params are {nnx path tuple: array} over the model's nnx.Param variables; the rest of
+Flat params are {nnx path tuple: array} over the model's nnx.Param variables, one entry per
+layer ("layers", i, ...) also for a scanned model (its stacked params are split and
+re-stacked here, so file formats and names never depend on model.scan_layers); the rest of
 the model's state (RNG counters, buffers) is materialised by a jitted build whose parameter
 initialisers XLA drops as dead code, so a 1B model never draws 1B random numbers here.
 """
@@ -12,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from refine_jax.models import lm
 
 
 def _get(var):  # flax >= 0.12 prefers get_value(); older ones only have .value
@@ -34,13 +38,14 @@ def abstract_params(model_cfg) -> dict[tuple, jax.ShapeDtypeStruct]:
   """{nnx path: ShapeDtypeStruct} of the model's params (no compute)."""
   model = nnx.eval_shape(_builder(model_cfg))
   _, params, _ = nnx.split(model, nnx.Param, ...)
-  return {tuple(p): _get(v) for p, v in nnx.to_flat_state(params)}
+  return dict(lm.per_layer_params((p, _get(v)) for p, v in nnx.to_flat_state(params)))
 
 
 def flat_params(model) -> dict[tuple, np.ndarray]:
   """{nnx path: numpy array} of a live model's params."""
   _, params, _ = nnx.split(model, nnx.Param, ...)
-  return {tuple(p): np.asarray(jax.device_get(_get(v))) for p, v in nnx.to_flat_state(params)}
+  return dict(lm.per_layer_params((p, np.asarray(jax.device_get(_get(v))))
+                                  for p, v in nnx.to_flat_state(params)))
 
 
 def abstract_state(model_cfg):
@@ -63,11 +68,13 @@ def model_from_params(model_cfg, params: dict[tuple, Any]):
   """A model whose params are `params` (all of them, shapes checked by the caller)."""
   _, abs_params, _ = abstract_state(model_cfg)
   flat = nnx.to_flat_state(abs_params)
-  for path, var in flat:
-    a = params[tuple(path)]
-    want = _get(var)
+  want_per_layer = dict(lm.per_layer_params((p, _get(v)) for p, v in flat))
+  for path, want in want_per_layer.items():
+    a = params[path]
     if tuple(a.shape) != tuple(want.shape):
       raise ValueError(f"param {'.'.join(map(str, path))}: expected shape "
                        f"{tuple(want.shape)}, got {tuple(a.shape)}")
-    _set(var, jnp.asarray(a, dtype=want.dtype))
+  layers = int(model_cfg.layers)
+  for path, var in flat:
+    _set(var, jnp.asarray(lm.stacked_value(path, params, layers), dtype=_get(var).dtype))
   return model_from_state(model_cfg, nnx.from_flat_state(flat))

@@ -62,10 +62,16 @@ def default_model_config() -> config_dict.ConfigDict:
   # model (FLA's `attn.layers`). arch "transformer" makes every layer attention.
   c.attn_layers = ()
   # Numerics / kernels.
-  c.dtype = "float32"          # compute dtype; params stay float32 ("bfloat16" on accelerators)
+  # Compute dtype; params (and the residual stream) stay float32. "auto" = bfloat16 on GPU/TPU,
+  # float32 on CPU (where bf16 is slow and tests compare against float32 references).
+  c.dtype = "auto"
   c.backend = "auto"           # pallas_kernels backend
   c.chunk_size = 64            # fast-weight chunk length (also the cache_at advance length)
-  c.remat = False              # rematerialise each block in the backward pass
+  # Layers: one lax.scan over stacked params (compile time flat in depth); hybrids unroll.
+  c.scan_layers = True
+  # Per-block rematerialisation in the backward pass: none | full (keep only each block's
+  # input) | dots (keep matmul outputs) | dots_no_batch (keep weight-matmul outputs only).
+  c.remat = config_dict.FieldReference("none", field_type=object)  # bools: full / none
   c.attention = _defaults("attention", "ATTENTION_DEFAULTS")
   c.lact = _defaults("lact", "LACT_DEFAULTS")
   return c
@@ -141,6 +147,9 @@ def validate(cfg) -> None:
     v = cfg[name]
     if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
       raise ValueError(f"model.{name}={v!r} must be a positive integer")
+  remat = cfg.get("remat", "none")
+  if not (isinstance(remat, bool) or remat in ("none", "full", "dots", "dots_no_batch")):
+    raise ValueError(f"model.remat={remat!r}; use none | full | dots | dots_no_batch")
   if cfg.chunk_size & (cfg.chunk_size - 1):
     raise ValueError(f"model.chunk_size={cfg.chunk_size} must be a power of two (e.g. 64)")
   if cfg.hidden % cfg.heads:

@@ -33,7 +33,10 @@ def make_param(rngs: nnx.Rngs | None, init, shape, axes: Axes, dtype=jnp.float32
 
 
 def compute_dtype(name: str):
-  """Model compute dtype from its config string ("float32", "bfloat16", ...)."""
+  """Model compute dtype from its config string ("float32", "bfloat16", "auto": bfloat16 on
+  GPU/TPU, float32 on CPU)."""
+  if name == "auto":
+    return jnp.dtype(jnp.bfloat16 if jax.default_backend() in ("gpu", "tpu") else jnp.float32)
   try:
     return jnp.dtype(name)
   except TypeError as e:

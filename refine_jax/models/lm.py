@@ -10,9 +10,18 @@ NNX path; FLA's `model.` prefix is dropped; kernels are torch weights transposed
   model.norm.weight                  -> norm.weight
   lm_head.weight                     -> lm_head.kernel
 A cache is a tuple with one mixer cache per layer.
+
+Scanned layers (model.scan_layers, the default for a stack of one mixer kind): the blocks'
+params are stacked on a leading "layers" axis ([L, ...] under `layers.*`, no layer index in
+the path) and the forward pass is one `lax.scan` over them, so compile time and program size
+stay flat in depth (MaxText's scan_layers). `model.remat` rematerialises each block inside
+the scan with a named policy (REMAT_POLICIES). Caches stay a tuple of per-layer caches (they
+are stacked/unstacked around the scan); `captured` is stacked ([L, ...] leaves) and only
+`cache_at` reads it. FLA names and `per_layer_params` see one entry per layer either way.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -22,6 +31,48 @@ from flax import nnx
 
 from refine_jax.models import layers
 from refine_jax.models.config import layer_kinds, validate
+
+# model.remat -> jax.checkpoint policy applied per block (None: save only the block input).
+REMAT_POLICIES = {
+    "full": None,                                                   # recompute everything
+    "dots": jax.checkpoint_policies.checkpoint_dots,                # keep every matmul output
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # weight matmuls
+}
+REMAT_CHOICES = ("none",) + tuple(REMAT_POLICIES)
+
+
+def remat_mode(value) -> str:
+  """model.remat as a policy name; booleans (older configs) mean full / none."""
+  if isinstance(value, bool) or value is None:
+    return "full" if value else "none"
+  if value not in REMAT_CHOICES:
+    raise ValueError(f"model.remat={value!r}; use one of {REMAT_CHOICES}")
+  return value
+
+
+def _remat(fn, mode: str):
+  if mode == "none":
+    return fn
+  return jax.checkpoint(fn, policy=REMAT_POLICIES[mode], prevent_cse=False)
+
+
+def _stack(trees):
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _unstack(tree, n: int):
+  return tuple(jax.tree.map(lambda x, i=i: x[i], tree) for i in range(n))
+
+
+def stack_blocks(blocks):
+  """One Block whose params carry a leading layer axis (logical name "layers")."""
+  graphdef, first = nnx.split(blocks[0])
+  stacked = _stack([first] + [nnx.split(b)[1] for b in blocks[1:]])
+  for _, var in nnx.to_flat_state(stacked):
+    names = var.get_metadata().get("out_sharding")
+    if names is not None:
+      var.set_metadata(out_sharding=("layers",) + tuple(names))
+  return nnx.merge(graphdef, stacked)
 
 
 class LMOutput(NamedTuple):
@@ -82,14 +133,19 @@ class LM(nnx.Module):
     validate(cfg)
     self.tie_word_embeddings = bool(cfg.tie_word_embeddings)
     self.dtype = layers.compute_dtype(cfg.dtype)
-    self.remat = bool(cfg.remat)
+    self.remat = remat_mode(cfg.remat)
     self.kinds = tuple(layer_kinds(cfg))
+    # Hybrids (several mixer kinds) keep the unrolled loop: their blocks differ in structure.
+    self.scan = bool(cfg.get("scan_layers", True)) and len(set(self.kinds)) == 1
+    self.num_layers = len(self.kinds)
     std = cfg.initializer_range
     self.embeddings = nnx.Embed(
         cfg.vocab_size, cfg.hidden, dtype=jnp.float32, param_dtype=jnp.float32,
         embedding_init=layers.partitioned(layers.normal_init(std), ("vocab", "embed")),
         rngs=rngs)
-    self.layers = nnx.List([Block(cfg, i, kind, rngs=rngs) for i, kind in enumerate(self.kinds)])
+    # Built layer by layer either way, so a scanned model has the unrolled one's init values.
+    blocks = [Block(cfg, i, kind, rngs=rngs) for i, kind in enumerate(self.kinds)]
+    self.layers = stack_blocks(blocks) if self.scan else nnx.List(blocks)
     self.norm = layers.RMSNorm(cfg.hidden, eps=cfg.norm_eps, rngs=rngs)
     if not cfg.tie_word_embeddings:
       self.lm_head = layers.linear(cfg.hidden, cfg.vocab_size, ("embed", "vocab"), std=std,
@@ -98,21 +154,24 @@ class LM(nnx.Module):
   def __call__(self, input_ids_BT, cache=None, *, capture=False) -> LMOutput:
     if input_ids_BT.ndim != 2:
       raise ValueError(f"input_ids must be [batch, time]; got shape {input_ids_BT.shape}")
-    if cache is not None and len(cache) != len(self.layers):
-      raise ValueError(f"cache has {len(cache)} layers, the model {len(self.layers)}")
+    L = self.num_layers
+    if cache is not None and len(cache) != L:
+      raise ValueError(f"cache has {len(cache)} layers, the model {L}")
     if capture and cache is not None:
       raise ValueError("capture=True needs a full-sequence forward without a cache")
     # The residual stream stays float32; mixers and MLPs compute in model.dtype.
     h = self.embeddings(input_ids_BT)
-    new_cache, captured = [], []
-    for i, block in enumerate(self.layers):
-      c = None if cache is None else cache[i]
-      if self.remat and cache is None:
-        h, c, cap = nnx.remat(lambda blk, x: blk(x, None, capture=capture))(block, h)
-      else:
-        h, c, cap = block(h, c, capture=capture)
-      new_cache.append(c)
-      captured.append(cap)
+    # Remat only pays in a differentiated full pass; decoding steps keep nothing for backward.
+    mode = self.remat if cache is None else "none"
+    if self.scan:
+      h, new_cache, captured = self._scan(h, cache, capture, mode)
+    else:
+      new_cache, captured = [], []
+      for i, block in enumerate(self.layers):
+        h, c, cap = self._block_fn(block, capture, mode)(h, None if cache is None else cache[i])
+        new_cache.append(c)
+        captured.append(cap)
+      captured = tuple(captured)
     h = self.norm(h)
     if self.tie_word_embeddings:
       logits = self.embeddings.attend(h.astype(self.dtype))
@@ -121,11 +180,39 @@ class LM(nnx.Module):
     return LMOutput(logits=logits.astype(jnp.float32),
                     hidden_states=h.astype(jnp.float32),
                     cache=None if cache is None else tuple(new_cache),
-                    captured=tuple(captured) if capture else None)
+                    captured=captured if capture else None)
+
+  @staticmethod
+  def _block_fn(block, capture, mode):
+    graphdef, state = nnx.split(block)
+
+    def run(state, h, c):
+      return nnx.merge(graphdef, state)(h, c, capture=capture)
+    return functools.partial(_remat(run, mode), state)
+
+  def _scan(self, h, cache, capture, mode):
+    """All blocks as one lax.scan over the stacked params (and stacked per-layer caches)."""
+    graphdef, state = nnx.split(self.layers)
+
+    def body(h, xs):
+      state_i, cache_i = xs
+      h, c, cap = nnx.merge(graphdef, state_i)(h, cache_i, capture=capture)
+      return h, (c, cap)
+
+    stacked = None if cache is None else _stack(cache)
+    h, (c, cap) = jax.lax.scan(_remat(body, mode), h, (state, stacked))
+    return h, (None if cache is None else _unstack(c, self.num_layers)), cap
+
+  def blocks(self):
+    """The blocks as per-layer modules (views of the stacked params when scanned)."""
+    if not self.scan:
+      return list(self.layers)
+    graphdef, state = nnx.split(self.layers)
+    return [nnx.merge(graphdef, s) for s in _unstack(state, self.num_layers)]
 
   def init_cache(self, batch: int, max_len: int):
     """Empty cache for `batch` sequences of up to `max_len` tokens (attention KV buffers)."""
-    return tuple(b.attn.init_cache(batch, max_len) for b in self.layers)
+    return tuple(b.attn.init_cache(batch, max_len) for b in self.blocks())
 
   def cache_at(self, captured, positions_Bn, max_len: int):
     """Caches after tokens[b, :positions[b, i] + 1] for batch B*n (row b*n + i).
@@ -133,12 +220,21 @@ class LM(nnx.Module):
     `captured` comes from `model(tokens, capture=True)`; positions must lie in [0, T) (not
     checked under jit: indices are clamped). No re-run of the prefix.
     """
-    if captured is None or len(captured) != len(self.layers):
+    if captured is None or (not self.scan and len(captured) != self.num_layers):
       raise ValueError("cache_at needs the `captured` of model(tokens, capture=True)")
     if positions_Bn.ndim != 2:
       raise ValueError(f"positions must be [batch, n]; got shape {positions_Bn.shape}")
-    return tuple(b.attn.cache_at(cap, positions_Bn, max_len)
-                 for b, cap in zip(self.layers, captured))
+    if not self.scan:
+      return tuple(b.attn.cache_at(cap, positions_Bn, max_len)
+                   for b, cap in zip(self.layers, captured))
+    graphdef, state = nnx.split(self.layers)
+
+    def body(_, xs):
+      state_i, cap_i = xs
+      return None, nnx.merge(graphdef, state_i).attn.cache_at(cap_i, positions_Bn, max_len)
+
+    _, caches = jax.lax.scan(body, None, (state, captured))
+    return _unstack(caches, self.num_layers)
 
 
 def build_model(model_cfg, *, rngs: nnx.Rngs) -> LM:
@@ -186,12 +282,48 @@ def _from_torch(x, layout):
   return x
 
 
+def is_stacked(path) -> bool:
+  """A scanned model's param: under `layers` with no layer index, leading axis = layer."""
+  return len(path) > 1 and str(path[0]) == "layers" and not str(path[1]).isdigit()
+
+
+def _layer_slice(value, i):
+  if isinstance(value, jax.ShapeDtypeStruct):
+    return jax.ShapeDtypeStruct(value.shape[1:], value.dtype)
+  return value[i]
+
+
+def per_layer_params(items):
+  """[(path, value)] with stacked params split into one ("layers", i, ...) entry per layer,
+  the paths of the unrolled model, so names and file formats do not depend on scan_layers."""
+  out = []
+  for path, value in items:
+    path = tuple(path)
+    if is_stacked(path):
+      out += [(("layers", i) + path[1:], _layer_slice(value, i)) for i in range(value.shape[0])]
+    else:
+      out.append((path, value))
+  return out
+
+
+def stacked_value(path, per_layer: dict, num_layers: int):
+  """The value of (possibly stacked) param `path` from per-layer entries {path: array}."""
+  path = tuple(path)
+  if not is_stacked(path):
+    return per_layer[path]
+  return np.stack([np.asarray(per_layer[("layers", i) + path[1:]]) for i in range(num_layers)])
+
+
+def _flat_params(model):
+  return [(tuple(p), v) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))]
+
+
 def fla_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
   """Params under FLA's `*ForCausalLM` state-dict keys and torch layouts (float32 numpy)."""
   out = {}
-  for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+  for path, v in per_layer_params((p, np.asarray(v[...])) for p, v in _flat_params(model)):
     key, layout = _fla_key(path)
-    out[key] = _to_torch(v[...], layout).astype(np.float32)
+    out[key] = _to_torch(v, layout).astype(np.float32)
   return out
 
 
@@ -202,19 +334,30 @@ def load_fla_state_dict(model: nnx.Module, sd: dict, *, strict: bool = True) -> 
   """
   state = nnx.state(model, nnx.Param)
   flat = nnx.to_flat_state(state)
-  used, missing = set(), []
-  for path, var in flat:
+  used, missing, per_layer = set(), [], {}
+  layer_paths = per_layer_params((p, jax.ShapeDtypeStruct(v[...].shape, v[...].dtype))
+                                 for p, v in flat)
+  for path, want in layer_paths:
     key, layout = _fla_key(path)
     if key not in sd:
       missing.append(key)
       continue
     val = _from_torch(sd[key], layout)
-    if val.shape != var[...].shape:
+    if val.shape != want.shape:
       raise ValueError(f"{key}: checkpoint shape {np.shape(sd[key])} does not match the "
-                       f"model's {_to_torch(var[...], layout).shape}; check the model config")
-    var[...] = jnp.asarray(val, var[...].dtype)
+                       f"model's {_to_torch(np.zeros(want.shape), layout).shape}; check the "
+                       "model config")
+    per_layer[path] = val
     used.add(key)
   extra = sorted(set(sd) - used)
   if strict and (missing or extra):
     raise ValueError(f"state dict mismatch: missing {missing[:8]}, unexpected {extra[:8]}")
+  n = getattr(model, "num_layers", None)
+  for path, var in flat:
+    path = tuple(path)
+    try:
+      val = stacked_value(path, per_layer, n)
+    except KeyError:
+      continue  # non-strict: a missing key keeps the model's value
+    var[...] = jnp.asarray(val, var[...].dtype)
   nnx.update(model, nnx.from_flat_state(flat))

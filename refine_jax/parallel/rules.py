@@ -22,6 +22,7 @@ LOGICAL_RULES = (
     ("mlp", "tensor"),
     ("conv", None),
     ("norm", None),
+    ("layers", None),  # the stacked-layer axis of scanned params: every device holds all layers
 )
 
 

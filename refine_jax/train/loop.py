@@ -16,6 +16,7 @@ import time
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
@@ -36,15 +37,17 @@ class TrainResult:
   workdir: str
 
 
-def make_train_step(graphdef, loss_fn, tx):
-  """Default step: grads of loss_fn, optimiser update. Custom steps keep this signature:
+def make_train_step(graphdef, loss_fn, tx, microbatches=1):
+  """Default step: grads of loss_fn (averaged over `microbatches`, see `accumulate`), optimiser
+  update. Custom steps keep this signature:
   step(params, opt_state, rest, batch, rng) -> (params, opt_state, metrics incl. "loss")."""
 
   def step(params, opt_state, rest, batch, rng):
-    def objective(p):
-      return loss_fn(nnx.merge(graphdef, p, rest), batch, rng)
+    def objective(p, b, r):
+      return loss_fn(nnx.merge(graphdef, p, rest), b, r)
 
-    (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    (loss, aux), grads = accumulate(jax.value_and_grad(objective, has_aux=True), params, batch,
+                                    microbatches, rng)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     out = dict(aux)
@@ -52,6 +55,60 @@ def make_train_step(graphdef, loss_fn, tx):
     return params, opt_state, out
 
   return step
+
+
+def split_microbatches(tree, microbatches):
+  """Every [B, ...] leaf -> [M, B/M, ...]. Microbatch i holds rows i, i+M, i+2M, ... (strided,
+  not contiguous): with B sharded over mesh.data*mesh.fsdp each device then holds B/(M*dp) rows
+  of EVERY microbatch, so each scan iteration runs on all chips at once."""
+  M = int(microbatches)
+
+  def split(x):
+    if x.ndim == 0 or x.shape[0] % M:
+      raise ValueError(f"a batch entry of shape {x.shape} does not split into train.microbatches="
+                       f"{M} equal parts; make train.batch_size a multiple of it.")
+    return jnp.swapaxes(x.reshape(x.shape[0] // M, M, *x.shape[1:]), 0, 1)
+
+  return jax.tree.map(split, tree)
+
+
+def merge_microbatches(tree_M):
+  """Inverse of split_microbatches: [M, B/M, ...] leaves -> [B, ...] in the original row order."""
+  return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:]), tree_M)
+
+
+def accumulate(value_and_grad_fn, params, batch, microbatches, rng):
+  """Gradient accumulation: ((loss, aux), grads) of value_and_grad_fn(params, batch, rng) computed
+  as `microbatches` sequential microbatches of `batch` (split_microbatches) in a lax.scan, so the
+  compiled body and the activation memory are those of one microbatch whatever M is.
+
+  Loss, aux metrics and grads are the equal-weight mean over microbatches, summed in float32
+  (grads come back in their own dtype, aux as float32). That equals the full-batch value when the
+  loss is a per-row mean and every microbatch carries the same weight, e.g. the same token count
+  as in packed LM batches (all-ones loss_mask); with ragged masks it is the mean of microbatch
+  means. Microbatch i uses fold_in(rng, i); microbatches == 1 is exactly the plain call (same
+  rng, same graph)."""
+  M = int(microbatches)
+  if M < 1:
+    raise ValueError(f"train.microbatches={microbatches} must be >= 1.")
+  if M == 1:
+    return value_and_grad_fn(params, batch, rng)
+  batch_M = split_microbatches(batch, M)
+
+  def one(i, mb):
+    return value_and_grad_fn(params, mb, jax.random.fold_in(rng, i))
+
+  shapes = jax.eval_shape(one, 0, jax.tree.map(lambda x: x[0], batch_M))
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), shapes)
+
+  def body(acc, xs):
+    out = one(*xs)
+    return jax.tree.map(lambda a, x: a + x.astype(jnp.float32), acc, out), None
+
+  total, _ = jax.lax.scan(body, zeros, (jnp.arange(M), batch_M))
+  (loss, aux), grads = jax.tree.map(lambda t: t / M, total)
+  grads = jax.tree.map(lambda g, s: g.astype(s.dtype), grads, shapes[1])
+  return (loss, aux), grads
 
 
 def global_norm(tree):
@@ -126,13 +183,21 @@ def run_training(config, workdir, loss_fn, *, eval_fn=losses.ntp_eval,
   model_fn() -> nnx model (default: build_model(config.model)); train_iter: an iterator of
   per-process numpy batches with get_state/set_state (default: the data pipeline);
   eval_batches: list of per-process batches (default: config.train.eval_batches from the data
-  pipeline's held-out split). step_builder(graphdef, loss_fn, tx) replaces make_train_step;
-  updates_per_step = the tx.update calls its step makes (the lr schedule still follows steps).
+  pipeline's held-out split). step_builder(graphdef, loss_fn, tx) replaces make_train_step; it
+  must carry `.microbatches == config.train.microbatches` when that is > 1 (it accumulates
+  itself); updates_per_step = the tx.update calls its step makes (the lr schedule still follows
+  steps). config.train.microbatches: gradient accumulation inside the one step (`accumulate`).
   on_step(step, metrics, model_state) runs on the host after each step.
   """
   t_start = time.time()
   tc = config.train
   stage = stage or config.get("stage", "train")
+  microbatches = int(tc.get("microbatches", 1))
+  # A custom step accumulates only if it was built to (it says so in .microbatches).
+  if step_builder is not None and getattr(step_builder, "microbatches", 1) != microbatches:
+    raise ValueError(f"train.microbatches={microbatches}: the {stage} stage's train step was "
+                     f"built for {getattr(step_builder, 'microbatches', 1)} microbatch(es) "
+                     "(a stage step without gradient accumulation needs train.microbatches=1).")
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   write_config(config, workdir)
@@ -170,7 +235,10 @@ def run_training(config, workdir, loss_fn, *, eval_fn=losses.ntp_eval,
   eval_batches = [_global_batch(b, batch_sh) for b in (eval_batches or [])]
 
   writer = metrics_lib.MetricsWriter(workdir, resume_step=start)
-  step_fn = (step_builder or make_train_step)(ms.graphdef, loss_fn, tx)
+  if step_builder is None:
+    step_fn = make_train_step(ms.graphdef, loss_fn, tx, microbatches)
+  else:
+    step_fn = step_builder(ms.graphdef, loss_fn, tx)
   jstep = jax.jit(step_fn, in_shardings=(ms.param_shardings, opt_sh, ms.rest_shardings, batch_sh,
                                          repl),
                   out_shardings=(ms.param_shardings, opt_sh, repl), donate_argnums=(0, 1))

@@ -28,29 +28,73 @@ from refine_jax.refine import step as refine_step
 from refine_jax.train import loop, losses, warmup
 
 
-def make_ppo_step_builder(rcfg):
+_ROW_FIELDS = ("tokens_Gk", "true_Gk", "old_logp_Gk")  # Collected fields with G rows per sequence
+
+
+def _by_sequence(col, G):
+  """Collected with [B*G, k] row fields viewed as [B, G, k]: every leaf then has one entry per
+  sequence on axis 0, so minibatches and microbatches are plain row splits of it."""
+  return col._replace(**{f: getattr(col, f).reshape(-1, G, *getattr(col, f).shape[1:])
+                         for f in _ROW_FIELDS})
+
+
+def _by_row(col):
+  return col._replace(**{f: getattr(col, f).reshape(-1, *getattr(col, f).shape[2:])
+                         for f in _ROW_FIELDS})
+
+
+def check_microbatches(batch_size, ppo_minibatches, microbatches):
+  """The batch splits into ppo_minibatches minibatches, each into `microbatches` equal parts."""
+  if batch_size % ppo_minibatches or (batch_size // ppo_minibatches) % microbatches:
+    raise ValueError(
+        f"train.batch_size={batch_size} does not split into refine.ppo_minibatches="
+        f"{ppo_minibatches} minibatches of train.microbatches={microbatches} equal "
+        f"microbatches; make train.batch_size a multiple of {ppo_minibatches * microbatches}.")
+
+
+def make_ppo_step_builder(rcfg, microbatches=1):
   """step_builder for the loop when ppo_epochs * ppo_minibatches > 1: collect rollouts once
   with the current weights, then several clipped-PPO updates over sequence minibatches.
-  run_training gets updates_per_step = epochs * minibatches, so the lr follows train steps."""
-  epochs, mbs = int(rcfg.ppo_epochs), int(rcfg.ppo_minibatches)
+  run_training gets updates_per_step = epochs * minibatches, so the lr follows train steps.
+  microbatches > 1: the collect pass runs per microbatch of the batch (fold_in(rng, i)) and each
+  update accumulates its minibatch's grads over microbatches (loop.accumulate)."""
+  epochs, mbs, M = int(rcfg.ppo_epochs), int(rcfg.ppo_minibatches), int(microbatches)
+  G = int(rcfg.num_chunks) * int(rcfg.rollouts_per_position)
 
   def builder(graphdef, loss_fn, tx):
     del loss_fn
 
+    def collect(params, rest, batch, rng):
+      """Collected for the whole batch, per-sequence layout (_by_sequence)."""
+      def one(i, mb):
+        key = rng if M == 1 else jax.random.fold_in(rng, i)
+        col = refine_step.collect(nnx.merge(graphdef, params, rest), mb, key, rcfg)
+        return _by_sequence(col, G)
+
+      if M == 1:
+        return one(0, batch)
+      # lax.map: rollout activations of B/M sequences at a time, one compiled body.
+      col_M = jax.lax.map(lambda xs: one(*xs),
+                          (jnp.arange(M), loop.split_microbatches(batch, M)))
+      return loop.merge_microbatches(col_M)
+
+    def objective(p, rest, sub, rng):
+      del rng  # the policy loss of stored rollouts is deterministic
+      sub_batch, sub_col = sub
+      return refine_step.policy_loss(nnx.merge(graphdef, p, rest), sub_batch, _by_row(sub_col),
+                                     rcfg)
+
     def step(params, opt_state, rest, batch, rng):
-      col = refine_step.collect(nnx.merge(graphdef, params, rest), batch, rng, rcfg)
       B = batch["inputs"].shape[0]
+      check_microbatches(B, mbs, M)
+      col = collect(params, rest, batch, rng)
       size = B // mbs
+      grad_fn = jax.value_and_grad(lambda p, sub, r: objective(p, rest, sub, r), has_aux=True)
       rows = []
       for _ in range(epochs):
         for i in range(mbs):
-          sub_batch, sub_col = refine_step.minibatch(batch, col, i * size, size, rcfg)
-
-          def objective(p, sub_batch=sub_batch, sub_col=sub_col):
-            return refine_step.policy_loss(nnx.merge(graphdef, p, rest), sub_batch, sub_col,
-                                           rcfg)
-
-          (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(params)
+          sub = jax.tree.map(lambda x, i=i: x[i * size:(i + 1) * size], (batch, col))
+          (loss, aux), grads = loop.accumulate(grad_fn, params, sub, M, rng)
           updates, opt_state = tx.update(grads, opt_state, params)
           params = optax.apply_updates(params, updates)
           rows.append(dict(aux, loss=loss, grad_norm=loop.global_norm(grads)))
@@ -60,6 +104,7 @@ def make_ppo_step_builder(rcfg):
 
     return step
 
+  builder.microbatches = M  # run_training checks it against config.train.microbatches
   return builder
 
 
@@ -174,10 +219,8 @@ def run(config, workdir):
     raise ValueError(f"refine.kl_coef={rcfg.kl_coef}: the midtrain stage has no frozen "
                      "reference model yet (the paper uses none); set refine.kl_coef=0, or call "
                      "refine.make_loss_fn(rcfg, ref_model=...) from your own stage.")
-  mbs = int(rcfg.ppo_minibatches)
-  if int(config.train.batch_size) % mbs:
-    raise ValueError(f"train.batch_size={config.train.batch_size} is not divisible by "
-                     f"refine.ppo_minibatches={mbs}.")
+  mbs, microbatches = int(rcfg.ppo_minibatches), int(config.train.get("microbatches", 1))
+  check_microbatches(int(config.train.batch_size), mbs, microbatches)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   mt = config.midtrain
@@ -209,9 +252,10 @@ def run(config, workdir):
     logger(step, row, ms)
 
   ppo = int(rcfg.ppo_epochs) * mbs > 1
+  builder = make_ppo_step_builder(rcfg, microbatches) if ppo else None  # else make_train_step
   result = loop.run_training(
       config, workdir, refine_step.make_loss_fn(rcfg), eval_fn=losses.ntp_eval,
-      eval_batches=eval_batches, step_builder=make_ppo_step_builder(rcfg) if ppo else None,
+      eval_batches=eval_batches, step_builder=builder,
       updates_per_step=int(rcfg.ppo_epochs) * mbs, on_step=on_step, stage="midtrain")
   m = result.metrics
   if not m:  # a rerun of a finished run: nothing trained, keep the earlier summary

@@ -2,9 +2,11 @@
 decoupled weight decay."""
 
 import jax
+import jax.numpy as jnp
 import optax
 
 SCHEDULES = ("cosine", "constant", "linear")
+MU_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}  # None: optax keeps the param dtype
 
 
 def make_schedule(train_cfg):
@@ -27,8 +29,13 @@ def make_schedule(train_cfg):
 
 
 def decay_mask(params):
-  """Weight decay on matrices only (not norms, biases, A_log/dt_bias vectors)."""
-  return jax.tree.map(lambda x: x.ndim >= 2, params)
+  """Weight decay on matrices only (not norms, biases, A_log/dt_bias vectors); a scanned
+  model's stacked params have one extra leading (layer) axis that does not count."""
+  def is_matrix(path, x):
+    keys = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
+    stacked = len(keys) > 1 and keys[0] == "layers" and not keys[1].isdigit()
+    return x.ndim - int(stacked) >= 2
+  return jax.tree_util.tree_map_with_path(is_matrix, params)
 
 
 def per_update(schedule, updates_per_step):
@@ -48,7 +55,11 @@ def make_optimizer(train_cfg, updates_per_step=1):
   parts = []
   if train_cfg.grad_clip and train_cfg.grad_clip > 0:
     parts.append(optax.clip_by_global_norm(float(train_cfg.grad_clip)))
-  parts.append(optax.adamw(per_update(schedule, int(updates_per_step)), b1=float(train_cfg.b1), b2=float(train_cfg.b2),
-                           eps=float(train_cfg.eps), weight_decay=float(train_cfg.weight_decay),
-                           mask=decay_mask))
+  mu_dtype = train_cfg.get("mu_dtype", "float32")
+  if mu_dtype not in MU_DTYPES:
+    raise ValueError(f"train.mu_dtype={mu_dtype!r}; use one of {tuple(MU_DTYPES)}.")
+  parts.append(optax.adamw(per_update(schedule, int(updates_per_step)), b1=float(train_cfg.b1),
+                           b2=float(train_cfg.b2), eps=float(train_cfg.eps),
+                           mu_dtype=MU_DTYPES[mu_dtype],
+                           weight_decay=float(train_cfg.weight_decay), mask=decay_mask))
   return optax.chain(*parts), schedule

@@ -74,6 +74,15 @@ def validate_config(config, *, num_devices=None, process_count=None):
   if tc.batch_size % dp:
     raise ValueError(f"train.batch_size={tc.batch_size} is not divisible by the data-parallel "
                      f"size mesh.data*mesh.fsdp={data}*{fsdp}={dp}; use a multiple of {dp}.")
+  microbatches = tc.get("microbatches", 1)
+  _positive_int(microbatches, "train.microbatches")
+  if tc.batch_size % (microbatches * dp):
+    raise ValueError(f"train.batch_size={tc.batch_size} does not split into train.microbatches="
+                     f"{microbatches} microbatches over the data-parallel size mesh.data*"
+                     f"mesh.fsdp={dp}; make train.batch_size a multiple of train.microbatches*"
+                     f"{dp}={microbatches * dp} (or lower train.microbatches).")
+  if tc.get("mu_dtype", "float32") not in optim.MU_DTYPES:
+    raise ValueError(f"train.mu_dtype={tc.mu_dtype!r}; use one of {tuple(optim.MU_DTYPES)}.")
   if tc.batch_size % process_count:
     raise ValueError(f"train.batch_size={tc.batch_size} is not divisible by the number of "
                      f"processes {process_count}; use a multiple of it.")

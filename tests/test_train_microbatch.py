@@ -1,0 +1,158 @@
+"""train.microbatches: gradient accumulation inside one jitted step equals the un-accumulated
+step (NTP, the fused ReFINE step, the PPO builder), runs as a loop, and bad splits are refused.
+
+The optimiser here is plain SGD: its update is linear in the grads, so a step that summed
+instead of averaging the microbatch grads would move the params M times as far (Adam's first
+update is nearly scale-free and would hide that)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from configs import pretrain
+from refine_jax.models import build_model, default_model_config
+from refine_jax.refine import step as refine_step
+from refine_jax.train import loop, midtrain, optim
+from refine_jax.train import losses
+from refine_jax.train import testing as T
+from refine_jax.train.validate import validate_config
+
+V, SEQ = 32, 24
+
+
+def _split(model):
+  return nnx.split(model, nnx.Param, ...)
+
+
+def _run_step(step, params, tx, rest, batch, rng=jax.random.key(0)):
+  return jax.jit(step)(params, tx.init(params), rest, batch, rng)
+
+
+def _assert_same_update(p0, p1, pm):
+  """p_M equals p_1 to 1e-3 of the size of the update itself (not a fixed atol)."""
+  moved = max(float(jnp.max(jnp.abs(b - a))) for a, b in zip(jax.tree.leaves(p0),
+                                                              jax.tree.leaves(p1)))
+  diff = max(float(jnp.max(jnp.abs(b - a))) for a, b in zip(jax.tree.leaves(p1),
+                                                             jax.tree.leaves(pm)))
+  assert moved > 1e-4, moved  # the step really moved the params
+  assert diff <= 1e-3 * moved + 1e-7, (diff, moved)
+
+
+def _ntp_batch(B=8, T_=16, seed=0):
+  x = np.random.default_rng(seed).integers(0, V, (B, T_)).astype(np.int32)
+  return {"inputs": x, "targets": (x * 3 + 1) % V, "loss_mask": np.ones(x.shape, np.float32)}
+
+
+@pytest.mark.parametrize("microbatches", [2, 4])
+def test_ntp_step_equals_unaccumulated(microbatches):
+  graphdef, p0, rest = _split(T.TinyLM(vocab=V, rngs=nnx.Rngs(0)))
+  tx = optax.sgd(0.5)
+  batch = _ntp_batch()
+  p1, _, out1 = _run_step(loop.make_train_step(graphdef, losses.ntp_loss, tx), p0, tx, rest,
+                          batch)
+  pm, _, outm = _run_step(loop.make_train_step(graphdef, losses.ntp_loss, tx, microbatches), p0,
+                          tx, rest, batch)
+  np.testing.assert_allclose(float(outm["loss"]), float(out1["loss"]), rtol=1e-5)
+  np.testing.assert_allclose(float(outm["grad_norm"]), float(out1["grad_norm"]), rtol=1e-4)
+  _assert_same_update(p0, p1, pm)
+
+
+def test_microbatch_step_is_a_loop_and_rows_round_trip():
+  graphdef, p0, rest = _split(T.TinyLM(vocab=V, rngs=nnx.Rngs(0)))
+  tx = optax.sgd(0.5)
+  batch, rng = _ntp_batch(), jax.random.key(0)
+  hlo = {m: jax.jit(loop.make_train_step(graphdef, losses.ntp_loss, tx, m)).lower(
+      p0, tx.init(p0), rest, batch, rng).as_text() for m in (1, 4)}
+  assert "while" not in hlo[1] and "while" in hlo[4]
+  # split/merge are inverses, and a microbatch takes every M-th row (each device keeps a share).
+  x = np.arange(24).reshape(12, 2)
+  x_M = loop.split_microbatches(x, 3)
+  assert x_M.shape == (3, 4, 2) and list(x_M[1, :, 0]) == [2, 8, 14, 20]
+  np.testing.assert_array_equal(loop.merge_microbatches(x_M), x)
+
+
+def _tiny_lm():
+  cfg = default_model_config()
+  cfg.arch, cfg.vocab_size, cfg.hidden, cfg.layers, cfg.heads, cfg.chunk_size = (
+      "deltanet", V, 32, 1, 2, 8)
+  return build_model(cfg, rngs=nnx.Rngs(0))
+
+
+def _greedy_rcfg(**kw):
+  """Deterministic ReFINE (argmax selection, greedy rollouts): the per-microbatch rng does not
+  change anything, so M microbatches must reproduce the full batch."""
+  rc = refine_step.default_refine_config()
+  rc.num_chunks, rc.rollout_len, rc.rollouts_per_position, rc.margin = 3, 3, 2, 2
+  rc.selection, rc.temperature, rc.lambda_rl = "argmax", 0.0, 1.0
+  rc.update(kw)
+  return rc
+
+
+def _refine_batch(B=4):
+  x = np.random.default_rng(1).integers(0, V, (B, SEQ + 1)).astype(np.int32)
+  return {"inputs": x[:, :-1], "targets": x[:, 1:], "loss_mask": np.ones((B, SEQ), np.float32)}
+
+
+def test_refine_fused_step_equals_unaccumulated():
+  graphdef, p0, rest = _split(_tiny_lm())
+  rc, tx, batch = _greedy_rcfg(), optax.sgd(0.5), _refine_batch()
+  loss_fn = refine_step.make_loss_fn(rc)
+  p1, _, out1 = _run_step(loop.make_train_step(graphdef, loss_fn, tx), p0, tx, rest, batch)
+  p2, _, out2 = _run_step(loop.make_train_step(graphdef, loss_fn, tx, 2), p0, tx, rest, batch)
+  assert float(out1["valid_frac"]) == 1.0  # equal rollout-token counts per microbatch
+  assert float(out1["rl_loss"]) != 0.0     # the RL term is really in the update
+  for k in ("loss", "rl_loss", "ntp_loss", "reward_mean"):
+    np.testing.assert_allclose(float(out2[k]), float(out1[k]), rtol=1e-5, atol=1e-7, err_msg=k)
+  _assert_same_update(p0, p1, p2)
+
+
+def test_ppo_builder_equals_unaccumulated():
+  graphdef, p0, rest = _split(_tiny_lm())
+  rc, tx, batch = _greedy_rcfg(ppo_epochs=1, ppo_minibatches=2), optax.sgd(0.5), _refine_batch()
+  b1, b2 = midtrain.make_ppo_step_builder(rc), midtrain.make_ppo_step_builder(rc, 2)
+  assert b2.microbatches == 2
+  p1, _, out1 = _run_step(b1(graphdef, None, tx), p0, tx, rest, batch)
+  p2, _, out2 = _run_step(b2(graphdef, None, tx), p0, tx, rest, batch)
+  for k in ("loss", "rl_loss", "reward_mean", "grad_norm"):
+    np.testing.assert_allclose(float(out2[k]), float(out1[k]), rtol=1e-4, atol=1e-7, err_msg=k)
+  _assert_same_update(p0, p1, p2)
+  # Minibatches of 2 sequences do not split into 4 microbatches.
+  with pytest.raises(ValueError, match=r"train.batch_size=4 .*refine.ppo_minibatches=2.*"
+                                       r"train.microbatches=4"):
+    _run_step(midtrain.make_ppo_step_builder(rc, 4)(graphdef, None, tx), p0, tx, rest, batch)
+
+
+def test_bad_microbatch_configs_are_refused(tmp_path):
+  c = pretrain.get_config()
+  c.train.batch_size, c.train.microbatches = 8, 3
+  with pytest.raises(ValueError, match=r"train.microbatches=3"):
+    validate_config(c, num_devices=1, process_count=1)
+  c.train.microbatches = 2  # 8 = 2 microbatches x 4 devices: fine; x 8 devices: not
+  validate_config(c, num_devices=4, process_count=1)
+  with pytest.raises(ValueError, match=r"train.microbatches=2 .*mesh.data\*mesh.fsdp=8"):
+    validate_config(c, num_devices=8, process_count=1)
+  c.train.microbatches, c.train.mu_dtype = 1, "float16"
+  with pytest.raises(ValueError, match=r"train.mu_dtype='float16'"):
+    validate_config(c, num_devices=1, process_count=1)
+  # A stage step built without accumulation refuses train.microbatches > 1.
+  c = T.tiny_config(batch_size=8)
+  c.train.microbatches = 2
+  with pytest.raises(ValueError, match=r"train.microbatches=2"):
+    loop.run_training(c, str(tmp_path), losses.ntp_loss, eval_fn=None,
+                      model_fn=lambda: T.TinyLM(rngs=nnx.Rngs(0)),
+                      train_iter=T.SyntheticIterator(8, 8),
+                      step_builder=lambda graphdef, loss_fn, tx: None)
+
+
+def test_bf16_first_moment():
+  c = T.tiny_config()
+  params = nnx.state(T.TinyLM(rngs=nnx.Rngs(0)), nnx.Param)
+  for name, want in (("float32", jnp.float32), ("bfloat16", jnp.bfloat16)):
+    c.train.mu_dtype = name
+    tx, _ = optim.make_optimizer(c.train)
+    adam = tx.init(params)[1][0]  # chain(clip, adamw) -> adamw -> ScaleByAdamState
+    assert {x.dtype for x in jax.tree.leaves(adam.mu)} == {jnp.dtype(want)}
+    assert {x.dtype for x in jax.tree.leaves(adam.nu)} == {jnp.dtype(jnp.float32)}
