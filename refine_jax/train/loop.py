@@ -111,6 +111,23 @@ def accumulate(value_and_grad_fn, params, batch, microbatches, rng):
   return (loss, aux), grads
 
 
+def build_step(graphdef, loss_fn, tx, step_builder=None, microbatches=1):
+  """The train step function a stage runs: make_train_step, or the stage's step_builder."""
+  if step_builder is None:
+    return make_train_step(graphdef, loss_fn, tx, microbatches)
+  return step_builder(graphdef, loss_fn, tx)
+
+
+def jit_step(step_fn, ms, opt_shardings, mesh):
+  """THE jitted train step: explicit in/out shardings, params and optimiser state donated.
+  run_training and the ahead-of-time scale check (train/aot.py) both take it from here."""
+  batch_sh, repl = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+  return jax.jit(step_fn,
+                 in_shardings=(ms.param_shardings, opt_shardings, ms.rest_shardings, batch_sh,
+                               repl),
+                 out_shardings=(ms.param_shardings, opt_shardings, repl), donate_argnums=(0, 1))
+
+
 def global_norm(tree):
   norm = getattr(getattr(optax, "tree", None), "norm", None)  # optax >= 0.2.6
   return norm(tree) if norm is not None else optax.global_norm(tree)
@@ -235,13 +252,8 @@ def run_training(config, workdir, loss_fn, *, eval_fn=losses.ntp_eval,
   eval_batches = [_global_batch(b, batch_sh) for b in (eval_batches or [])]
 
   writer = metrics_lib.MetricsWriter(workdir, resume_step=start)
-  if step_builder is None:
-    step_fn = make_train_step(ms.graphdef, loss_fn, tx, microbatches)
-  else:
-    step_fn = step_builder(ms.graphdef, loss_fn, tx)
-  jstep = jax.jit(step_fn, in_shardings=(ms.param_shardings, opt_sh, ms.rest_shardings, batch_sh,
-                                         repl),
-                  out_shardings=(ms.param_shardings, opt_sh, repl), donate_argnums=(0, 1))
+  jstep = jit_step(build_step(ms.graphdef, loss_fn, tx, step_builder, microbatches), ms, opt_sh,
+                   mesh)
   jeval = None
   if eval_fn is not None and eval_batches:
     jeval = jax.jit(make_eval_step(ms.graphdef, eval_fn),

@@ -25,7 +25,7 @@ from absl import logging
 from flax import nnx
 
 from refine_jax.refine import step as refine_step
-from refine_jax.train import loop, losses, warmup
+from refine_jax.train import loop, losses, stages, warmup
 
 
 _ROW_FIELDS = ("tokens_Gk", "true_Gk", "old_logp_Gk")  # Collected fields with G rows per sequence
@@ -54,7 +54,8 @@ def check_microbatches(batch_size, ppo_minibatches, microbatches):
 
 def make_ppo_step_builder(rcfg, microbatches=1):
   """step_builder for the loop when ppo_epochs * ppo_minibatches > 1: collect rollouts once
-  with the current weights, then several clipped-PPO updates over sequence minibatches.
+  with the current weights, then several clipped-PPO updates over sequence minibatches (a
+  lax.scan over updates; minibatch j = sequences j, j + mbs, ... so it spans every device).
   run_training gets updates_per_step = epochs * minibatches, so the lr follows train steps.
   microbatches > 1: the collect pass runs per microbatch of the batch (fold_in(rng, i)) and each
   update accumulates its minibatch's grads over microbatches (loop.accumulate)."""
@@ -88,24 +89,39 @@ def make_ppo_step_builder(rcfg, microbatches=1):
       B = batch["inputs"].shape[0]
       check_microbatches(B, mbs, M)
       col = collect(params, rest, batch, rng)
-      size = B // mbs
+      # [mbs, B/mbs, ...], strided like microbatches: every minibatch spans every device.
+      subs = loop.split_microbatches((batch, col), mbs)
       grad_fn = jax.value_and_grad(lambda p, sub, r: objective(p, rest, sub, r), has_aux=True)
-      rows = []
-      for _ in range(epochs):
-        for i in range(mbs):
-          sub = jax.tree.map(lambda x, i=i: x[i * size:(i + 1) * size], (batch, col))
-          (loss, aux), grads = loop.accumulate(grad_fn, params, sub, M, rng)
-          updates, opt_state = tx.update(grads, opt_state, params)
-          params = optax.apply_updates(params, updates)
-          rows.append(dict(aux, loss=loss, grad_norm=loop.global_norm(grads)))
-      out = {k: jnp.mean(jnp.stack([r[k] for r in rows])) for k in rows[0]}
-      out["loss"] = rows[-1]["loss"]
+
+      def update(carry, i):  # one PPO update; a lax.scan keeps ONE copy in the program
+        params, opt_state = carry
+        sub = jax.tree.map(lambda x: x[i % mbs], subs)
+        (loss, aux), grads = loop.accumulate(grad_fn, params, sub, M, rng)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return (params, opt_state), dict(aux, loss=loss, grad_norm=loop.global_norm(grads))
+
+      (params, opt_state), rows = jax.lax.scan(update, (params, opt_state),
+                                               jnp.arange(epochs * mbs))
+      out = {k: jnp.mean(v) for k, v in rows.items()}
+      out["loss"] = rows["loss"][-1]
       return params, opt_state, out
 
     return step
 
   builder.microbatches = M  # run_training checks it against config.train.microbatches
   return builder
+
+
+def step_spec(config):
+  """The ReFINE step: fused loss (1 update) or collect + ppo_epochs x ppo_minibatches updates."""
+  rcfg = config.refine
+  updates = int(rcfg.ppo_epochs) * int(rcfg.ppo_minibatches)
+  builder = None  # fused: loop.make_train_step accumulates microbatches itself
+  if updates > 1:
+    builder = make_ppo_step_builder(rcfg, int(config.train.get("microbatches", 1)))
+  return stages.StepSpec(refine_step.make_loss_fn(rcfg), builder, updates,
+                         stages.lm_batch(config.train.batch_size, config.data.seq_len))
 
 
 def _num(v):
@@ -251,12 +267,11 @@ def run(config, workdir):
                    step=step)
     logger(step, row, ms)
 
-  ppo = int(rcfg.ppo_epochs) * mbs > 1
-  builder = make_ppo_step_builder(rcfg, microbatches) if ppo else None  # else make_train_step
+  spec = step_spec(config)
   result = loop.run_training(
-      config, workdir, refine_step.make_loss_fn(rcfg), eval_fn=losses.ntp_eval,
-      eval_batches=eval_batches, step_builder=builder,
-      updates_per_step=int(rcfg.ppo_epochs) * mbs, on_step=on_step, stage="midtrain")
+      config, workdir, spec.loss_fn, eval_fn=losses.ntp_eval,
+      eval_batches=eval_batches, step_builder=spec.step_builder,
+      updates_per_step=spec.updates_per_step, on_step=on_step, stage="midtrain")
   m = result.metrics
   if not m:  # a rerun of a finished run: nothing trained, keep the earlier summary
     print(f"midtrain: {workdir} is already at step {result.step}; nothing to do")

@@ -30,7 +30,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from refine_jax.train import loop, losses, qa_data, qa_eval, warmup
+from refine_jax.train import loop, losses, qa_data, qa_eval, stages, warmup
 
 MODES = ("nested_refine", "nested_sft", "sft")
 
@@ -77,28 +77,30 @@ def outer_loss(model, batch, rng):
 
 
 def make_step_builder(config, pad_id):
-  """step_builder for loop.run_training: inner update (prompt) then outer update (answer)."""
+  """step_builder for loop.run_training: inner update (prompt) then outer update (answer);
+  each accumulates its gradient over train.microbatches (loop.accumulate)."""
   inner = inner_loss_fn(config, pad_id)
   scale = float(config.posttrain.inner_lr_scale)
+  M = int(config.train.get("microbatches", 1))
 
   def builder(graphdef, loss_fn, tx):
     del loss_fn
 
     def step(params, opt_state, rest, batch, rng):
+      def grad_of(fn):  # value_and_grad of fn(model, batch, rng) w.r.t. the params
+        return jax.value_and_grad(lambda p, b, r: fn(nnx.merge(graphdef, p, rest), b, r),
+                                  has_aux=True)
+
       r_in, r_out = jax.random.split(rng)
       out = {}
       if inner is not None:
-        def inner_obj(p):
-          return inner(nnx.merge(graphdef, p, rest), batch, r_in)
-        (li, aux), g = jax.value_and_grad(inner_obj, has_aux=True)(params)
+        (li, aux), g = loop.accumulate(grad_of(inner), params, batch, M, r_in)
         updates, opt_state = tx.update(g, opt_state, params)
         params = optax.apply_updates(params, jax.tree.map(lambda u: u * scale, updates))
         out.update({f"inner_{k}": v for k, v in aux.items()})
         out.update(inner_loss=li, inner_grad_norm=loop.global_norm(g))
 
-      def outer_obj(p):
-        return outer_loss(nnx.merge(graphdef, p, rest), batch, r_out)
-      (lo, aux), g = jax.value_and_grad(outer_obj, has_aux=True)(params)
+      (lo, aux), g = loop.accumulate(grad_of(outer_loss), params, batch, M, r_out)
       updates, opt_state = tx.update(g, opt_state, params)
       params = optax.apply_updates(params, updates)
       out.update({f"answer_{k}": v for k, v in aux.items() if k != "ntp_loss"})
@@ -107,7 +109,19 @@ def make_step_builder(config, pad_id):
 
     return step
 
+  builder.microbatches = M  # run_training checks it against config.train.microbatches
   return builder
+
+
+def step_spec(config, pad_id=None):
+  """Inner (prompt) + outer (answer) updates in one step; batches carry prompt masks."""
+  if pad_id is None:
+    from refine_jax.data.tokenizers import get_tokenizer  # pylint: disable=g-import-not-at-top
+    pad_id = get_tokenizer(config.data).pad_id
+  batch = stages.lm_batch(config.train.batch_size, config.data.seq_len, "prompt_mask")
+  batch["prompt_len"] = ((int(config.train.batch_size),), np.int32)
+  return stages.StepSpec(outer_loss, make_step_builder(config, pad_id),
+                         1 if config.posttrain.mode == "sft" else 2, batch)
 
 
 # ----------------------------------------------------------------------------- data
@@ -218,12 +232,12 @@ def run(config, workdir):
   base = no_adaptation(config, os.path.join(eval_dir, "no_adaptation"), cells, tok,
                         nll_batches, start_from, "no adaptation")
 
-  result = loop.run_training(config, workdir, outer_loss, eval_fn=losses.ntp_eval,
+  spec = step_spec(config, tok.pad_id)
+  result = loop.run_training(config, workdir, spec.loss_fn, eval_fn=losses.ntp_eval,
                              train_iter=make_iterator(config, tok),
                              eval_batches=nll_batches if int(config.train.eval_every) else [],
-                             step_builder=make_step_builder(config, tok.pad_id),
-                             updates_per_step=1 if p.mode == "sft" else 2,
-                             stage="posttrain")
+                             step_builder=spec.step_builder,
+                             updates_per_step=spec.updates_per_step, stage="posttrain")
   res = qa_eval.score_cells(cells, qa_eval.greedy_predictor(result.model, tok, config), tok,
                             config, eval_dir, f"posttrain ({p.mode})")
   summary = {"mode": p.mode, "steps": result.step, "init_checkpoint": start_from,

@@ -4,6 +4,7 @@ Entries are imported lazily so a stage whose module is missing or broken only fa
 """
 
 import importlib
+from typing import Any, Callable, NamedTuple
 
 STAGES = {
     "pretrain": "refine_jax.train.pretrain:run",
@@ -30,3 +31,31 @@ def get_stage(name):
   if not callable(fn):
     raise ValueError(f"stage {name!r}: {module_name} has no callable {fn_name}(config, workdir).")
   return fn
+
+
+class StepSpec(NamedTuple):
+  """What a stage's jitted train step is made of (loop.build_step + loop.jit_step), so the
+  ahead-of-time scale check compiles exactly the step the stage runs."""
+  loss_fn: Callable
+  step_builder: Callable | None   # None: loop.make_train_step(loss_fn, microbatches)
+  updates_per_step: int           # optimiser updates one step makes (lr schedule follows steps)
+  batch: dict                     # global batch: name -> (shape, numpy dtype)
+  tx: Any = None                  # optimiser; None: optim.make_optimizer(config.train, ...)
+
+
+def lm_batch(batch_size, seq_len, *extra_masks):
+  """The global batch spec of the LM data pipeline (+ float32 [B, T] masks, e.g. prompt_mask)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  bt = (int(batch_size), int(seq_len))
+  spec = {"inputs": (bt, np.int32), "targets": (bt, np.int32), "loss_mask": (bt, np.float32),
+          "segment_ids": (bt, np.int32)}
+  spec.update({m: (bt, np.float32) for m in extra_masks})
+  return spec
+
+
+def step_spec(config) -> StepSpec:
+  """The StepSpec of `config.stage` (each stage module's step_spec(config))."""
+  module_name = STAGES[config.stage].split(":")[0] if config.stage in STAGES else None
+  if module_name is None:
+    get_stage(config.stage)  # raises the unknown-stage error
+  return importlib.import_module(module_name).step_spec(config)

@@ -24,12 +24,19 @@ class ModelState:
     return nnx.merge(self.graphdef, self.params if params is None else params, self.rest)
 
 
-def init_model_state(model_fn, mesh, rules=rules_lib.LOGICAL_RULES):
-  """Builds `model_fn()` directly into its shardings (no full copy on one device)."""
-  abstract_model = nnx.eval_shape(model_fn)
-  graphdef, abs_params, abs_rest = nnx.split(abstract_model, nnx.Param, ...)
+def abstract_model_state(model_fn, mesh, rules=rules_lib.LOGICAL_RULES):
+  """ModelState whose params / rest are ShapeDtypeStructs carrying their shardings: what the
+  jitted step is lowered with ahead of time (benchmarks/scale_check.py); nothing is allocated."""
+  graphdef, abs_params, abs_rest = nnx.split(nnx.eval_shape(model_fn), nnx.Param, ...)
   p_sh = rules_lib.state_shardings(abs_params, mesh, rules)
   r_sh = rules_lib.state_shardings(abs_rest, mesh, rules)
+  return ModelState(graphdef, abstract(abs_params, p_sh), abstract(abs_rest, r_sh), p_sh, r_sh)
+
+
+def init_model_state(model_fn, mesh, rules=rules_lib.LOGICAL_RULES):
+  """Builds `model_fn()` directly into its shardings (no full copy on one device)."""
+  abs_ms = abstract_model_state(model_fn, mesh, rules)
+  graphdef, p_sh, r_sh = abs_ms.graphdef, abs_ms.param_shardings, abs_ms.rest_shardings
 
   def init():
     _, params, rest = nnx.split(model_fn(), nnx.Param, ...)

@@ -33,7 +33,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from refine_jax.train import loop, losses, posttrain, qa_data, qa_eval, warmup
+from refine_jax.train import loop, losses, posttrain, qa_data, qa_eval, stages, warmup
 
 MODES = ("refine", "sft")
 _STEPS: dict = {}  # (graphdef, config key) -> jitted update
@@ -117,21 +117,37 @@ def _optimizer(t):
   return optax.chain(*parts)
 
 
+def make_step(graphdef, config):
+  """(step(params, opt_state, rest, batch, rng) -> (params, opt_state, metrics), tx): one TTT
+  update on a prompt batch with the fresh per-batch optimiser."""
+  loss_fn, tx = _loss_fn(config), _optimizer(config.ttt)
+
+  def step(params, opt_state, rest, batch, rng):
+    def objective(p):
+      return loss_fn(nnx.merge(graphdef, p, rest), batch, rng)
+    (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, dict(aux, loss=loss)
+
+  return step, tx
+
+
+def step_spec(config):
+  """The adaptation step on a ttt.batch_size x data.seq_len prompt batch (for the AOT check)."""
+  config = resolve_config(config)
+  tx = _optimizer(config.ttt)
+  return stages.StepSpec(_loss_fn(config), lambda graphdef, loss_fn, _: make_step(graphdef,
+                                                                                  config)[0],
+                         1, stages.lm_batch(config.ttt.batch_size, config.data.seq_len), tx)
+
+
 def _update_fn(graphdef, config):
   """Jitted step(params, opt_state, rest, batch, rng), cached per model structure + config."""
   t = config.ttt
   key = (graphdef, t.mode, float(t.lr), float(t.weight_decay), float(t.grad_clip),
          config.refine.to_json(sort_keys=True))
   if key not in _STEPS:
-    loss_fn, tx = _loss_fn(config), _optimizer(config.ttt)
-
-    def step(params, opt_state, rest, batch, rng):
-      def objective(p):
-        return loss_fn(nnx.merge(graphdef, p, rest), batch, rng)
-      (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(params)
-      updates, opt_state = tx.update(grads, opt_state, params)
-      return optax.apply_updates(params, updates), opt_state, dict(aux, loss=loss)
-
+    step, tx = make_step(graphdef, config)
     _STEPS[key] = (jax.jit(step), tx)
   return _STEPS[key]
 

@@ -1,0 +1,88 @@
+"""Shared pieces of the paper presets: the three models, the paper's hyperparameters and the
+scale settings that make a 16K-token, batch-128 step fit (scanned layers, per-block remat,
+bf16 compute, microbatches). Each preset file is `get_config()` = stage config + one model +
+`scale(...)`; its docstring records what benchmarks/scale_check.py measured for it.
+
+Memory per parameter (float32 params, as trained here): params 4 B + grads 4 B + AdamW mu 4 B
+(2 B with train.mu_dtype=bfloat16) + nu 4 B = 16 B (14 B); FSDP divides all of it by the
+chips. Activations: with model.remat=full each block keeps only its float32 input
+[micro-batch, T, hidden] per layer; the fast-weight chunk states that ReFINE captures for its
+rollouts ([L, micro-batch, T/64, H, K, V] float32) are the largest ReFINE-only buffer, hence
+one 16K sequence per chip per microbatch.
+"""
+
+import os
+import sys
+
+try:
+  from configs import base
+except ImportError:  # loaded by path from outside the repo root
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
+      __file__)))))
+  from configs import base  # noqa: F401
+
+from ml_collections import config_dict
+
+SEQ_LEN = 16384          # paper: 16K-token sequences
+GLOBAL_BATCH = 128       # paper: 128 sequences per step
+
+
+def deltanet_1b3(c):
+  """fla-hub/delta_net-1.3B-100B: hidden 2048, 24 layers, 16 heads, vocab 32000."""
+  m = c.model
+  m.arch, m.hidden, m.layers, m.heads, m.vocab_size = "deltanet", 2048, 24, 16, 32000
+  return c
+
+
+def gated_deltanet_1b3(c):
+  """FLA's GatedDeltaNetConfig at 1.3B: hidden 2048, 21 layers, 6 heads of head_dim 256,
+  expand_v 2 (value heads 512 wide), vocab 32000."""
+  m = c.model
+  m.arch, m.hidden, m.layers, m.heads, m.vocab_size = "gated_deltanet", 2048, 21, 6, 32000
+  m.head_dim, m.expand_v = 256, 2.0
+  return c
+
+
+def lact_760m(c):
+  """LaCT-760M (arXiv 2505.23884): hidden 1536, 24 layers, 12 attention heads, 4 fast-weight
+  heads, chunk = window = 2048, low-rank (32) W0/W2 init, momentum."""
+  m = c.model
+  m.arch, m.hidden, m.layers, m.heads, m.vocab_size = "lact", 1536, 24, 12, 32000
+  m.lact.num_fw_heads, m.lact.chunk, m.lact.window = 4, 2048, 2048
+  m.lact.w0_w2_low_rank, m.lact.use_momentum = 32, True
+  return c
+
+
+def paper_optimizer(c, lr=1e-6):
+  """The paper's AdamW at 1B scale: lr 1e-6, weight decay 0.01."""
+  c.train.lr, c.train.weight_decay = lr, 0.01
+  c.train.warmup_steps, c.train.schedule = 10, "constant"
+  c.train.grad_clip = 1.0
+  return c
+
+
+def scale(c, *, topology, batch=GLOBAL_BATCH, seq_len=SEQ_LEN, microbatches, chips,
+          remat="full"):
+  """Sizes the run for `topology` (`chips` chips): FSDP over every chip, bf16 compute,
+  scanned layers with per-block remat, `microbatches` sequential microbatches per update."""
+  c.data.seq_len = seq_len
+  c.train.batch_size = batch
+  c.train.microbatches = microbatches
+  c.model.dtype = "bfloat16"
+  c.model.scan_layers = True
+  c.model.remat = remat
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
+  c.train.eval_every, c.train.eval_batches = 500, 8
+  c.checkpoint.every_steps, c.checkpoint.keep = 200, 2
+  c.scale = config_dict.ConfigDict()
+  c.scale.topology = topology  # what benchmarks/scale_check.py compiles for by default
+  c.scale.chips = chips
+  return c
+
+
+def user_data(c):
+  """Long-text data and tokenizer are the user's: the presets keep the embedded corpus and
+  byte tokenizer so they run anywhere; set data.source/path and data.tokenizer(_path) to the
+  checkpoint's (e.g. the LLaMA tokenizer.json of fla-hub models)."""
+  c.data.synthetic_weight = 0.0
+  return c
