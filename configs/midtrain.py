@@ -11,9 +11,8 @@ loss 1.68; after ReFINE held-out loss 1.57 (ppl 4.8), cosine reward of the rollo
 variable tracking 9.7 (exact match is 0 at this size). rollouts.jsonl shows sampled continuations vs the truth;
 midtrain_summary.json the before/after numbers.
 Start from your own weights with --config.init_checkpoint=runs/pretrain-deltanet (a run dir or
-an Orbax checkpoint). Paper scale: --config.model.hidden=2048 --config.model.layers=24
---config.data.seq_len=16384 --config.train.batch_size=128 --config.train.lr=1e-6
---config.train.weight_decay=0.01 --config.refine.ppo_minibatches=4.
+an Orbax checkpoint). Paper scale (1.3B, 16K tokens, batch 128, sized for a slice and
+checked by the TPU compiler): configs/paper/deltanet_1b3_midtrain.py and its siblings.
 """
 
 import os

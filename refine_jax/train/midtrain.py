@@ -57,8 +57,9 @@ def make_ppo_step_builder(rcfg, microbatches=1):
   with the current weights, then several clipped-PPO updates over sequence minibatches (a
   lax.scan over updates; minibatch j = sequences j, j + mbs, ... so it spans every device).
   run_training gets updates_per_step = epochs * minibatches, so the lr follows train steps.
-  microbatches > 1: the collect pass runs per microbatch of the batch (fold_in(rng, i)) and each
-  update accumulates its minibatch's grads over microbatches (loop.accumulate)."""
+  microbatches > 1: the collect pass runs in ppo_minibatches * microbatches parts (the size of an
+  update's microbatch: its captured states are the largest ReFINE buffer) with fold_in(rng, i),
+  and each update accumulates its minibatch's grads over microbatches (loop.accumulate)."""
   epochs, mbs, M = int(rcfg.ppo_epochs), int(rcfg.ppo_minibatches), int(microbatches)
   G = int(rcfg.num_chunks) * int(rcfg.rollouts_per_position)
 
@@ -74,9 +75,10 @@ def make_ppo_step_builder(rcfg, microbatches=1):
 
       if M == 1:
         return one(0, batch)
-      # lax.map: rollout activations of B/M sequences at a time, one compiled body.
+      # lax.map: rollouts of one update-microbatch of sequences at a time, one compiled body.
+      parts = M * mbs
       col_M = jax.lax.map(lambda xs: one(*xs),
-                          (jnp.arange(M), loop.split_microbatches(batch, M)))
+                          (jnp.arange(parts), loop.split_microbatches(batch, parts)))
       return loop.merge_microbatches(col_M)
 
     def objective(p, rest, sub, rng):

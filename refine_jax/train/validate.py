@@ -81,6 +81,12 @@ def validate_config(config, *, num_devices=None, process_count=None):
                      f"{microbatches} microbatches over the data-parallel size mesh.data*"
                      f"mesh.fsdp={dp}; make train.batch_size a multiple of train.microbatches*"
                      f"{dp}={microbatches * dp} (or lower train.microbatches).")
+  mbs = int(config.get("refine", {}).get("ppo_minibatches", 1) or 1)
+  if config.stage == "midtrain" and mbs > 1 and tc.batch_size % (mbs * microbatches * dp):
+    raise ValueError(f"train.batch_size={tc.batch_size} does not split into refine."
+                     f"ppo_minibatches={mbs} x train.microbatches={microbatches} parts that each "
+                     f"spread over the data-parallel size {dp} (a Pallas kernel cannot be split "
+                     f"unevenly); make train.batch_size a multiple of {mbs * microbatches * dp}.")
   if tc.get("mu_dtype", "float32") not in optim.MU_DTYPES:
     raise ValueError(f"train.mu_dtype={tc.mu_dtype!r}; use one of {tuple(optim.MU_DTYPES)}.")
   if tc.batch_size % process_count:
