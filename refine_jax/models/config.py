@@ -152,7 +152,10 @@ def validate(cfg) -> None:
     raise ValueError(f"model.remat={remat!r}; use none | full | dots | dots_no_batch")
   if cfg.chunk_size & (cfg.chunk_size - 1):
     raise ValueError(f"model.chunk_size={cfg.chunk_size} must be a power of two (e.g. 64)")
-  if cfg.hidden % cfg.heads:
+  # Gated DeltaNet sizes heads by head_dim (FLA's 1.3B: hidden 2048, 6 heads of 256); every
+  # other mixer splits hidden into heads.
+  sized_by_head_dim = cfg.arch == "gated_deltanet" and cfg.head_dim and not cfg.attn_layers
+  if cfg.hidden % cfg.heads and not sized_by_head_dim:
     raise ValueError(f"model.hidden={cfg.hidden} is not divisible by model.heads={cfg.heads}; "
                      "pick heads dividing hidden")
   if cfg.qk_norm not in ("l2", "sum"):
