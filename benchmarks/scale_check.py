@@ -74,6 +74,8 @@ def main(argv):
   report = aot.compile_step(config, topology, config_name=name)
   print(HEADER)
   print(_row(report))
+  if "compile_error" in report.memory:
+    print(f"XLA refused the program: {report.memory['compile_error']}")
   out = {"report": report.to_json()}
   if report.unknown_loops:
     print(f"note: {report.unknown_loops} loop(s) with an unknown trip count were counted once")

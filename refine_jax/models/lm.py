@@ -15,7 +15,8 @@ Scanned layers (model.scan_layers, the default for a stack of one mixer kind): t
 params are stacked on a leading "layers" axis ([L, ...] under `layers.*`, no layer index in
 the path) and the forward pass is one `lax.scan` over them, so compile time and program size
 stay flat in depth (MaxText's scan_layers). `model.remat` rematerialises each block inside
-the scan with a named policy (REMAT_POLICIES). Caches stay a tuple of per-layer caches (they
+the scan with a named policy (REMAT_POLICIES), cached decode steps included (ReFINE
+differentiates through its rollouts). Caches stay a tuple of per-layer caches (they
 are stacked/unstacked around the scan); `captured` is stacked ([L, ...] leaves) and only
 `cache_at` reads it. FLA names and `per_layer_params` see one entry per layer either way.
 """
@@ -161,8 +162,9 @@ class LM(nnx.Module):
       raise ValueError("capture=True needs a full-sequence forward without a cache")
     # The residual stream stays float32; mixers and MLPs compute in model.dtype.
     h = self.embeddings(input_ids_BT)
-    # Remat only pays in a differentiated full pass; decoding steps keep nothing for backward.
-    mode = self.remat if cache is None else "none"
+    # Also with a cache: ReFINE differentiates its rollout decode steps, and a LaCT step keeps
+    # its (cond-selected) chunk update's intermediates for backward unless rematerialised.
+    mode = self.remat
     if self.scan:
       h, new_cache, captured = self._scan(h, cache, capture, mode)
     else:

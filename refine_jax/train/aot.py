@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import re
 import time
 
 import jax
@@ -47,6 +48,7 @@ class Report:
   peak_bytes_per_chip: int
   hbm_bytes_per_chip: int
   memory: dict          # XLA's memory analysis per chip: arguments, outputs, aliased, temps
+                        # (temps only, plus compile_error, when XLA refused: out of HBM)
   flops_per_step: float  # matmul FLOPs of one step, all chips
   flops_per_chip: float
   tokens_per_step: int
@@ -113,6 +115,18 @@ def _build(config, mesh):
   return jstep, args, step_fn, spec, ms
 
 
+def _oom_memory(e):
+  """Memory XLA reported needing when it refused to compile for lack of HBM; re-raises
+  anything else."""
+  m = re.search(r"HLO temporaries \(([0-9.]+)([KMGT])\)", str(e))
+  if "RESOURCE_EXHAUSTED" not in str(e) or not m:
+    raise e
+  temp = int(float(m.group(1)) * {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30,
+                                   "T": 1 << 40}[m.group(2)])
+  return {"argument": 0, "output": 0, "alias": 0, "temp": temp, "generated_code": 0,
+          "compile_error": str(e).splitlines()[0][:300]}
+
+
 def step_flops(config, devices) -> tuple[int, int]:
   """Matmul FLOPs of one train step, all chips (the XLA chunked path: same math as the
   Pallas kernels, and visible to the jaxpr walk)."""
@@ -131,12 +145,15 @@ def compile_step(config, topology: str, *, config_name: str = "") -> Report:
   mesh = parallel.make_mesh(config.mesh, devices)
   jstep, args, _, spec, ms = _build(config, mesh)
   t0 = time.perf_counter()
-  with parallel.mesh_context(mesh):
-    compiled = jstep.trace(*args).lower().compile()
+  try:
+    with parallel.mesh_context(mesh):
+      compiled = jstep.trace(*args).lower().compile()
+    mem = compiled.memory_analysis()
+    memory = {k: int(getattr(mem, f"{k}_size_in_bytes")) for k in
+              ("argument", "output", "alias", "temp", "generated_code")}
+  except Exception as e:  # pylint: disable=broad-except
+    memory = _oom_memory(e)   # XLA refuses a program over HBM: that is a "does not fit"
   compile_s = time.perf_counter() - t0
-  mem = compiled.memory_analysis()
-  memory = {k: int(getattr(mem, f"{k}_size_in_bytes")) for k in
-            ("argument", "output", "alias", "temp", "generated_code")}
   # Donated params/optimiser state are both argument and output: count them once.
   peak = (memory["argument"] + memory["output"] - memory["alias"] + memory["temp"]
           + memory["generated_code"])
@@ -159,10 +176,15 @@ def compile_step(config, topology: str, *, config_name: str = "") -> Report:
 
 
 def ntp_twin(config):
-  """The same model, batch and mesh trained with plain NTP (the pretrain step): the baseline
-  for the ReFINE / NTP cost ratios."""
+  """The same model, batch, mesh and per-device microbatch trained with plain NTP (the
+  pretrain step): the baseline for the ReFINE / NTP cost ratios."""
   config = copy.deepcopy(config)
   with config.unlocked():
+    # The same sequences per device per microbatch as the stage's updates (a PPO update
+    # accumulates over microbatches of one of ppo_minibatches minibatches).
+    if config.stage == "midtrain":
+      mbs = int(config.refine.ppo_minibatches)
+      config.train.microbatches = int(config.train.get("microbatches", 1)) * mbs
     config.stage = "pretrain"
   return config
 
