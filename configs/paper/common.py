@@ -62,16 +62,17 @@ def paper_optimizer(c, lr=1e-6):
 
 
 def scale(c, *, topology, batch=GLOBAL_BATCH, seq_len=SEQ_LEN, microbatches, chips,
-          remat="full"):
-  """Sizes the run for `topology` (`chips` chips): FSDP over every chip, bf16 compute,
-  scanned layers with per-block remat, `microbatches` sequential microbatches per update."""
+          remat="full", tensor=1):
+  """Sizes the run for `topology` (`chips` chips): FSDP over the chips (x `tensor`-way head
+  parallelism), bf16 compute, scanned layers with per-block remat, `microbatches` sequential
+  microbatches per update."""
   c.data.seq_len = seq_len
   c.train.batch_size = batch
   c.train.microbatches = microbatches
   c.model.dtype = "bfloat16"
   c.model.scan_layers = True
   c.model.remat = remat
-  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, tensor
   c.train.eval_every, c.train.eval_batches = 500, 8
   c.checkpoint.every_steps, c.checkpoint.keep = 200, 2
   c.scale = config_dict.ConfigDict()

@@ -22,6 +22,8 @@ except ImportError:  # loaded by path from outside the repo root
 
 
 def get_config():
+  # LaCT's rollout caches hold a whole partial chunk (2048 tokens) per row and layer: with
+  # one sequence per chip they need 109 GiB; heads split over 2 chips (mesh.tensor=2) halve it.
   c = midtrain.get_config()
   c.refine.ppo_minibatches = 4   # several minibatch updates per batch, as the official code
   c.refine.log_rollouts_every = 100
@@ -29,7 +31,7 @@ def get_config():
   c.midtrain.summary_eval = False
   c.train.steps = 1000
   common.paper_optimizer(c)
-  common.scale(c, topology="v5p-8", chips=4, microbatches=8)
+  common.scale(c, topology="v5p-8", chips=4, microbatches=16, tensor=2)
   common.lact_760m(c)
   common.user_data(c)
   return c

@@ -22,12 +22,14 @@ except ImportError:  # loaded by path from outside the repo root
 
 
 def get_config():
+  # LaCT's rollout caches hold a whole partial chunk (2048 tokens) per row and layer: with
+  # one sequence per chip they need 109 GiB; heads split over 2 chips (mesh.tensor=2) halve it.
   c = posttrain.get_config()
   c.posttrain.warmup_steps = 0   # start from the mid-trained weights: set init_checkpoint
   c.posttrain.min_prompt_tokens = 1024
   c.train.steps = 500
   common.paper_optimizer(c)
-  common.scale(c, topology="v5p-8", chips=4, microbatches=32)
+  common.scale(c, topology="v5p-8", chips=4, microbatches=64, tensor=2)
   common.lact_760m(c)
   common.user_data(c)
   return c
