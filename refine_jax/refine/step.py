@@ -267,15 +267,3 @@ def policy_loss(model, batch, col: Collected, rcfg, ref_model=None):
   metrics = {"ntp_loss": ntp, "rl_loss": rl, **rl_metrics,
              **_reward_metrics(col.rewards_BG, valid_BG, col.entropy_Bc, col.valid_Bc)}
   return loss, metrics
-
-
-def minibatch(batch, col: Collected, start, size, rcfg):
-  """Sequences [start, start+size) of a batch and of its Collected rollouts (static ints)."""
-  G = rcfg.num_chunks * rcfg.rollouts_per_position
-  seq = lambda x: x[start:start + size]
-  rows = lambda x: x[start * G:(start + size) * G]
-  sub_batch = {key: seq(v) for key, v in batch.items()}
-  sub_col = Collected(seq(col.positions_Bc), seq(col.valid_Bc), rows(col.tokens_Gk),
-                      rows(col.true_Gk), rows(col.old_logp_Gk), seq(col.rewards_BG),
-                      seq(col.advantages_BG), seq(col.entropy_Bc))
-  return sub_batch, sub_col

@@ -49,7 +49,8 @@ class Report:
   hbm_bytes_per_chip: int
   memory: dict          # XLA's memory analysis per chip: arguments, outputs, aliased, temps
                         # (temps only, plus compile_error, when XLA refused: out of HBM)
-  flops_per_step: float  # matmul FLOPs of one step, all chips
+  flops_per_step: float  # matmul FLOPs of one step, all chips (lax.cond: costliest branch)
+  flops_per_step_cheapest_branches: float  # the same with every lax.cond's cheapest branch
   flops_per_chip: float
   tokens_per_step: int
   compile_s: float
@@ -127,15 +128,15 @@ def _oom_memory(e):
           "compile_error": str(e).splitlines()[0][:300]}
 
 
-def step_flops(config, devices) -> tuple[int, int]:
+def step_flops(config, devices, cond=max) -> tuple[int, int]:
   """Matmul FLOPs of one train step, all chips (the XLA chunked path: same math as the
-  Pallas kernels, and visible to the jaxpr walk)."""
+  Pallas kernels, and visible to the jaxpr walk); cond: see flops.count."""
   config = copy.deepcopy(config)
   with config.unlocked():
     config.model.backend = "xla_chunked"
   mesh = parallel.make_mesh(config.mesh, devices)
   _, args, step_fn, _, _ = _build(config, mesh)
-  return flops_lib.count(step_fn, *args)
+  return flops_lib.count(step_fn, *args, cond=cond)
 
 
 def compile_step(config, topology: str, *, config_name: str = "") -> Report:
@@ -158,6 +159,7 @@ def compile_step(config, topology: str, *, config_name: str = "") -> Report:
   peak = (memory["argument"] + memory["output"] - memory["alias"] + memory["temp"]
           + memory["generated_code"])
   total_flops, unknown = step_flops(config, devices)
+  lower_flops, _ = step_flops(config, devices, cond=min)
   gen = topology.split("-")[0]
   hbm, peak_flops = CHIPS[gen]
   chips = len(devices)
@@ -169,6 +171,7 @@ def compile_step(config, topology: str, *, config_name: str = "") -> Report:
       config=config_name, stage=config.stage, topology=topology, chips=chips,
       mesh=dict(mesh.shape), params=params, peak_bytes_per_chip=int(peak),
       hbm_bytes_per_chip=hbm, memory=memory, flops_per_step=float(total_flops),
+      flops_per_step_cheapest_branches=float(lower_flops),
       flops_per_chip=float(per_chip), tokens_per_step=tokens, compile_s=compile_s,
       peak_flops_per_chip=peak_flops, step_s_at=step_s,
       tokens_per_s_at={k: tokens / v for k, v in step_s.items()},

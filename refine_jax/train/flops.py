@@ -4,7 +4,7 @@ XLA's cost analysis counts a while-loop body once, and scanned layers, chunk sca
 decoders and microbatch loops are all while loops: its number for a scanned 24-layer step is
 off by 24x and more. This walks the jaxpr instead: dot_general (and convolutions) at
 2 * M * N * K, scan bodies times their length, fori-style while loops times their trip count,
-cond = the costliest branch, and every nested jaxpr (jit, remat, custom_vjp/jvp, shard_map).
+cond = the costliest branch (or the cheapest: a bracket), and every nested jaxpr (jit, remat, custom_vjp/jvp, shard_map).
 Elementwise work is left out, as in the usual model-FLOPs (MFU) convention.
 """
 from __future__ import annotations
@@ -67,8 +67,9 @@ def _sub_jaxprs(eqn):
 class Counter:
   """flops(jaxpr) with a note of any loop whose trip count it had to guess (counted once)."""
 
-  def __init__(self):
+  def __init__(self, cond=max):
     self.unknown_loops = 0
+    self.cond = cond  # max: the costliest branch (an upper bound); min: the cheapest
 
   def jaxpr(self, jaxpr) -> int:
     return sum(self.eqn(e) for e in jaxpr.eqns)
@@ -88,15 +89,17 @@ class Counter:
         n = 1
       return n * self.jaxpr(eqn.params["body_jaxpr"].jaxpr)
     if name == "cond":
-      return max(self.jaxpr(b.jaxpr) for b in eqn.params["branches"])
+      return self.cond(self.jaxpr(b.jaxpr) for b in eqn.params["branches"])
     if name == "shard_map":  # the body sees one device's shard: times the devices it runs on
       mesh = eqn.params["mesh"]
       return mesh.size * sum(self.jaxpr(j) for j in _sub_jaxprs(eqn))
     return sum(self.jaxpr(j) for j in _sub_jaxprs(eqn))
 
 
-def count(fn, *args, **kwargs) -> tuple[int, int]:
-  """(matmul FLOPs of fn(*args), loops with an unknown trip count). args may be abstract."""
+def count(fn, *args, cond=max, **kwargs) -> tuple[int, int]:
+  """(matmul FLOPs of fn(*args), loops with an unknown trip count). args may be abstract.
+  cond=min counts the cheapest branch of every lax.cond (e.g. LaCT's decode-time chunk
+  update, which runs only when a row's chunk fills): with max the two bracket the truth."""
   closed = jax.make_jaxpr(fn)(*args, **kwargs)
-  c = Counter()
+  c = Counter(cond)
   return c.jaxpr(closed.jaxpr), c.unknown_loops
