@@ -1,11 +1,13 @@
-"""DeltaNet-1.3B x posttrain, paper scale: nested post-training: ReFINE (hybrid reward) on each 16K-token prompt, then SFT on its answer, two updates per batch.
+"""DeltaNet-1.3B x posttrain, paper scale: nested post-training: ReFINE (hybrid reward) on each
+16K-token prompt, then SFT on its answer, two updates per batch.
 
   python -m refine_jax.main --config=configs/paper/deltanet_1b3_posttrain.py \
       --config.init_checkpoint=CONVERTED_WEIGHTS --workdir=runs/deltanet_1b3_posttrain
 Check it before renting the slice (CPU host, libtpu):
   python benchmarks/scale_check.py --config=configs/paper/deltanet_1b3_posttrain.py
 
-Measured by benchmarks/scale_check.py (libtpu 0.0.42.1, AOT for v5p-8 = 4 chips, mesh data x fsdp x tensor = 1x4x1, 1.37B params):
+Measured by benchmarks/scale_check.py (libtpu 0.0.42.1, AOT for v5p-8 = 4 chips, mesh data x fsdp
+  x tensor = 1x4x1, 1.37B params):
   peak HBM 34.7 / 95 GiB per chip (36%), fits; compile 185 s on a 2-core CPU host;
   10,545 TFLOP per chip per step (matmuls), 2,097,152 tokens per step;
   step 57.4 s at 40% of bf16 peak (23.0 s at 100%), 36,515 tokens/s at 40%.

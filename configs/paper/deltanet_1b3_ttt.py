@@ -1,11 +1,13 @@
-"""DeltaNet-1.3B x ttt, paper scale: test-time training: 3 ReFINE steps (binary reward, lambda_rl 0.4) on each batch of 16K-token test prompts, then greedy answers.
+"""DeltaNet-1.3B x ttt, paper scale: test-time training: 3 ReFINE steps (binary reward, lambda_rl
+0.4) on each batch of 16K-token test prompts, then greedy answers.
 
   python -m refine_jax.main --config=configs/paper/deltanet_1b3_ttt.py \
       --config.init_checkpoint=CONVERTED_WEIGHTS --workdir=runs/deltanet_1b3_ttt
 Check it before renting the slice (CPU host, libtpu):
   python benchmarks/scale_check.py --config=configs/paper/deltanet_1b3_ttt.py
 
-Measured by benchmarks/scale_check.py (libtpu 0.0.42.1, AOT for v5p-8 = 4 chips, mesh data x fsdp x tensor = 1x4x1, 1.37B params):
+Measured by benchmarks/scale_check.py (libtpu 0.0.42.1, AOT for v5p-8 = 4 chips, mesh data x fsdp
+  x tensor = 1x4x1, 1.37B params):
   peak HBM 31.8 / 95 GiB per chip (33%), fits; compile 173 s on a 2-core CPU host;
   165 TFLOP per chip per step (matmuls), 65,536 tokens per step;
   step 0.9 s at 40% of bf16 peak (0.4 s at 100%), 72,968 tokens/s at 40%.

@@ -1,11 +1,13 @@
-"""Gated DeltaNet-1.3B x posttrain, paper scale: nested post-training: ReFINE (hybrid reward) on each 16K-token prompt, then SFT on its answer, two updates per batch.
+"""Gated DeltaNet-1.3B x posttrain, paper scale: nested post-training: ReFINE (hybrid reward) on
+each 16K-token prompt, then SFT on its answer, two updates per batch.
 
   python -m refine_jax.main --config=configs/paper/gated_deltanet_1b3_posttrain.py \
       --config.init_checkpoint=CONVERTED_WEIGHTS --workdir=runs/gated_deltanet_1b3_posttrain
 Check it before renting the slice (CPU host, libtpu):
   python benchmarks/scale_check.py --config=configs/paper/gated_deltanet_1b3_posttrain.py
 
-Measured by benchmarks/scale_check.py (libtpu 0.0.42.1, AOT for v5p-8 = 4 chips, mesh data x fsdp x tensor = 1x4x1, 1.39B params):
+Measured by benchmarks/scale_check.py (libtpu 0.0.42.1, AOT for v5p-8 = 4 chips, mesh data x fsdp
+  x tensor = 1x4x1, 1.39B params):
   peak HBM 46.7 / 95 GiB per chip (49%), fits; compile 177 s on a 2-core CPU host;
   11,085 TFLOP per chip per step (matmuls), 2,097,152 tokens per step;
   step 60.4 s at 40% of bf16 peak (24.1 s at 100%), 34,736 tokens/s at 40%.
