@@ -1,26 +1,24 @@
 #!/usr/bin/env bash
-# One prepared check of the Pallas delta-rule kernels on a lent GPU machine (~8 minutes).
+# Correctness + speed check of the Pallas delta-rule kernels on an NVIDIA GPU (~8 minutes).
 #
-# The GPU machine has Python 3.12, JAX 0.11 (CUDA 13), flax, optax, orbax, chex, torch and
-# triton, but no network and none of grain, ml_collections, jax-triton, flash-linear-attention.
-# Before the run, on the development machine (which reaches PyPI), put the missing wheels in
-# .whl/ (git-ignored) and carry that folder:
+# On a machine with an H100/H200 (or any sm_80+ card) and network access:
 #
-#   mkdir -p .whl && python3 -m pip download --dest .whl --no-deps \
-#       --python-version 3.12 --only-binary=:all: \
-#       fla-core==0.6.0 einops grain ml-collections jax-triton \
-#       pytest iniconfig pluggy packaging pygments
-#   (pytest and its deps in case the machine lacks them; fla-core is flash-linear-attention's
-#    op package, fla.ops.*delta_rule, needing only einops besides torch/triton. grain has binary deps: add
-#    array-record, dm-tree, etc. with --no-deps only if a test that imports grain runs.)
+#   pip install -U "jax[cuda12]"                # the CUDA build of JAX (match your driver)
+#   pip install -e ".[test]" fla-core==0.6.0 einops   # this project + FLA's Triton ops
+#   bash benchmarks/gpu_check.sh                 # results in runs/gpu_check/ (or $OUT)
 #
-# Then, through the device tool: run(command="bash benchmarks/gpu_check.sh",
-#   carry=[".whl"], timeout_s=540). Results come back under $OUT:
-#   env.txt, tests.txt (pytest on the GPU: the Triton kernels for real, not interpreted),
-#   kernel_bench.{json,md} (pallas_gpu vs xla_chunked vs FLA, fwd and fwd+bwd),
-#   decode_bench.{json,md} (fused one-token decode kernel vs XLA vs FLA fused_recurrent).
-# A second call, `bash benchmarks/gpu_check.sh tune` (~5 minutes), sweeps the launch
-# settings in pallas_gpu.TUNING at T = 8192 instead: kernel_bench_tune_*.md.
+# It writes env.txt, tests.txt (the kernel tests on the GPU: Triton kernels compiled for
+# real, not interpreted), kernel_bench.{json,md} (pallas_gpu vs xla_chunked vs FLA, forward
+# and forward+backward, as ratios measured in one run) and decode_bench.{json,md} (fused
+# one-token decode kernel vs XLA vs FLA's fused_recurrent).
+# `bash benchmarks/gpu_check.sh tune` (~5 minutes) sweeps the launch settings in
+# pallas_gpu.TUNING at T = 8192 instead: kernel_bench_tune_*.md.
+#
+# A GPU machine without network: on a machine that reaches PyPI, download the missing wheels
+# for the target Python into .whl/ (git-ignored) and copy the repository over with it; the
+# script installs them from there, e.g.
+#   python3 -m pip download --dest .whl --no-deps --python-version 3.12 --only-binary=:all: \
+#       fla-core==0.6.0 einops grain ml-collections pytest iniconfig pluggy packaging pygments
 set -u
 export PYTHONUNBUFFERED=1   # keep partial output if a step hits its timeout
 export XLA_PYTHON_CLIENT_PREALLOCATE=false   # FLA (torch) shares the card with JAX

@@ -1,6 +1,6 @@
 """Fast-weight ops (DeltaNet / Gated DeltaNet) with XLA and Pallas backends.
 
-Public: delta_rule, gated_delta_rule (DESIGN.md §3); pallas_kernels.fused_recurrent.
+Public: delta_rule, gated_delta_rule (WORKSPACE.md, Public contracts); pallas_kernels.fused_recurrent.
 fused_recurrent (one fused kernel for decoding / short T). Internal, for ReFINE state
 capture: delta_rule_with_chunk_states, advance_state (WORKSPACE.md). Pallas kernels are imported
 lazily, only when a Pallas backend is dispatched.

@@ -1,4 +1,4 @@
-"""Public fast-weight ops and backend dispatch (DESIGN.md §3, WORKSPACE.md pallas_kernels).
+"""Public fast-weight ops and backend dispatch (WORKSPACE.md: Public contracts, pallas_kernels).
 
 Layout (flash-linear-attention): q, k [B, T, H, K]; v, o [B, T, H, V]; beta, g [B, T, H]
 (g = per-step log decay, must be <= 0: not checked, a traced value cannot be); states

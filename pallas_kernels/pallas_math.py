@@ -5,7 +5,7 @@ take: 2-D dots, elementwise ops, iota masks and keepdims reductions (no slicing 
 no cumsum primitive, no scalars extracted from vectors). Per-token scalars travel as [C, 1]
 columns; a row [1, C] is made from a column with a masked reduction.
 
-Chunk math (DESIGN.md §4), C tokens, entering state S [K, V], gc = cumsum(g) in the chunk:
+Chunk math (WORKSPACE.md, Layer math), C tokens, entering state S [K, V], gc = cumsum(g) in the chunk:
   D_ij = exp(gc_i - gc_j) for j <= i       (decay from token j to token i)
   A = tril(beta_i (k_i . k_j) D_ij, -1),   X = (I + A)^-1
   U~ = X (beta v),  W~ = X (beta exp(gc) k),  u = U~ - W~ S      (the delta of each token)

@@ -1,4 +1,4 @@
-"""Post-training stage (DESIGN.md §5.6): nested ReFINE + SFT on prompt/answer pairs.
+"""Post-training stage (WORKSPACE.md, Design in brief): nested ReFINE + SFT on prompt/answer pairs.
 
   python -m refine_jax.main --config=configs/posttrain.py [--workdir=runs/posttrain-deltanet]
 

@@ -1,4 +1,4 @@
-"""Test-time training (DESIGN.md §5.6): ReFINE on the unlabeled test prompts, then answer.
+"""Test-time training (WORKSPACE.md, Design in brief): ReFINE on the unlabeled test prompts, then answer.
 
   python -m refine_jax.main --config=configs/ttt.py [--workdir=runs/ttt-deltanet]
 
