@@ -1,7 +1,8 @@
-"""Shared pieces of the paper presets: the three models, the paper's hyperparameters and the
-scale settings that make a 16K-token, batch-128 step fit (scanned layers, per-block remat,
-bf16 compute, microbatches). Each preset file is `get_config()` = stage config + one model +
-`scale(...)`; its docstring records what benchmarks/scale_check.py measured for it.
+"""Shared pieces of the paper presets: the three models, the paper's hyperparameters, the
+per-stage settings and the scale settings that make a 16K-token, batch-128 step fit (scanned
+layers, per-block remat, bf16 compute, microbatches). Each preset file is
+`get_config() = preset(model, stage)`; its docstring records what benchmarks/scale_check.py
+measured for it.
 
 Memory per parameter (float32 params, as trained here): params 4 B + grads 4 B + AdamW mu 4 B
 (2 B with train.mu_dtype=bfloat16) + nu 4 B = 16 B (14 B); FSDP divides all of it by the
@@ -21,6 +22,7 @@ except ImportError:  # loaded by path from outside the repo root
       __file__)))))
   from configs import base  # noqa: F401
 
+from configs import midtrain, posttrain, ttt  # noqa: E402
 from ml_collections import config_dict
 
 SEQ_LEN = 16384          # paper: 16K-token sequences
@@ -86,4 +88,58 @@ def user_data(c):
   byte tokenizer so they run anywhere; set data.source/path and data.tokenizer(_path) to the
   checkpoint's (e.g. the LLaMA tokenizer.json of fla-hub models)."""
   c.data.synthetic_weight = 0.0
+  return c
+
+
+def _midtrain():
+  c = midtrain.get_config()
+  c.refine.ppo_minibatches = 4   # several minibatch updates per batch, as the official code
+  c.refine.log_rollouts_every = 100
+  c.midtrain.warmup_steps = 0    # start from real weights: set init_checkpoint
+  c.midtrain.summary_eval = False
+  c.train.steps = 1000
+  return c
+
+
+def _posttrain():
+  c = posttrain.get_config()
+  c.posttrain.warmup_steps = 0   # start from the mid-trained weights: set init_checkpoint
+  c.posttrain.min_prompt_tokens = 1024
+  c.train.steps = 500
+  return c
+
+
+def _ttt():
+  c = ttt.get_config()
+  c.ttt.warmup_steps = 0         # adapt real weights: set init_checkpoint
+  c.ttt.bucket = SEQ_LEN
+  c.ttt.lr = 1e-6
+  c.ttt.weight_decay = 0.01
+  return c
+
+
+MODELS = {"deltanet_1b3": deltanet_1b3, "gated_deltanet_1b3": gated_deltanet_1b3,
+          "lact_760m": lact_760m}
+STAGES = {"midtrain": _midtrain, "posttrain": _posttrain, "ttt": _ttt}
+# LaCT's rollout caches hold a whole partial chunk (2048 tokens) per row and layer: with one
+# sequence per chip they need 109 GiB; heads split over 2 chips (mesh.tensor=2) halve it.
+TENSOR = {"lact_760m": 2}
+
+
+def preset(model: str, stage: str):
+  """The paper preset for `model` x `stage`, sized for a v5p-8 slice (4 chips): one sequence
+  per (tensor group of) chip(s) per microbatch."""
+  c = STAGES[stage]()
+  paper_optimizer(c)
+  tensor = TENSOR.get(model, 1)
+  groups = 4 // tensor                      # data-parallel groups on the 4 chips
+  if stage == "ttt":
+    c.ttt.batch_size = groups               # one 16K prompt per group per adaptation step
+    scale(c, topology="v5p-8", chips=4, batch=groups, microbatches=1, tensor=tensor)
+  else:
+    updates = c.refine.ppo_minibatches if stage == "midtrain" else 1
+    scale(c, topology="v5p-8", chips=4, microbatches=GLOBAL_BATCH // (updates * groups),
+          tensor=tensor)
+  MODELS[model](c)
+  user_data(c)
   return c

@@ -17,24 +17,12 @@ import os
 import sys
 
 try:
-  from configs import ttt
   from configs.paper import common
 except ImportError:  # loaded by path from outside the repo root
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
       __file__)))))
-  from configs import ttt
   from configs.paper import common
 
 
 def get_config():
-  c = ttt.get_config()
-  c.ttt.warmup_steps = 0         # adapt real weights: set init_checkpoint
-  c.ttt.batch_size = 4           # one 16K prompt per chip per adaptation step
-  c.ttt.bucket = common.SEQ_LEN
-  c.ttt.lr = 1e-6
-  c.ttt.weight_decay = 0.01
-  common.paper_optimizer(c)
-  common.scale(c, topology="v5p-8", chips=4, batch=4, microbatches=1)
-  common.deltanet_1b3(c)
-  common.user_data(c)
-  return c
+  return common.preset("deltanet_1b3", "ttt")

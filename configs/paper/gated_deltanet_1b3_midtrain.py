@@ -19,24 +19,12 @@ import os
 import sys
 
 try:
-  from configs import midtrain
   from configs.paper import common
 except ImportError:  # loaded by path from outside the repo root
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
       __file__)))))
-  from configs import midtrain
   from configs.paper import common
 
 
 def get_config():
-  c = midtrain.get_config()
-  c.refine.ppo_minibatches = 4   # several minibatch updates per batch, as the official code
-  c.refine.log_rollouts_every = 100
-  c.midtrain.warmup_steps = 0    # start from real weights: set init_checkpoint
-  c.midtrain.summary_eval = False
-  c.train.steps = 1000
-  common.paper_optimizer(c)
-  common.scale(c, topology="v5p-8", chips=4, microbatches=8)
-  common.gated_deltanet_1b3(c)
-  common.user_data(c)
-  return c
+  return common.preset("gated_deltanet_1b3", "midtrain")

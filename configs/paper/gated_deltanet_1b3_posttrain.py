@@ -17,22 +17,12 @@ import os
 import sys
 
 try:
-  from configs import posttrain
   from configs.paper import common
 except ImportError:  # loaded by path from outside the repo root
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
       __file__)))))
-  from configs import posttrain
   from configs.paper import common
 
 
 def get_config():
-  c = posttrain.get_config()
-  c.posttrain.warmup_steps = 0   # start from the mid-trained weights: set init_checkpoint
-  c.posttrain.min_prompt_tokens = 1024
-  c.train.steps = 500
-  common.paper_optimizer(c)
-  common.scale(c, topology="v5p-8", chips=4, microbatches=32)
-  common.gated_deltanet_1b3(c)
-  common.user_data(c)
-  return c
+  return common.preset("gated_deltanet_1b3", "posttrain")

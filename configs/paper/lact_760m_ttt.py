@@ -17,28 +17,12 @@ import os
 import sys
 
 try:
-  from configs import ttt
   from configs.paper import common
 except ImportError:  # loaded by path from outside the repo root
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
       __file__)))))
-  from configs import ttt
   from configs.paper import common
 
 
 def get_config():
-  # LaCT's rollout caches hold a whole partial chunk (2048 tokens) per row and layer: with
-  # one sequence per chip they need 109 GiB; heads split over 2 chips (mesh.tensor=2) halve it.
-  # LaCT's rollout caches hold a whole partial chunk (2048 tokens) per row and layer: with
-  # one sequence per chip they need 109 GiB; heads split over 2 chips (mesh.tensor=2) halve it.
-  c = ttt.get_config()
-  c.ttt.warmup_steps = 0         # adapt real weights: set init_checkpoint
-  c.ttt.batch_size = 2           # one 16K prompt per 2-chip tensor-parallel group
-  c.ttt.bucket = common.SEQ_LEN
-  c.ttt.lr = 1e-6
-  c.ttt.weight_decay = 0.01
-  common.paper_optimizer(c)
-  common.scale(c, topology="v5p-8", chips=4, batch=2, microbatches=1, tensor=2)
-  common.lact_760m(c)
-  common.user_data(c)
-  return c
+  return common.preset("lact_760m", "ttt")
