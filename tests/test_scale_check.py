@@ -85,12 +85,11 @@ def _stage_config(stage):
   return c
 
 
-@pytest.mark.parametrize("stage", ["pretrain", "midtrain"])
-def test_step_flops_of_refine_exceed_ntp_by_a_small_margin(stage):
+def test_step_flops_of_refine_exceed_ntp_by_a_small_margin():
   from refine_jax.train import aot
   c = _stage_config("midtrain")
-  ntp, _ = aot.step_flops(aot.ntp_twin(c), jax.devices()[:1])
-  ref, _ = aot.step_flops(c, jax.devices()[:1])
+  ntp = aot.step_flops(aot.ntp_twin(c), jax.devices()[:1])[0]
+  ref = aot.step_flops(c, jax.devices()[:1])[0]
   assert ntp > 0
   # ReFINE adds rollouts (k tokens at c positions), cache_at and the reward feeds: more work
   # than NTP, but not another full pass at this setting.
@@ -128,7 +127,6 @@ def test_presets_are_valid_paper_settings(name):
   want = {"deltanet_1b3": 1.3e9, "gated_deltanet_1b3": 1.3e9, "lact_760m": 0.76e9}
   target = next(v for k, v in want.items() if name.startswith(k))
   assert 0.85 * target < n < 1.2 * target, n
-  assert c.__doc__ is None or True
   doc = importlib.import_module(f"configs.paper.{name}").__doc__
   assert "scale_check" in doc and "peak" in doc, "the docstring records the measured figures"
 

@@ -25,12 +25,12 @@ from refine_jax.train import loop, optim, stages, state as state_lib
 
 GiB = 1 << 30
 
-# Cloud TPU slice names -> (libtpu topology, chips). v5p/v4 names count TensorCores (2 per
-# chip), v5e/v6e names count chips.
+# Cloud TPU slice names -> libtpu topology. v5p names count TensorCores (2 per chip: v5p-8
+# is 4 chips), v5e/v6e names count chips.
 TOPOLOGIES = {
-    "v5p-8": ("v5p:2x2x1", 4), "v5p-16": ("v5p:2x2x2", 8), "v5p-32": ("v5p:2x2x4", 16),
-    "v5e-4": ("v5e:2x2", 4), "v5e-8": ("v5e:2x4", 8), "v5e-16": ("v5e:4x4", 16),
-    "v6e-4": ("v6e:2x2", 4), "v6e-8": ("v6e:2x4", 8), "v6e-16": ("v6e:4x4", 16),
+    "v5p-8": "v5p:2x2x1", "v5p-16": "v5p:2x2x2", "v5p-32": "v5p:2x2x4",
+    "v5e-4": "v5e:2x2", "v5e-8": "v5e:2x4", "v5e-16": "v5e:4x4",
+    "v6e-4": "v6e:2x2", "v6e-8": "v6e:2x4", "v6e-16": "v6e:4x4",
 }
 # Per chip: HBM bytes and dense bf16 peak FLOP/s (public spec sheets).
 CHIPS = {"v5p": (95 * GiB, 459e12), "v5e": (16 * GiB, 197e12), "v6e": (32 * GiB, 918e12)}
@@ -71,7 +71,7 @@ def topology_devices(name: str):
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   try:
-    devices = topologies.get_topology_desc(TOPOLOGIES[name][0], "tpu").devices
+    devices = topologies.get_topology_desc(TOPOLOGIES[name], "tpu").devices
   except Exception as e:  # pylint: disable=broad-except
     raise RuntimeError(f"libtpu cannot build the compile-only topology {name} ({e}); install "
                        "the libtpu wheel matching jax: pip install -e \".[tpu-check]\"") from e
@@ -128,15 +128,18 @@ def _oom_memory(e):
           "compile_error": str(e).splitlines()[0][:300]}
 
 
-def step_flops(config, devices, cond=max) -> tuple[int, int]:
-  """Matmul FLOPs of one train step, all chips (the XLA chunked path: same math as the
-  Pallas kernels, and visible to the jaxpr walk); cond: see flops.count."""
+def step_flops(config, devices) -> tuple[int, int, int]:
+  """Matmul FLOPs of one train step, all chips, counting every lax.cond's costliest and its
+  cheapest branch (flops.count), and the loops of unknown trip count. Traced once, on the XLA
+  chunked path: the same math as the Pallas kernels, and visible to the jaxpr walk."""
   config = copy.deepcopy(config)
   with config.unlocked():
     config.model.backend = "xla_chunked"
   mesh = parallel.make_mesh(config.mesh, devices)
   _, args, step_fn, _, _ = _build(config, mesh)
-  return flops_lib.count(step_fn, *args, cond=cond)
+  closed = jax.make_jaxpr(step_fn)(*args)
+  (most, unknown), (least, _) = (flops_lib.count_jaxpr(closed, f) for f in (max, min))
+  return most, least, unknown
 
 
 def compile_step(config, topology: str, *, config_name: str = "") -> Report:
@@ -158,8 +161,7 @@ def compile_step(config, topology: str, *, config_name: str = "") -> Report:
   # Donated params/optimiser state are both argument and output: count them once.
   peak = (memory["argument"] + memory["output"] - memory["alias"] + memory["temp"]
           + memory["generated_code"])
-  total_flops, unknown = step_flops(config, devices)
-  lower_flops, _ = step_flops(config, devices, cond=min)
+  total_flops, lower_flops, unknown = step_flops(config, devices)
   gen = topology.split("-")[0]
   hbm, peak_flops = CHIPS[gen]
   chips = len(devices)

@@ -100,6 +100,10 @@ def count(fn, *args, cond=max, **kwargs) -> tuple[int, int]:
   """(matmul FLOPs of fn(*args), loops with an unknown trip count). args may be abstract.
   cond=min counts the cheapest branch of every lax.cond (e.g. LaCT's decode-time chunk
   update, which runs only when a row's chunk fills): with max the two bracket the truth."""
-  closed = jax.make_jaxpr(fn)(*args, **kwargs)
+  return count_jaxpr(jax.make_jaxpr(fn)(*args, **kwargs), cond)
+
+
+def count_jaxpr(closed, cond=max) -> tuple[int, int]:
+  """count() of an already traced (closed) jaxpr."""
   c = Counter(cond)
   return c.jaxpr(closed.jaxpr), c.unknown_loops

@@ -88,8 +88,7 @@ def make_ppo_step_builder(rcfg, microbatches=1):
                                      rcfg)
 
     def step(params, opt_state, rest, batch, rng):
-      B = batch["inputs"].shape[0]
-      check_microbatches(B, mbs, M)
+      check_microbatches(batch["inputs"].shape[0], mbs, M)  # builders are also used directly
       col = collect(params, rest, batch, rng)
       # [mbs, B/mbs, ...], strided like microbatches: every minibatch spans every device.
       subs = loop.split_microbatches((batch, col), mbs)

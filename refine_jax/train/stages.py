@@ -55,7 +55,5 @@ def lm_batch(batch_size, seq_len, *extra_masks):
 
 def step_spec(config) -> StepSpec:
   """The StepSpec of `config.stage` (each stage module's step_spec(config))."""
-  module_name = STAGES[config.stage].split(":")[0] if config.stage in STAGES else None
-  if module_name is None:
-    get_stage(config.stage)  # raises the unknown-stage error
-  return importlib.import_module(module_name).step_spec(config)
+  get_stage(config.stage)  # one clear error for an unknown or broken stage
+  return importlib.import_module(STAGES[config.stage].split(":")[0]).step_spec(config)

@@ -117,10 +117,10 @@ def _optimizer(t):
   return optax.chain(*parts)
 
 
-def make_step(graphdef, config):
-  """(step(params, opt_state, rest, batch, rng) -> (params, opt_state, metrics), tx): one TTT
-  update on a prompt batch with the fresh per-batch optimiser."""
-  loss_fn, tx = _loss_fn(config), _optimizer(config.ttt)
+def make_step(graphdef, config, tx):
+  """step(params, opt_state, rest, batch, rng) -> (params, opt_state, metrics): one TTT update
+  on a prompt batch with `tx` (the fresh per-batch optimiser, _optimizer(config.ttt))."""
+  loss_fn = _loss_fn(config)
 
   def step(params, opt_state, rest, batch, rng):
     def objective(p):
@@ -129,16 +129,16 @@ def make_step(graphdef, config):
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, dict(aux, loss=loss)
 
-  return step, tx
+  return step
 
 
 def step_spec(config):
   """The adaptation step on a ttt.batch_size x data.seq_len prompt batch (for the AOT check)."""
   config = resolve_config(config)
-  tx = _optimizer(config.ttt)
-  return stages.StepSpec(_loss_fn(config), lambda graphdef, loss_fn, _: make_step(graphdef,
-                                                                                  config)[0],
-                         1, stages.lm_batch(config.ttt.batch_size, config.data.seq_len), tx)
+  return stages.StepSpec(_loss_fn(config),
+                         lambda graphdef, loss_fn, tx: make_step(graphdef, config, tx), 1,
+                         stages.lm_batch(config.ttt.batch_size, config.data.seq_len),
+                         _optimizer(config.ttt))
 
 
 def _update_fn(graphdef, config):
@@ -147,8 +147,8 @@ def _update_fn(graphdef, config):
   key = (graphdef, t.mode, float(t.lr), float(t.weight_decay), float(t.grad_clip),
          config.refine.to_json(sort_keys=True))
   if key not in _STEPS:
-    step, tx = make_step(graphdef, config)
-    _STEPS[key] = (jax.jit(step), tx)
+    tx = _optimizer(config.ttt)
+    _STEPS[key] = (jax.jit(make_step(graphdef, config, tx)), tx)
   return _STEPS[key]
 
 
