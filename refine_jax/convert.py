@@ -1,10 +1,11 @@
 """Convert between FLA/HF checkpoints and refine_jax bundles.
 
-    python -m refine_jax.convert --from-hf DIR --out OUT
+    python -m refine_jax.convert --from-hf DIR|ID --out OUT
         FLA `DeltaNetForCausalLM` / `GatedDeltaNetForCausalLM` (config.json + model.safetensors,
         or shards + model.safetensors.index.json) -> a refine_jax bundle (params + config.json
         + tokenizer files), loadable by `refine_jax.load_pretrained(OUT)`, usable as
-        `--config.init_checkpoint=OUT`.
+        `--config.init_checkpoint=OUT`. ID: a hub model, owner/name[@revision] or
+        hf://owner/name[@revision] (refine_jax.interop.hub; cached in the HF cache).
     python -m refine_jax.convert --to-hf SRC --out OUT [--dtype bfloat16] [--max-shard-size 5GB]
         Any model load_pretrained takes (run dir, Orbax checkpoint, bundle) -> FLA format
         (config.json with FLA's model_type/architectures + model.safetensors), loadable by
@@ -21,17 +22,21 @@ import sys
 
 
 def from_hf(hf_dir: str, out_dir: str) -> str:
-  from refine_jax.interop import bundle, hf_checkpoint
+  from refine_jax.interop import bundle, hf_checkpoint, hub
+  spec = hub.parse(hf_dir, bare=True)
+  hf_dir = hub.local_dir(hf_dir, bare=True)
   model, config, hf_cfg = hf_checkpoint.load_hf(hf_dir)
-  bundle.save_bundle(out_dir, model, config, source=f"hf:{os.path.abspath(hf_dir)}",
-                     tokenizer_dir=hf_dir, hf_config=hf_cfg)
+  source = f"hf://{hub.describe(hf_dir)}" if spec else f"hf:{os.path.abspath(hf_dir)}"
+  bundle.save_bundle(out_dir, model, config, source=source, tokenizer_dir=hf_dir,
+                     hf_config=hf_cfg)
   return out_dir
 
 
 def to_hf(src: str, out_dir: str, *, dtype: str | None = None,
           max_shard_bytes: int | None = None) -> list[str]:
-  from refine_jax.interop import bundle, hf_checkpoint
+  from refine_jax.interop import bundle, hf_checkpoint, hub
   from refine_jax.pretrained import load_pretrained
+  src = hub.local_dir(src, bare=True)  # a hub id: its snapshot keeps FLA-only config fields
   model, config = load_pretrained(src)
   hf_base = bundle.read_hf_config_copy(src) if bundle.is_bundle(src) else None
   if hf_base is None and hf_checkpoint.is_hf_dir(src):
@@ -64,7 +69,8 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m refine_jax.convert", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   src = p.add_mutually_exclusive_group(required=True)
-  src.add_argument("--from-hf", metavar="DIR", help="FLA/HF checkpoint dir to import")
+  src.add_argument("--from-hf", metavar="DIR|ID",
+                   help="FLA/HF checkpoint dir, or hub id owner/name[@revision], to import")
   src.add_argument("--to-hf", metavar="SRC", help="run dir / Orbax checkpoint / bundle to export")
   p.add_argument("--out", required=True, metavar="DIR", help="output directory")
   p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,

@@ -1,6 +1,8 @@
 """`load_pretrained(path) -> (model, config)` for every kind of saved model.
 
 Accepted paths (detected in this order):
+  hub id     hf://owner/name[@revision], or a bare owner/name when no such local path exists:
+             downloaded once into the HF cache (refine_jax.interop.hub), then read as HF / FLA
   bundle     a dir from `refine_jax.convert` / `refine_jax.export` (bundle.json marks it)
   HF / FLA   a dir with config.json (model_type delta_net | gated_deltanet) + safetensors
   run dir    a training run (config.json + checkpoints/): params of the newest good step
@@ -15,12 +17,12 @@ import os
 
 
 def load_pretrained(path: str, *, config=None):
-  """(model, config) from a bundle, an HF/FLA dir, a run dir or an Orbax checkpoint.
+  """(model, config) from a hub id, a bundle, an HF/FLA dir, a run dir or an Orbax checkpoint.
 
   config: only needed for a bare Orbax params checkpoint with no run config.json above it.
   """
-  from refine_jax.interop import bundle, hf_checkpoint
-  path = os.fspath(path)
+  from refine_jax.interop import bundle, hf_checkpoint, hub
+  path = hub.local_dir(os.fspath(path), bare=True)
   if not os.path.exists(path):
     raise FileNotFoundError(
         f"load_pretrained: {path!r} does not exist; give a run directory, an Orbax "
@@ -34,22 +36,9 @@ def load_pretrained(path: str, *, config=None):
   return _load_orbax(path, config)
 
 
-def find_run_config(path: str, max_up: int = 4) -> str | None:
-  """The run's config.json at `path` or up to `max_up` parents (step -> checkpoints -> run)."""
-  d = os.path.abspath(path if os.path.isdir(path) else os.path.dirname(path))
-  for _ in range(max_up + 1):
-    cand = os.path.join(d, "config.json")
-    if os.path.isfile(cand):
-      return cand
-    parent = os.path.dirname(d)
-    if parent == d:
-      break
-    d = parent
-  return None
-
-
 def _load_orbax(path: str, config):
   from refine_jax.checkpoint import load_params
+  from refine_jax.checkpoint.params import find_run_config
   from refine_jax.interop import bundle, modelio
   if config is None:
     cfg_path = find_run_config(path)

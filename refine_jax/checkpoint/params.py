@@ -28,6 +28,20 @@ def candidate_param_dirs(path):
   return [root]
 
 
+def find_run_config(path, max_up=4):
+  """The run's config.json at `path` or up to `max_up` parents (step -> checkpoints -> run)."""
+  d = os.path.abspath(path if os.path.isdir(path) else os.path.dirname(path))
+  for _ in range(max_up + 1):
+    cand = os.path.join(d, "config.json")
+    if os.path.isfile(cand):
+      return cand
+    parent = os.path.dirname(d)
+    if parent == d:
+      break
+    d = parent
+  return None
+
+
 def load_params(path, abstract_params):
   """Restores params into the structure/shardings of `abstract_params` (an nnx.State)."""
   target = trees.params_to_pure(abstract_params)

@@ -17,7 +17,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "e.g. configs/eval_rul
 
 def default_out_dir(checkpoint: str) -> str:
   """<run dir>/eval when the checkpoint sits in a run dir, else ./eval_<basename>."""
-  from refine_jax.pretrained import find_run_config  # pylint: disable=g-import-not-at-top
+  from refine_jax.checkpoint.params import find_run_config  # pylint: disable=g-import-not-at-top
   cfg = find_run_config(checkpoint)
   if cfg is not None and os.path.isdir(os.path.join(os.path.dirname(cfg), "checkpoints")):
     return os.path.join(os.path.dirname(cfg), "eval")
