@@ -63,8 +63,10 @@ def get_config():
   c.checkpoint.keep = 3           # keep the newest N steps
   c.checkpoint.async_save = True  # write in the background while training continues
 
-  # Params-only start point: a run dir, its checkpoints/ dir, a step dir or an Orbax params
-  # checkpoint. Ignored when the workdir already has a checkpoint (that one resumes).
+  # Params-only start point: a run dir, its checkpoints/ dir, a step dir, an Orbax params
+  # checkpoint, a bundle, an HF/FLA dir or a hub id hf://owner/name[@revision]. One that carries
+  # a config brings its model.* and tokenizer (train/init_checkpoint.py). Ignored when the
+  # workdir already has a checkpoint (that one resumes).
   c.init_checkpoint = ""
 
   # refine.*: ReFINE fields; filled in by configs/midtrain.py (and the other ReFINE stages).

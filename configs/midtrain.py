@@ -10,8 +10,9 @@ loss 1.68; after ReFINE held-out loss 1.57 (ppl 4.8), cosine reward of the rollo
 (std ~0.2 within groups), ReFINE step 0.29 s; eval: teacher-forced answer accuracy NIAH 13.9,
 variable tracking 9.7 (exact match is 0 at this size). rollouts.jsonl shows sampled continuations vs the truth;
 midtrain_summary.json the before/after numbers.
-Start from your own weights with --config.init_checkpoint=runs/pretrain-deltanet (a run dir or
-an Orbax checkpoint). Paper scale (1.3B, 16K tokens, batch 128, sized for a slice and
+Start from your own weights with --config.init_checkpoint=runs/pretrain-deltanet (a run dir, an
+Orbax checkpoint, a bundle, an HF/FLA dir or a hub id hf://owner/name[@revision]; its model.*
+and tokenizer come with it). Paper scale (1.3B, 16K tokens, batch 128, sized for a slice and
 checked by the TPU compiler): configs/paper/deltanet_1b3_midtrain.py and its siblings.
 """
 

@@ -5,7 +5,8 @@ unlabeled prompts ("binary" reward, lambda_rl 0.4), answers greedily and is disc
 
 With no init_checkpoint it first runs a short NTP warm-up on the embedded corpus in
 <workdir>/warmup (a tiny DeltaNet), so it works on a fresh machine. Give your weights with
---config.init_checkpoint=runs/posttrain-deltanet (the model.* fields must match them).
+--config.init_checkpoint=runs/posttrain-deltanet (or a bundle, an HF/FLA dir, a hub id
+hf://owner/name: its model.* and tokenizer come with it).
 Variants: --config.ttt.mode=sft (NTP-only TTT baseline), --config.ttt.carry_over=True (keep
 adapting across batches), --config.ttt.steps=N. Writes eval/no_adaptation/ (same checkpoint,
 no TTT), eval/results.json (with TTT) and eval/comparison.md. Your own test set:

@@ -26,14 +26,18 @@ def main(argv):
   # Must precede any other JAX call on multi-host launches.
   from refine_jax.parallel import maybe_initialize_distributed
   maybe_initialize_distributed()
-  from refine_jax.train import stages, validate  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from refine_jax.train import init_checkpoint, stages, validate
 
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config=configs/<stage>.py is required")
   try:
+    # Starting weights bring their model.* and tokenizer (command-line overrides must agree).
+    overrides = config_flags.get_override_values(flags.FLAGS["config"])
+    config = init_checkpoint.resolve(config, overrides)
     validate.validate_config(config)
-  except ValueError as e:
+  except (ValueError, FileNotFoundError) as e:
     print(f"error: invalid config: {e}", file=sys.stderr)
     sys.exit(2)
   workdir = _WORKDIR.value or default_workdir(config)

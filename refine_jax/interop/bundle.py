@@ -181,17 +181,19 @@ def config_from_dict(raw: dict):
   """
   cfg = base_config()
   with cfg.unlocked():
-    _merge(cfg, raw)
+    merge(cfg, raw)
   return cfg
 
 
-def _merge(cfg, raw: dict) -> None:
+def merge(cfg, raw: dict) -> None:
+  """Saved values (nested dicts) into the ConfigDict cfg (unlocked): lists become tuples where
+  cfg has a tuple or a placeholder, a typed field taking another type is replaced."""
   from ml_collections import config_dict
   for k, v in raw.items():
     cur = cfg.get(k, None) if k in cfg else None
     if isinstance(v, dict) and isinstance(cur, config_dict.ConfigDict):
       with cur.unlocked():
-        _merge(cur, v)
+        merge(cur, v)
     elif isinstance(v, list):
       cfg[k] = tuple(v) if isinstance(cur, tuple) or cur is None else v
     else:

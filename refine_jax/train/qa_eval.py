@@ -75,16 +75,17 @@ def greedy_predictor(model, tokenizer, config) -> Predict:
 
 
 def load_model(config, path: str = ""):
-  """build_model(config.model) with params from `path` (a run dir / Orbax checkpoint) if set."""
-  from refine_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  """build_model(config.model) with params from `path` (a run dir / Orbax checkpoint / bundle /
+  HF-FLA dir) if set."""
   from refine_jax.models import build_model  # pylint: disable=g-import-not-at-top
+  from refine_jax.train import init_checkpoint  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   model = build_model(config.model, rngs=nnx.Rngs(int(config.seed)))
   if path:
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                           params)
-    params, _ = ckpt_lib.load_params(path, target)
+    params, _ = init_checkpoint.load_params(path, target)
     model = nnx.merge(graphdef, params, rest)
   return model
 

@@ -97,11 +97,22 @@ def validate_config(config, *, num_devices=None, process_count=None):
   if ck.every_steps < 0 or ck.keep < 1:
     raise ValueError(f"checkpoint.every_steps={ck.every_steps} must be >= 0 (0 = only at the "
                      f"end) and checkpoint.keep={ck.keep} >= 1.")
-  if config.init_checkpoint and not os.path.exists(config.init_checkpoint):
-    raise ValueError(f"init_checkpoint={config.init_checkpoint!r} does not exist; give a run "
-                     "directory or an Orbax checkpoint directory, or '' for a fresh init.")
+  _check_init_checkpoint(config.init_checkpoint)
 
   _check_vocab(config)
+
+
+def _check_init_checkpoint(path):
+  """A hub id (hf://owner/name[@revision]; fetched by train.init_checkpoint.resolve) or a path."""
+  from refine_jax.interop import hub  # pylint: disable=g-import-not-at-top
+  if not path or hub.parse(path) is not None:  # parse: ValueError for a malformed hf:// id
+    return
+  if not os.path.exists(path):
+    hint = (f" (a Hugging Face model is written hf://{path})"
+            if hub.parse(path, bare=True) is not None else "")
+    raise ValueError(f"init_checkpoint={path!r} does not exist{hint}; give a run directory, an "
+                     "Orbax checkpoint, a bundle, an HF/FLA directory or a hub id "
+                     "hf://owner/name[@revision], or '' for a fresh init.")
 
 
 def _check_vocab(config):
