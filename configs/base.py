@@ -56,6 +56,9 @@ def get_config():
   c.mesh.data = -1    # pure data parallel (batch split, params replicated)
   c.mesh.fsdp = 1     # batch split + params/optimiser sharded on the embed dimension
   c.mesh.tensor = 1   # heads / mlp / vocab split
+  # Multi-process launches (SLURM, TPU pods, JAX_COORDINATOR_ADDRESS): how long each process
+  # waits for all the others at the coordinator before it exits with an error.
+  c.mesh.dist_timeout_s = 300
 
   # checkpoint.*: Orbax, under <workdir>/checkpoints.
   c.checkpoint = config_dict.ConfigDict()

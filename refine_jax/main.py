@@ -23,9 +23,15 @@ def main(argv):
                          "--config.train.steps=100")
   if not flags.FLAGS["verbosity"].present:  # library INFO logs (Orbax) would drown the bar
     logging.set_verbosity(logging.WARNING)
-  # Must precede any other JAX call on multi-host launches.
+  if _CONFIG.value is None:
+    raise app.UsageError("--config=configs/<stage>.py is required")
+  # Must precede any other JAX call on multi-process launches.
   from refine_jax.parallel import maybe_initialize_distributed
-  maybe_initialize_distributed()
+  try:
+    maybe_initialize_distributed(float(_CONFIG.value.mesh.get("dist_timeout_s", 300)))
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   # pylint: disable-next=g-import-not-at-top
   from refine_jax.train import init_checkpoint, stages, validate
 

@@ -49,11 +49,16 @@ def test_bad_config_errors(edit, devices, match):
     validate_config(c, num_devices=devices, process_count=1)
 
 
-def test_batch_must_split_over_processes():
+def test_batch_must_split_over_processes_when_each_reads_its_own_rows():
   c = _cfg()
   c.train.batch_size = 6
+  validate_config(c, num_devices=2, process_count=4)  # "global": every process has every row
+  c.data.host_split = "documents"
   with pytest.raises(ValueError, match="number of processes 4"):
     validate_config(c, num_devices=2, process_count=4)
+  c.data.host_split = "hosts"
+  with pytest.raises(ValueError, match="data.host_split='hosts'"):
+    validate_config(c, num_devices=2, process_count=1)
 
 
 def test_unknown_field_is_rejected():

@@ -1,9 +1,11 @@
-"""Orbax item for a data iterator's state: one JSON file per process.
+"""Orbax item for a data iterator's state: one JSON file for the run, or one per process.
 
 Grain iterators return their state as a dict (DatasetIterator) or JSON bytes (DataLoader). The
 state is taken in the training thread at the checkpointed step and written here, so an async save
-never reads an iterator that has moved on. Each process writes its own file: hosts read different
-shards of the data.
+never reads an iterator that has moved on. When every process reads the same (global) stream,
+process 0 writes `global.json` and any process count restores it, so a run can move to another
+topology and see the same batches. With per-process streams (data.host_split="documents") each
+process writes `process_<i>-of-<n>.json`.
 """
 
 import dataclasses
@@ -15,16 +17,22 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 
+_GLOBAL = "global.json"
+
+
 def _filename(directory):
   return directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
 
 
-def snapshot(iterator):
-  """A JSON-able copy of `iterator.get_state()` (dict or bytes)."""
+def snapshot(iterator, *, per_process=False):
+  """A JSON-able copy of `iterator.get_state()` (dict or bytes). per_process: the iterator
+  reads this process's own shard (else the same global stream runs on every process)."""
   state = iterator.get_state()
   if isinstance(state, (bytes, bytearray)):
-    return {"kind": "bytes", "value": bytes(state).decode()}
-  return {"kind": "json", "value": json.loads(json.dumps(state))}
+    snap = {"kind": "bytes", "value": bytes(state).decode()}
+  else:
+    snap = {"kind": "json", "value": json.loads(json.dumps(state))}
+  return dict(snap, per_process=bool(per_process))
 
 
 def apply(iterator, snap):
@@ -38,10 +46,15 @@ class DataStateHandler(ocp.CheckpointHandler):
 
   def save(self, directory, args):
     directory.mkdir(parents=True, exist_ok=True)
-    _filename(directory).write_text(json.dumps(args.state))
+    if args.state.get("per_process", True):
+      _filename(directory).write_text(json.dumps(args.state))
+    elif jax.process_index() == 0:  # identical on every process: written once
+      (directory / _GLOBAL).write_text(json.dumps(args.state))
 
   def restore(self, directory, args=None):
-    path = _filename(directory)
+    path = directory / _GLOBAL
+    if not path.exists():
+      path = _filename(directory)
     if not path.exists():
       # E.g. the run was saved with another process count: params/optimiser still resume.
       logging.warning("no data-iterator state for this process at %s; the data stream restarts",

@@ -46,6 +46,11 @@ def default_data_config() -> ml_collections.ConfigDict:
   # Threads that read + tokenise documents ahead of packing (0 = in the calling thread;
   # raise it for slow BPE tokenizers or remote files). Any value gives the same batches.
   c.read_threads = 0
+  # Multi-process runs: "global" = every process reads the whole stream and keeps the rows
+  # its devices hold, so a step's batch is the same for any number of processes (a run can
+  # move between topologies); "documents" = each process reads every P-th document and packs
+  # its own rows (1/P of the tokenising per host; the stream then depends on P).
+  c.host_split = "global"
   # Eval batch size; 0 means train.batch_size.
   c.eval_batch_size = 0
   return c

@@ -144,31 +144,54 @@ def default_model_fn(config):
   return lambda: build_model(config.model, rngs=nnx.Rngs(int(config.seed)))
 
 
+def host_split(config) -> str:
+  """How processes share the train stream (data.host_split): "global" = every process reads the
+  whole stream and keeps the rows its devices hold, so a step's global batch is the same for
+  any process count; "documents" = each process reads 1/P of the documents and packs its own
+  rows (less host work on big pods; the stream then depends on the process count)."""
+  split = str(config.get("data", {}).get("host_split", "global"))
+  if split not in ("global", "documents"):
+    raise ValueError(f"data.host_split={split!r}: use 'global' (the same batches for any "
+                     "process count) or 'documents' (each process reads its own documents).")
+  return split
+
+
 def default_train_iter(config):
   from refine_jax import data  # pylint: disable=g-import-not-at-top
   from refine_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   make = getattr(data, "make_train_iterator", None) or pipeline.make_train_iterator
+  if host_split(config) == "global":
+    return make(config)
   return make(config, shard_index=jax.process_index(), shard_count=jax.process_count())
 
 
 def default_eval_batches(config, num_batches):
+  """The held-out batches, whole (global) on every process: eval is small, and a score that
+  does not depend on the process count is worth the duplicate reads."""
   from refine_jax import data  # pylint: disable=g-import-not-at-top
   from refine_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   make = getattr(data, "make_eval_batches", None) or pipeline.make_eval_batches
-  return make(config, num_batches, shard_index=jax.process_index(),
-              shard_count=jax.process_count())
+  return make(config, num_batches)
 
 
-def _global_batch(local, sharding):
-  """Per-process numpy batch -> global jax arrays sharded over (data, fsdp)."""
-  arrays = {k: np.asarray(v) for k, v in local.items() if np.asarray(v).ndim >= 1}
+def _global_batch(batch, sharding, *, per_process=False):
+  """Numpy batch -> global jax arrays sharded over (data, fsdp).
+
+  batch holds the whole global batch (the same on every process; each process copies only the
+  rows its devices hold), or with per_process=True this process's rows (data.host_split =
+  "documents")."""
+  arrays = {k: np.asarray(v) for k, v in batch.items() if np.asarray(v).ndim >= 1}
   dp = math.prod(sharding.mesh.shape[a] for a in parallel.BATCH_AXES)
+  procs = jax.process_count() if per_process else 1
   for k, v in arrays.items():
-    if (v.shape[0] * jax.process_count()) % dp:
-      raise ValueError(f"batch entry {k!r} has {v.shape[0]} rows per process, not divisible over "
+    if (v.shape[0] * procs) % dp:
+      raise ValueError(f"batch entry {k!r} has {v.shape[0] * procs} rows, not divisible over "
                        f"mesh.data*mesh.fsdp={dp}; make train.batch_size (and "
                        "data.eval_batch_size) multiples of it.")
-  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in arrays.items()}
+  if per_process:
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in arrays.items()}
+  return {k: jax.make_array_from_callback(v.shape, sharding, lambda idx, v=v: v[idx])
+          for k, v in arrays.items()}
 
 
 def write_config(config, workdir):
@@ -198,8 +221,9 @@ def run_training(config, workdir, loss_fn, *, eval_fn=losses.ntp_eval,
   loss_fn(model, batch, rng) -> (scalar loss, dict of scalar metrics), traced once under jit.
   eval_fn(model, batch) -> dict with "nll_sum" and "tokens" (held-out perplexity) or None.
   model_fn() -> nnx model (default: build_model(config.model)); train_iter: an iterator of
-  per-process numpy batches with get_state/set_state (default: the data pipeline);
-  eval_batches: list of per-process batches (default: config.train.eval_batches from the data
+  global numpy batches (the same on every process) with get_state/set_state (default: the
+  data pipeline, per data.host_split); eval_batches: list of global batches (default:
+  config.train.eval_batches from the data
   pipeline's held-out split). step_builder(graphdef, loss_fn, tx) replaces make_train_step; it
   must carry `.microbatches == config.train.microbatches` when that is > 1 (it accumulates
   itself); updates_per_step = the tx.update calls its step makes (the lr schedule still follows
@@ -236,6 +260,8 @@ def run_training(config, workdir, loss_fn, *, eval_fn=losses.ntp_eval,
   start = 0
   if restored is not None:
     ms.params, opt_state, start = restored.params, restored.opt_state, restored.step
+  # Custom iterators (post-training, TTT) yield the global batch on every process.
+  per_process = train_iter is None and host_split(config) == "documents"
     _say(f"resumed {workdir} from checkpoint step {start}")
   elif config.get("init_checkpoint"):
     ms.params, src = _load_init_params(config.init_checkpoint, ms)
@@ -267,7 +293,7 @@ def run_training(config, workdir, loss_fn, *, eval_fn=losses.ntp_eval,
   compiled = None
   try:
     for step in range(start + 1, steps + 1):
-      batch = _global_batch(next(it), batch_sh)
+      batch = _global_batch(next(it), batch_sh, per_process=per_process)
       rng = jax.random.fold_in(base_key, step)
       if compiled is None:  # compile once, outside the timed region (AOT, same shardings)
         t0 = time.perf_counter()
@@ -306,7 +332,9 @@ def run_training(config, workdir, loss_fn, *, eval_fn=losses.ntp_eval,
       if on_step is not None:
         on_step(step, last_row, ms)
       if (every > 0 and step % every == 0) or step == steps:
-        ck.save(step, ms.params, opt_state, data=_snapshot(it), meta={"stage": stage})
+        writer.flush()  # on gs://: every row up to this step is stored before its checkpoint
+        ck.save(step, ms.params, opt_state, data=_snapshot(it, per_process),
+                meta={"stage": stage})
         last_saved = step
       if bar is not None:
         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
@@ -362,9 +390,9 @@ def _evaluate(jeval, ms, eval_batches):
   return out
 
 
-def _snapshot(it):
+def _snapshot(it, per_process):
   if hasattr(it, "get_state"):
-    return ckpt_lib.snapshot_data_state(it)
+    return ckpt_lib.snapshot_data_state(it, per_process=per_process)
   return None
 
 

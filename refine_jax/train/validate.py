@@ -5,7 +5,7 @@ import os
 import re
 
 from refine_jax.parallel import mesh as mesh_lib
-from refine_jax.train import optim, stages
+from refine_jax.train import loop, optim, stages
 
 
 def check_workdir(workdir):
@@ -89,7 +89,7 @@ def validate_config(config, *, num_devices=None, process_count=None):
                      f"unevenly); make train.batch_size a multiple of {mbs * microbatches * dp}.")
   if tc.get("mu_dtype", "float32") not in optim.MU_DTYPES:
     raise ValueError(f"train.mu_dtype={tc.mu_dtype!r}; use one of {tuple(optim.MU_DTYPES)}.")
-  if tc.batch_size % process_count:
+  if loop.host_split(config) == "documents" and tc.batch_size % process_count:
     raise ValueError(f"train.batch_size={tc.batch_size} is not divisible by the number of "
                      f"processes {process_count}; use a multiple of it.")
 
