@@ -22,6 +22,17 @@ def test_smooth_is_centred_average_with_edge_counts():
     selection.smooth(x, 4)
 
 
+@pytest.mark.parametrize("kernel", [5, 7, 9, 11, 31])
+def test_smooth_kernel_longer_than_the_sequence(kernel):
+  """A window wider than T averages the in-range values (it used to return `kernel` values)."""
+  x = np.random.default_rng(kernel).normal(size=(2, 5)).astype(np.float32)
+  got = np.asarray(selection.smooth(jnp.asarray(x), kernel))
+  h = kernel // 2
+  want = np.stack([[x[b, max(0, t - h):t + h + 1].mean() for t in range(5)] for b in range(2)])
+  assert got.shape == x.shape
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(x).max())
+
+
 def test_valid_positions_respect_ends_margin_and_mask():
   T, k = 12, 3
   ok = np.asarray(selection.valid_positions(T, k, margin=2))[0]

@@ -26,10 +26,13 @@ def smooth(x_BT, kernel):
                      "use e.g. 5 (the paper uses rollout_len, rounded up to odd).")
   if kernel == 1:
     return x_BT
+  T, half = x_BT.shape[1], kernel // 2
   ones = jnp.ones((kernel,), x_BT.dtype)
-  conv = jax.vmap(lambda r: jnp.convolve(r, ones, mode="same"))
-  counts_T = jnp.convolve(jnp.ones(x_BT.shape[1], x_BT.dtype), ones, mode="same")
-  return conv(x_BT) / counts_T
+  if kernel <= T:
+    same = lambda r: jnp.convolve(r, ones, mode="same")
+  else:  # "same" would return `kernel` values; the centred window is a slice of "full"
+    same = lambda r: jnp.convolve(r, ones, mode="full")[half:half + T]
+  return jax.vmap(same)(x_BT) / same(jnp.ones(T, x_BT.dtype))
 
 
 def chunk_ids(T, num_chunks):
