@@ -1,5 +1,6 @@
-"""RULER-style eval of a saved model: NIAH (4 variants) + variable tracking at several context
-lengths, plus held-out perplexity.
+"""RULER-style eval of a saved model: NIAH (4 variants), variable tracking and MQAR
+(multi-query associative recall, scored on one forward pass) at several context lengths, plus
+held-out perplexity.
 
   python -m refine_jax.eval --config=configs/eval_ruler.py --config.checkpoint=RUN_OR_CKPT \
       [--config.eval.context_lengths=1024,2048,4096] [--config.eval.num_samples=50]
@@ -28,7 +29,7 @@ def get_config():
   c.out_dir = ""     # default: <run dir>/eval, or ./eval_<name> for non-run checkpoints
   c.eval = runner.default_eval_config()
   c.eval.tasks = ("niah_single,niah_multikey,niah_multivalue,niah_multiquery,"
-                  "variable_tracking,perplexity")
+                  "variable_tracking,mqar,perplexity")
   c.eval.context_lengths = "1024,2048"
   c.eval.num_samples = 8
   return c
