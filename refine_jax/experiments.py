@@ -29,6 +29,7 @@ import sys
 
 import ml_collections
 
+from refine_jax import paths as path_io
 from refine_jax.eval import report
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -146,8 +147,8 @@ def _evaluate(run_dir: str, ecfg, model=None, run_config=None, title="eval",
               predict_fn=None, source: str = "") -> dict:
   """<run_dir>/eval results (kept when they exist); the model is `model` or loaded from
   `source`."""
-  out = os.path.join(run_dir, "eval")
-  if os.path.isfile(os.path.join(out, report.RESULTS_JSON)):
+  out = path_io.join(run_dir, "eval")
+  if path_io.isfile(path_io.join(out, report.RESULTS_JSON)):
     return report.load_results(out)
   from refine_jax.data.tokenizers import get_tokenizer  # pylint: disable=g-import-not-at-top
   from refine_jax.eval import runner  # pylint: disable=g-import-not-at-top
@@ -170,8 +171,8 @@ def run_experiment(exp, workdir: str) -> dict:
   """Runs every arm x seed (training + eval), writes the summary; returns it."""
   from refine_jax.train import validate  # pylint: disable=g-import-not-at-top
   validate.check_workdir(workdir)
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = path_io.norm(workdir)
+  path_io.makedirs(workdir)
   _compilation_cache(exp, workdir)
   ecfg = exp.eval
   seeds, names = _seeds(exp.seeds), arm_names(exp)
@@ -181,13 +182,13 @@ def run_experiment(exp, workdir: str) -> dict:
 
   base = exp.checkpoint
   if not base:
-    base = os.path.join(workdir, "pretrain")
+    base = path_io.join(workdir, "pretrain")
     cfg = load_config_file(exp.pretrain_config)
     apply_overrides(cfg, exp.pretrain_overrides)
     _run_stage(cfg, base)
   per_arm: dict[str, list[dict]] = {}
   if exp.eval_base:
-    per_arm["base"] = [_evaluate(os.path.join(workdir, "base"), ecfg, title="base",
+    per_arm["base"] = [_evaluate(path_io.join(workdir, "base"), ecfg, title="base",
                                  source=base)]
 
   for name in names:
@@ -197,7 +198,7 @@ def run_experiment(exp, workdir: str) -> dict:
   summary = summarize(per_arm, seeds=seeds)
   write_summary(summary, workdir, title=exp.title)
   print(summary["table"])
-  print(f"wrote {os.path.join(workdir, 'experiment.md')}")
+  print(f"wrote {path_io.join(workdir, 'experiment.md')}")
   return summary
 
 
@@ -208,7 +209,7 @@ def _compilation_cache(exp, workdir):
   import jax  # pylint: disable=g-import-not-at-top
   try:
     if not jax.config.jax_compilation_cache_dir:
-      jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, ".jax_cache"))
+      jax.config.update("jax_compilation_cache_dir", path_io.join(workdir, ".jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   except (AttributeError, ValueError) as e:  # an older/newer jax without these options
     print(f"experiment: no persistent compilation cache ({e})")
@@ -225,14 +226,14 @@ def _run_arm(exp, name: str, seed: int, base: str, workdir: str) -> dict:
   ttt_cfg = cfgs.pop() if cfgs and cfgs[-1].stage == "ttt" else None
   if any(c.stage == "ttt" for c in cfgs):
     raise ValueError(f"arm {name!r}: a ttt stage can only be the last one.")
-  arm_dir = os.path.join(workdir, name, f"seed{seed}")
-  eval_dir = os.path.join(arm_dir, "eval")
+  arm_dir = path_io.join(workdir, name, f"seed{seed}")
+  eval_dir = path_io.join(arm_dir, "eval")
   title = f"{name} seed {seed}"
-  if os.path.isfile(os.path.join(eval_dir, report.RESULTS_JSON)):
+  if path_io.isfile(path_io.join(eval_dir, report.RESULTS_JSON)):
     return report.load_results(eval_dir)  # trained and evaluated by an earlier run
   init, result, cfg = base, None, None
   for i, cfg in enumerate(cfgs):
-    run_dir = os.path.join(arm_dir, f"stage{i}")
+    run_dir = path_io.join(arm_dir, f"stage{i}")
     with cfg.unlocked():
       cfg.init_checkpoint = init
     result = _run_stage(cfg, run_dir)
@@ -272,16 +273,14 @@ def summarize(per_arm: dict[str, list[dict]], *, seeds=None) -> dict:
 
 
 def write_summary(summary: dict, workdir: str, title: str = "NTP vs ReFINE") -> dict:
-  paths = {k: os.path.join(workdir, f"experiment.{k}") for k in ("json", "md", "png")}
+  paths = {k: path_io.join(workdir, f"experiment.{k}") for k in ("json", "md", "png")}
   agg_json = {arm: {t: {str(n): list(v) for n, v in cells.items()} for t, cells in a.items()}
               for arm, a in summary["aggregate"].items()}
   per_seed = {arm: [{t: {str(n): v for n, v in row.items()} for t, row in r.items()}
                     for r in rs] for arm, rs in summary["per_seed"].items()}
-  with open(paths["json"], "w") as f:
-    json.dump({"seeds": summary["seeds"], "per_seed": per_seed, "aggregate": agg_json}, f,
-              indent=2)
-  with open(paths["md"], "w") as f:
-    f.write(f"# {title}\n\n" + "\n".join(summary["tables"]))
+  path_io.write_text(paths["json"], json.dumps(
+      {"seeds": summary["seeds"], "per_seed": per_seed, "aggregate": agg_json}, indent=2))
+  path_io.write_text(paths["md"], f"# {title}\n\n" + "\n".join(summary["tables"]))
   report.plot_experiment(summary["aggregate"], paths["png"], title=title)
   return paths
 

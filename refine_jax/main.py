@@ -1,6 +1,7 @@
 """Entry point: python -m refine_jax.main --config=configs/<stage>.py [--config.a.b=v ...]
 [--workdir=DIR]. Validates the config, then runs `config.stage` (see refine_jax.train.stages).
-Rerunning the same command on the same workdir resumes from its latest checkpoint."""
+Rerunning the same command on the same workdir resumes from its latest checkpoint. DIR is a
+local path or a gs://BUCKET/PATH URL (checkpoints, metrics, events and eval/ all go there)."""
 
 import os
 import sys
@@ -49,7 +50,7 @@ def main(argv):
   workdir = _WORKDIR.value or default_workdir(config)
   try:
     validate.check_workdir(workdir)
-  except ValueError as e:
+  except (ValueError, FileNotFoundError, PermissionError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   if not _WORKDIR.value:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 
+from refine_jax import paths
+
 
 def load_pretrained(path: str, *, config=None):
   """(model, config) from a hub id, a bundle, an HF/FLA dir, a run dir or an Orbax checkpoint.
@@ -23,7 +25,7 @@ def load_pretrained(path: str, *, config=None):
   """
   from refine_jax.interop import bundle, hf_checkpoint, hub
   path = hub.local_dir(os.fspath(path), bare=True)
-  if not os.path.exists(path):
+  if not paths.exists(path):  # local or gs://
     raise FileNotFoundError(
         f"load_pretrained: {path!r} does not exist; give a run directory, an Orbax "
         "checkpoint (a run's checkpoints/<step>), an exported/converted bundle or an HF/FLA "
@@ -47,8 +49,7 @@ def _load_orbax(path: str, config):
           f"load_pretrained: no config.json in {path!r} or its parent dirs, so the model "
           "cannot be rebuilt; pass the run directory (it holds config.json), or call "
           "load_pretrained(path, config=...) with the run's config.")
-    with open(cfg_path) as f:
-      config = bundle.config_from_dict(json.load(f))
+    config = bundle.config_from_dict(json.loads(paths.read_text(cfg_path)))
   _, abs_params, _ = modelio.abstract_state(config.model)
   params, _ = load_params(path, abs_params)
   return modelio.model_from_state(config.model, params), config

@@ -5,7 +5,8 @@ state as nested dict by path), `data` (per-process iterator JSON) and `meta` (st
 Orbax writes each step into a temporary directory and renames it when complete, so a kill -9
 during a save leaves the previous steps untouched. A finalised step that fails to restore
 (truncated/deleted files) is moved to `<run>/checkpoints.corrupt/` with a warning and the
-previous step is used.
+previous step is used. On gs:// Orbax marks a finished step with a commit_success.txt object
+instead of the rename; the directory is a URL there (refine_jax.paths), never made absolute.
 """
 
 import dataclasses
@@ -18,6 +19,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from refine_jax import paths
 from refine_jax.checkpoint import data_state, trees
 
 
@@ -34,7 +36,7 @@ class Checkpointer:
   """Saves every `every_steps` (decided by the caller) and keeps the last `keep` steps."""
 
   def __init__(self, directory, *, keep=3, async_save=True):
-    self.directory = epath.Path(os.path.abspath(os.fspath(directory)))
+    self.directory = paths.as_path(directory)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
         cleanup_tmp_directories=True)
@@ -100,7 +102,7 @@ class Checkpointer:
 
   def _item_names(self, step):
     path = self.directory / str(step)
-    return [p.name for p in path.iterdir() if p.is_dir()] if path.exists() else []
+    return [n for n in paths.listdir(path) if paths.isdir(path / n)]
 
   def _quarantine_dir(self):
     return epath.Path(os.fspath(self.directory) + ".corrupt")
@@ -108,11 +110,10 @@ class Checkpointer:
   def _quarantine(self, steps):
     if jax.process_index() == 0:
       dest = self._quarantine_dir()
-      dest.mkdir(parents=True, exist_ok=True)
       for step in steps:
         src = self.directory / str(step)
-        if src.exists():
-          src.rename(dest / f"{step}-{int(time.time())}")
+        if paths.exists(src):
+          paths.move_tree(src, dest / f"{step}-{int(time.time())}")
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices("refine_jax_checkpoint_quarantine")

@@ -5,15 +5,15 @@ import os
 
 import orbax.checkpoint as ocp
 from absl import logging
-from etils import epath
 
+from refine_jax import paths
 from refine_jax.checkpoint import trees
 
 
 def candidate_param_dirs(path):
   """Orbax `params` item directories under `path`, newest step first."""
-  root = epath.Path(os.path.abspath(os.fspath(path)))
-  if not root.exists():
+  root = paths.as_path(path)  # a local path made absolute, or a gs:// URL
+  if not paths.exists(root):
     raise FileNotFoundError(f"init_checkpoint={os.fspath(path)!r} does not exist; give a run "
                             "directory, its checkpoints/ directory, one step directory, or an "
                             "Orbax params checkpoint.")
@@ -30,15 +30,15 @@ def candidate_param_dirs(path):
 
 def find_run_config(path, max_up=4):
   """The run's config.json at `path` or up to `max_up` parents (step -> checkpoints -> run)."""
-  d = os.path.abspath(path if os.path.isdir(path) else os.path.dirname(path))
+  d = paths.as_path(path)  # local or gs://
+  d = d if paths.isdir(d) else d.parent
   for _ in range(max_up + 1):
-    cand = os.path.join(d, "config.json")
-    if os.path.isfile(cand):
-      return cand
-    parent = os.path.dirname(d)
-    if parent == d:
+    cand = d / "config.json"
+    if paths.isfile(cand):
+      return os.fspath(cand)
+    if d.parent == d or (paths.is_remote(d) and len(d.parts) <= 3):  # / or gs://bucket
       break
-    d = parent
+    d = d.parent
   return None
 
 

@@ -11,6 +11,8 @@ import sys
 from absl import app
 from ml_collections import config_flags
 
+from refine_jax import paths
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "e.g. configs/eval_ruler.py",
                                           lock_config=True)
 
@@ -19,7 +21,7 @@ def default_out_dir(checkpoint: str) -> str:
   """<run dir>/eval when the checkpoint sits in a run dir, else ./eval_<basename>."""
   from refine_jax.checkpoint.params import find_run_config  # pylint: disable=g-import-not-at-top
   cfg = find_run_config(checkpoint)
-  if cfg is not None and os.path.isdir(os.path.join(os.path.dirname(cfg), "checkpoints")):
+  if cfg is not None and paths.isdir(os.path.join(os.path.dirname(cfg), "checkpoints")):
     return os.path.join(os.path.dirname(cfg), "eval")
   return os.path.join("eval_" + os.path.basename(os.path.normpath(checkpoint)))
 
@@ -38,7 +40,7 @@ def evaluate_checkpoint(cfg) -> dict:
   results = runner.run_eval(model, tokenizer, cfg.eval, out_dir, config=run_config,
                             title=os.path.basename(os.path.normpath(cfg.checkpoint)))
   print(report.markdown_table(results))
-  print(f"wrote {os.path.abspath(out_dir)}")
+  print(f"wrote {paths.norm(out_dir)}")
   return results
 
 

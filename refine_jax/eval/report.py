@@ -6,12 +6,15 @@ JSON object keys, i.e. strings; `load_results` turns them back into ints.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from refine_jax import paths as path_io
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -75,8 +78,15 @@ def _plot(series: Mapping[str, Mapping], path: str, ylabel: str, title: str,
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  _save(fig, path)
   plt.close(fig)
+
+
+def _save(fig, path):
+  """PNG into memory, then one write through refine_jax.paths (local or gs://)."""
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=100)
+  path_io.write_bytes(path, buf.getvalue())
 
 
 def plot_results(results: Mapping, out_dir: str, title: str = "eval") -> list[str]:
@@ -84,11 +94,11 @@ def plot_results(results: Mapping, out_dir: str, title: str = "eval") -> list[st
   paths = []
   scores = {t: r for t, r in results.items() if t not in LOWER_IS_BETTER and r}
   if scores:
-    paths.append(os.path.join(out_dir, SCORES_PNG))
+    paths.append(path_io.join(out_dir, SCORES_PNG))
     _plot(scores, paths[-1], "score (%)", title)
   ppl = {t: r for t, r in results.items() if t in LOWER_IS_BETTER and r}
   if ppl:
-    paths.append(os.path.join(out_dir, PERPLEXITY_PNG))
+    paths.append(path_io.join(out_dir, PERPLEXITY_PNG))
     _plot(ppl, paths[-1], "perplexity", title)
   return paths
 
@@ -96,16 +106,12 @@ def plot_results(results: Mapping, out_dir: str, title: str = "eval") -> list[st
 def write_results(results: Mapping, out_dir: str, *, title: str = "eval",
                   plots: bool = True) -> dict[str, str]:
   """Writes results.json, results.md and the plots into out_dir; returns their paths."""
-  os.makedirs(out_dir, exist_ok=True)
-  paths = {"json": os.path.join(out_dir, RESULTS_JSON), "md": os.path.join(out_dir, RESULTS_MD)}
+  path_io.makedirs(out_dir)
+  paths = {"json": path_io.join(out_dir, RESULTS_JSON), "md": path_io.join(out_dir, RESULTS_MD)}
   data = {t: {str(int(n)): float(v) for n, v in sorted(row.items(), key=lambda kv: int(kv[0]))}
           for t, row in results.items()}
-  tmp = paths["json"] + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(data, f, indent=2)
-  os.replace(tmp, paths["json"])
-  with open(paths["md"], "w") as f:
-    f.write(markdown_table(results, title))
+  path_io.write_text(paths["json"], json.dumps(data, indent=2))
+  path_io.write_text(paths["md"], markdown_table(results, title))
   if plots:
     for p in plot_results(results, out_dir, title):
       paths[os.path.basename(p)] = p
@@ -114,10 +120,9 @@ def write_results(results: Mapping, out_dir: str, *, title: str = "eval",
 
 def load_results(path: str) -> dict:
   """{task: {int context_len: score}} from results.json (or the eval dir holding it)."""
-  if os.path.isdir(path):
-    path = os.path.join(path, RESULTS_JSON)
-  with open(path) as f:
-    data = json.load(f)
+  if path_io.isdir(path):
+    path = path_io.join(path, RESULTS_JSON)
+  data = json.loads(path_io.read_text(path))
   return {t: {int(n): float(v) for n, v in row.items()} for t, row in data.items()}
 
 
@@ -197,6 +202,6 @@ def plot_experiment(agg_by_arm: Mapping[str, Mapping], path: str, title: str = "
     ax.axis("off")
   fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  _save(fig, path)
   plt.close(fig)
   return path

@@ -22,6 +22,7 @@ import ml_collections
 from absl import logging
 import numpy as np
 
+from refine_jax import paths
 from refine_jax.data import tasks as tasks_lib
 from refine_jax.eval import report, scoring
 
@@ -95,10 +96,9 @@ def _haystack(ecfg, config):
                        "or use eval.haystack='noise'.")
     from refine_jax.data import pipeline  # pylint: disable=g-import-not-at-top
     return pipeline.held_out_text(config)
-  if not os.path.isfile(h):
+  if not paths.isfile(h):
     raise FileNotFoundError(f"eval.haystack={h!r}: use 'noise', 'held_out' or a text file path.")
-  with open(h, encoding="utf-8") as f:
-    return f.read()
+  return paths.read_text(h)
 
 
 def task_samples(tokenizer, ecfg, task: str, length: int, haystack="noise"):
@@ -238,8 +238,8 @@ def eval_stage(config, workdir: str, model) -> dict:
   `model`, written to <workdir>/eval."""
   from refine_jax.data.tokenizers import get_tokenizer  # pylint: disable=g-import-not-at-top
   ecfg = config.eval if "eval" in config else stage_eval_config()
-  return run_eval(model, get_tokenizer(config.data), ecfg, os.path.join(workdir, "eval"),
-                  config=config, title=os.path.basename(os.path.normpath(workdir)))
+  return run_eval(model, get_tokenizer(config.data), ecfg, paths.join(workdir, "eval"),
+                  config=config, title=os.path.basename(paths.norm(workdir)))
 
 
 def run_eval(model, tokenizer=None, eval_cfg=None, out_dir: str | None = None, /, *,
@@ -321,8 +321,7 @@ def run_eval(model, tokenizer=None, eval_cfg=None, out_dir: str | None = None, /
   if out_dir:
     report.write_results(results, out_dir, title=title, plots=bool(ecfg.plots))
     if ecfg.save_predictions and records:
-      with open(os.path.join(out_dir, "predictions.jsonl"), "w") as f:
-        for r in records:
-          f.write(json.dumps(r) + "\n")
+      paths.write_text(paths.join(out_dir, "predictions.jsonl"),
+                       "".join(json.dumps(r) + "\n" for r in records))
   return results
 

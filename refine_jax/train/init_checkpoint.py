@@ -81,7 +81,9 @@ def checkpoint_fields(path: str) -> tuple[dict, dict]:
   # pylint: disable-next=g-import-not-at-top
   from refine_jax.interop import bundle, hf_checkpoint, hf_config
   from refine_jax.models import default_model_config  # pylint: disable=g-import-not-at-top
-  if not os.path.isdir(path):
+  from refine_jax import paths  # pylint: disable=g-import-not-at-top
+  paths.check(path, "init_checkpoint")
+  if not paths.isdir(path):  # a local dir or a gs:// run dir
     return {}, {}
   if bundle.is_bundle(path):
     cfg_path = os.path.join(path, "config.json")
@@ -96,8 +98,7 @@ def checkpoint_fields(path: str) -> tuple[dict, dict]:
     cfg_path = find_run_config(path)
     if cfg_path is None:
       return {}, {}
-  with open(cfg_path) as f:
-    raw = json.load(f)
+  raw = json.loads(paths.read_text(cfg_path))
   model = _flat(raw.get("model") or {}, "model")
   for name in RUNTIME_FIELDS:
     model.pop(f"model.{name}", None)

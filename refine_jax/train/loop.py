@@ -11,7 +11,6 @@ update k and the data iterator after batch k, and a resumed run continues with s
 
 import dataclasses
 import math
-import os
 import time
 from typing import Any, Callable
 
@@ -23,6 +22,7 @@ from absl import logging
 from flax import nnx
 
 from refine_jax import checkpoint as ckpt_lib
+from refine_jax import paths
 from refine_jax.checkpoint import trees as ckpt_trees
 from refine_jax import parallel
 from refine_jax.train import losses, metrics as metrics_lib, optim, state as state_lib
@@ -198,17 +198,11 @@ def write_config(config, workdir):
   """config.json (resolved config); warns if a resumed run's config changed."""
   if jax.process_index() != 0:
     return
-  path = os.path.join(workdir, "config.json")
+  path = paths.join(workdir, "config.json")
   text = config.to_json_best_effort(indent=2, sort_keys=True)
-  if os.path.exists(path):
-    with open(path) as f:
-      old = f.read()
-    if old != text:
-      logging.warning("config differs from the one saved in %s; the new one replaces it", path)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
+  if paths.exists(path) and paths.read_text(path) != text:
+    logging.warning("config differs from the one saved in %s; the new one replaces it", path)
+  paths.write_text(path, text)
 
 
 def run_training(config, workdir, loss_fn, *, eval_fn=losses.ntp_eval,
@@ -239,8 +233,8 @@ def run_training(config, workdir, loss_fn, *, eval_fn=losses.ntp_eval,
     raise ValueError(f"train.microbatches={microbatches}: the {stage} stage's train step was "
                      f"built for {getattr(step_builder, 'microbatches', 1)} microbatch(es) "
                      "(a stage step without gradient accumulation needs train.microbatches=1).")
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = paths.norm(workdir)  # a local path made absolute, or a gs:// URL
+  paths.makedirs(workdir)
   write_config(config, workdir)
 
   mesh = parallel.make_mesh(config.mesh)
@@ -252,7 +246,7 @@ def run_training(config, workdir, loss_fn, *, eval_fn=losses.ntp_eval,
   tx, schedule = optim.make_optimizer(tc, updates_per_step)
   opt_state, opt_sh = state_lib.init_opt_state(tx, ms, mesh)
 
-  ck = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+  ck = ckpt_lib.Checkpointer(paths.join(workdir, "checkpoints"),
                              keep=int(config.checkpoint.keep),
                              async_save=bool(config.checkpoint.async_save))
   restored = ck.restore_latest(state_lib.abstract(ms.params, ms.param_shardings),
@@ -260,14 +254,14 @@ def run_training(config, workdir, loss_fn, *, eval_fn=losses.ntp_eval,
   start = 0
   if restored is not None:
     ms.params, opt_state, start = restored.params, restored.opt_state, restored.step
-  # Custom iterators (post-training, TTT) yield the global batch on every process.
-  per_process = train_iter is None and host_split(config) == "documents"
     _say(f"resumed {workdir} from checkpoint step {start}")
   elif config.get("init_checkpoint"):
     ms.params, src = _load_init_params(config.init_checkpoint, ms)
     _say(f"init_checkpoint: params loaded from {src} (optimiser and data start fresh)")
 
   it = train_iter if train_iter is not None else default_train_iter(config)
+  # Custom iterators (post-training, TTT) yield the global batch on every process.
+  per_process = train_iter is None and host_split(config) == "documents"
   if restored is not None and restored.data is not None:
     ckpt_lib.apply_data_state(it, restored.data)
   elif restored is not None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 
 import jax
 import jax.numpy as jnp
@@ -24,8 +23,9 @@ import optax
 from absl import logging
 from flax import nnx
 
+from refine_jax import paths
 from refine_jax.refine import step as refine_step
-from refine_jax.train import loop, losses, stages, warmup
+from refine_jax.train import loop, losses, metrics as metrics_lib, stages, warmup
 
 
 _ROW_FIELDS = ("tokens_Gk", "true_Gk", "old_logp_Gk")  # Collected fields with G rows per sequence
@@ -143,7 +143,8 @@ class RolloutLogger:
     self.rcfg = config.refine
     self.every = int(self.rcfg.log_rollouts_every)
     self.last_step = int(config.train.steps)
-    self.path = os.path.join(workdir, "rollouts.jsonl")
+    self.path = paths.join(workdir, "rollouts.jsonl")
+    self.tb_dir = paths.join(workdir, "rollouts")
     self.batch = {k: np.asarray(v)[:max(1, int(self.rcfg.num_logged_rollouts))]
                   for k, v in batch.items()}
     self.tokenizer = None
@@ -193,17 +194,12 @@ class RolloutLogger:
         lines.append(rec)
         md.append(f"- `...{rec['context'][-40:]!r}` -> rollout `{rec['rollout']!r}` | truth "
                   f"`{rec['truth']!r}` (reward {rec['reward']:.3f})")
-    with open(self.path, "a") as f:
-      for rec in lines:
-        f.write(json.dumps(rec) + "\n")
-    try:
-      if self._tb is None:
-        from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-        self._tb = SummaryWriter(logdir=os.path.join(os.path.dirname(self.path), "rollouts"))
+    paths.append_text(self.path, "".join(json.dumps(rec) + "\n" for rec in lines))
+    if self._tb is None:
+      self._tb = metrics_lib.summary_writer(self.tb_dir) or False
+    if self._tb:
       self._tb.add_text("rollouts", "\n".join(md), int(step))
       self._tb.flush()
-    except ImportError:
-      pass
 
 
 def next_sequence_match(model, batches, rcfg, seed=0):
@@ -238,14 +234,14 @@ def run(config, workdir):
                      "refine.make_loss_fn(rcfg, ref_model=...) from your own stage.")
   mbs, microbatches = int(rcfg.ppo_minibatches), int(config.train.get("microbatches", 1))
   check_microbatches(int(config.train.batch_size), mbs, microbatches)
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = paths.norm(workdir)
+  paths.makedirs(workdir)
   mt = config.midtrain
 
   eval_batches = loop.default_eval_batches(config, max(1, int(config.train.eval_batches)))
   summary = {}
   if not config.init_checkpoint and mt.warmup_steps > 0:
-    wdir = os.path.join(workdir, "warmup")
+    wdir = paths.join(workdir, "warmup")
     if not warmup.has_checkpoint(workdir):  # a resumed run already has its warm-up behind it
       warm = warmup.ntp_warmup(config, workdir, steps=mt.warmup_steps, lr=mt.warmup_lr,
                                stage="midtrain", eval_batches=eval_batches)
@@ -288,8 +284,8 @@ def run(config, workdir):
   if mt.run_eval:
     _eval_suite(config, result.model, workdir)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "midtrain_summary.json"), "w") as f:
-      json.dump(summary, f, indent=2, default=_num)
+    paths.write_text(paths.join(workdir, "midtrain_summary.json"),
+                     json.dumps(summary, indent=2, default=_num))
   last = summary["refine"]["last"]
   print(f"midtrain done: step {result.step}, reward_mean {last['reward_mean']}, ntp_loss "
         f"{last['ntp_loss']}, eval_ppl {summary['refine']['eval_ppl']}, run dir {workdir}")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +29,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from refine_jax import paths
 from refine_jax.train import loop, losses, qa_data, qa_eval, stages, warmup
 
 MODES = ("nested_refine", "nested_sft", "sft")
@@ -195,28 +195,26 @@ def answer_scores(model, batches):
 
 def no_adaptation(config, out_dir, cells, tok, nll_batches, start_from, title):
   """Scores of the starting weights; cached in out_dir (a rerun does not redo them)."""
-  path = os.path.join(out_dir, "summary.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      return json.load(f)
+  path = paths.join(out_dir, "summary.json")
+  if paths.exists(path):
+    return json.loads(paths.read_text(path))
   model = qa_eval.load_model(config, start_from)
   res = qa_eval.score_cells(cells, qa_eval.greedy_predictor(model, tok, config), tok, config,
                             out_dir, title)
   summary = {"results": res, **(answer_scores(model, nll_batches) if nll_batches else {})}
-  with open(path, "w") as f:
-    json.dump(summary, f, indent=2)
+  paths.write_text(path, json.dumps(summary, indent=2))
   return summary
 
 
 def run(config, workdir):
   from refine_jax.data.tokenizers import get_tokenizer  # pylint: disable=g-import-not-at-top
   validate(config)
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = paths.norm(workdir)
+  paths.makedirs(workdir)
   p = config.posttrain
   tok = get_tokenizer(config.data)
   if not config.init_checkpoint and int(p.warmup_steps) > 0:
-    wdir = os.path.join(workdir, "warmup")
+    wdir = paths.join(workdir, "warmup")
     if not warmup.has_checkpoint(workdir):  # (once post-training has a checkpoint it resumes that)
       warmup.ntp_warmup(config, workdir, steps=p.warmup_steps, lr=p.warmup_lr,
                         stage="posttrain", schedule="cosine")
@@ -228,8 +226,8 @@ def run(config, workdir):
   _, held = _samples_fn(config, tok, "eval")
   nll_batches = held_out_batches(config, tok, held)
   cells = qa_eval.eval_cells(config, tok, held)
-  eval_dir = os.path.join(workdir, "eval")
-  base = no_adaptation(config, os.path.join(eval_dir, "no_adaptation"), cells, tok,
+  eval_dir = paths.join(workdir, "eval")
+  base = no_adaptation(config, paths.join(eval_dir, "no_adaptation"), cells, tok,
                         nll_batches, start_from, "no adaptation")
 
   spec = step_spec(config, tok.pad_id)
@@ -248,12 +246,12 @@ def run(config, workdir):
                               if isinstance(v, (int, float, np.number))}}
   table = qa_eval.comparison({"no adaptation": base["results"], p.mode: res})
   if jax.process_index() == 0:
-    with open(os.path.join(eval_dir, "comparison.md"), "w") as f:
-      f.write(f"# posttrain ({p.mode}) vs the starting checkpoint\n\n{table}\n"
-              f"held-out teacher-forced answer scores: {summary['before']} -> "
-              f"{summary['after']}\n")
-    with open(os.path.join(workdir, "posttrain_summary.json"), "w") as f:
-      json.dump(summary, f, indent=2, default=str)
+    paths.write_text(paths.join(eval_dir, "comparison.md"),
+                     f"# posttrain ({p.mode}) vs the starting checkpoint\n\n{table}\n"
+                     f"held-out teacher-forced answer scores: {summary['before']} -> "
+                     f"{summary['after']}\n")
+    paths.write_text(paths.join(workdir, "posttrain_summary.json"),
+                     json.dumps(summary, indent=2, default=str))
   print(f"posttrain ({p.mode}) done: step {result.step}, run dir {workdir}\n{table}"
         f"held-out answer scores {summary['before']} -> {summary['after']}")
   return result

@@ -9,13 +9,13 @@ file data is scored as one "qa" cell at data.seq_len.
 from __future__ import annotations
 
 import json
-import os
 from typing import Callable, Sequence
 
 import numpy as np
 from absl import logging
 from flax import nnx
 
+from refine_jax import paths
 from refine_jax.data import tasks as tasks_lib
 from refine_jax.eval import report, runner, scoring
 
@@ -58,9 +58,8 @@ def score_cells(cells: dict, predict: Predict, tokenizer, config, out_dir: str |
                 for i, (s, p, sc) in enumerate(zip(samples, preds, per))]
   if out_dir:
     report.write_results(results, out_dir, title=title, plots=bool(config.eval.plots))
-    with open(os.path.join(out_dir, "predictions.jsonl"), "w") as f:
-      for r in records:
-        f.write(json.dumps(r) + "\n")
+    paths.write_text(paths.join(out_dir, "predictions.jsonl"),
+                     "".join(json.dumps(r) + "\n" for r in records))
   return results
 
 

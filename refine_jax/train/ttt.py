@@ -22,7 +22,6 @@ weights of an interrupted run are not saved, so the progress file is ignored and
 from __future__ import annotations
 
 import json
-import os
 import zlib
 from typing import Sequence
 
@@ -33,6 +32,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from refine_jax import paths
 from refine_jax.train import loop, losses, posttrain, qa_data, qa_eval, stages, warmup
 
 MODES = ("refine", "sft")
@@ -234,27 +234,25 @@ class _Progress:
 
   def __init__(self, path, enabled):
     self.path, self.done = path, {}
-    if enabled and os.path.exists(path):
-      with open(path) as f:
-        for line in f:
-          if line.strip():
-            rec = json.loads(line)
-            self.done[rec["key"]] = rec
-    elif os.path.exists(path):
-      os.remove(path)
+    if enabled and paths.exists(path):
+      for line in paths.read_text(path).splitlines():
+        if line.strip():
+          rec = json.loads(line)
+          self.done[rec["key"]] = rec
+    elif paths.exists(path):
+      paths.remove(path)
 
   def add(self, key, answers, metrics):
     self.done[key] = {"key": key, "answers": answers, "metrics": metrics}
-    with open(self.path, "a") as f:
-      f.write(json.dumps(self.done[key]) + "\n")
+    paths.append_text(self.path, json.dumps(self.done[key]) + "\n")
 
 
 def run(config, workdir):
   from refine_jax.data.tokenizers import get_tokenizer  # pylint: disable=g-import-not-at-top
   validate(config)
-  workdir = os.path.abspath(workdir)
-  eval_dir = os.path.join(workdir, "eval")
-  os.makedirs(eval_dir, exist_ok=True)
+  workdir = paths.norm(workdir)
+  eval_dir = paths.join(workdir, "eval")
+  paths.makedirs(eval_dir)
   t = config.ttt
   tok = get_tokenizer(config.data)
   loop.write_config(config, workdir)
@@ -267,11 +265,11 @@ def run(config, workdir):
     held = qa_data.load_samples(t.data_path, tok, max_prompt_tokens=int(config.data.seq_len),
                                 limit=int(t.max_samples) or None)
   cells = qa_eval.eval_cells(config, tok, held)
-  base = posttrain.no_adaptation(config, os.path.join(eval_dir, "no_adaptation"), cells, tok,
+  base = posttrain.no_adaptation(config, paths.join(eval_dir, "no_adaptation"), cells, tok,
                                  None, start_from, "no adaptation")
   model = qa_eval.load_model(config, start_from)
   session = Session(model, config, tok)
-  progress = _Progress(os.path.join(eval_dir, "ttt_progress.jsonl"), not session.carry)
+  progress = _Progress(paths.join(eval_dir, "ttt_progress.jsonl"), not session.carry)
   bs = int(t.batch_size)
   tag = zlib.crc32((t.to_json(sort_keys=True) + config.refine.to_json(sort_keys=True) +
                     str(start_from)).encode())  # stale answers of another setup never match
@@ -296,9 +294,9 @@ def run(config, workdir):
   summary = {"mode": t.mode, "steps": int(t.steps), "carry_over": session.carry,
              "init_checkpoint": start_from, "no_adaptation": base["results"], "ttt": res}
   if jax.process_index() == 0:
-    with open(os.path.join(eval_dir, "comparison.md"), "w") as f:
-      f.write(f"# test-time training vs the same checkpoint without it\n\n{table}")
-    with open(os.path.join(workdir, "ttt_summary.json"), "w") as f:
-      json.dump(summary, f, indent=2, default=str)
+    paths.write_text(paths.join(eval_dir, "comparison.md"),
+                     f"# test-time training vs the same checkpoint without it\n\n{table}")
+    paths.write_text(paths.join(workdir, "ttt_summary.json"),
+                     json.dumps(summary, indent=2, default=str))
   print(f"ttt done ({name}), run dir {workdir}\n{table}")
   return summary

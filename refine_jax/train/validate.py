@@ -1,21 +1,17 @@
 """Up-front checks of a resolved config: one clear error per problem, naming field and fix."""
 
 import math
-import os
-import re
 
 from refine_jax.parallel import mesh as mesh_lib
 from refine_jax.train import loop, optim, stages
 
 
 def check_workdir(workdir):
-  """Run directories are plain paths: metrics, eval files and resume bookkeeping use file I/O.
-  A URL (gs://, s3://) would silently become a local folder named 'gs:', so it is refused."""
-  if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", str(workdir)):
-    raise ValueError(
-        f"--workdir={workdir}: run directories must be a filesystem path, not a URL. Mount the "
-        "bucket on every host (e.g. gcsfuse gs://BUCKET at /gcs/BUCKET, then "
-        "--workdir=/gcs/BUCKET/run) or use shared NFS/Filestore storage.")
+  """A local path or a gs:// URL (refine_jax.paths), checked by writing and deleting a probe
+  file: ValueError for another scheme or no gcsfs, FileNotFoundError for a missing bucket,
+  PermissionError for missing credentials, each naming the URL and the fix."""
+  from refine_jax import paths  # pylint: disable=g-import-not-at-top
+  paths.check_writable(workdir, "--workdir")
 
 
 def _positive_int(value, name):
@@ -104,10 +100,12 @@ def validate_config(config, *, num_devices=None, process_count=None):
 
 def _check_init_checkpoint(path):
   """A hub id (hf://owner/name[@revision]; fetched by train.init_checkpoint.resolve) or a path."""
+  from refine_jax import paths  # pylint: disable=g-import-not-at-top
   from refine_jax.interop import hub  # pylint: disable=g-import-not-at-top
   if not path or hub.parse(path) is not None:  # parse: ValueError for a malformed hf:// id
     return
-  if not os.path.exists(path):
+  paths.check(path, "init_checkpoint")
+  if not paths.exists(path):  # local or gs://
     hint = (f" (a Hugging Face model is written hf://{path})"
             if hub.parse(path, bare=True) is not None else "")
     raise ValueError(f"init_checkpoint={path!r} does not exist{hint}; give a run directory, an "

@@ -3,15 +3,14 @@ have no init_checkpoint (a fresh machine), so their embedded defaults start from
 that already knows the byte statistics."""
 
 import copy
-import os
 
+from refine_jax import paths
 from refine_jax.train import loop, losses
 
 
 def has_checkpoint(workdir) -> bool:
   """True when <workdir>/checkpoints holds a saved step (the stage itself has started)."""
-  d = os.path.join(workdir, "checkpoints")
-  return os.path.isdir(d) and any(name.isdigit() for name in os.listdir(d))
+  return any(name.isdigit() for name in paths.listdir(paths.join(workdir, "checkpoints")))
 
 
 def ntp_warmup(config, workdir, *, steps, lr, stage, schedule=None, eval_batches=None):
@@ -19,7 +18,7 @@ def ntp_warmup(config, workdir, *, steps, lr, stage, schedule=None, eval_batches
 
   schedule: train.schedule for the warm-up (None keeps the stage's). Returns the loop's
   TrainResult; its `workdir` is what the stage passes on as init_checkpoint."""
-  wdir = os.path.join(workdir, "warmup")
+  wdir = paths.join(workdir, "warmup")
   wc = copy.deepcopy(config)
   with wc.unlocked():
     wc.stage = "pretrain"
