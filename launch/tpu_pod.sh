@@ -2,8 +2,9 @@
 # Run refine_jax on a Cloud TPU pod slice (multi-host): create the TPU VM, copy this checkout to
 # every worker, install, run the same command on all workers, and delete the slice.
 #
-#   launch/tpu_pod.sh all   [-- --config.train.steps=1000 ...]   # create, setup, run, delete
+#   BUCKET=my-bucket ZONE=us-central2-b launch/tpu_pod.sh all [-- --config.train.steps=1000]
 #   launch/tpu_pod.sh create | setup | run [-- overrides] | logs | ssh | delete
+# (`all` = create, setup, run, delete; the run dir is gs://my-bucket/runs/$TPU_NAME)
 #
 # Settings (environment variables):
 #   TPU_NAME      slice name                          (default refine-jax-$USER)
@@ -13,10 +14,12 @@
 #   VERSION       TPU VM image                        (default tpu-ubuntu2204-base)
 #   SPOT=1        preemptible capacity
 #   CONFIG        config file                         (default configs/midtrain.py)
-#   WORKDIR       run dir; on a pod it must be storage every worker sees: a path on shared
-#                 NFS/Filestore or a gcsfuse mount, e.g. /gcs/BUCKET/run (gs:// URLs are refused:
-#                 metrics and eval files use plain file I/O)
-#                 (default runs/<TPU_NAME>, which only suits a single-host slice)
+#   BUCKET        GCS bucket for run dirs: WORKDIR defaults to gs://$BUCKET/runs/$TPU_NAME
+#   WORKDIR       run dir every worker sees: gs://BUCKET/PATH (checkpoints, metrics, TensorBoard
+#                 events and eval/ are written there directly; the TPU VM's service account
+#                 needs roles/storage.objectAdmin on the bucket), or a path on shared NFS /
+#                 a gcsfuse mount. Without BUCKET the default is runs/<TPU_NAME> on each
+#                 worker's disk, which only suits a single-host slice.
 #   KEEP=1        with `all`: keep the slice after the run (default: delete it, even on failure)
 #
 # Multi-host: each worker runs `python -m refine_jax.main`; on a TPU VM the workers find each
@@ -29,6 +32,9 @@ TPU_NAME=${TPU_NAME:-refine-jax-${USER:-user}}
 ACCELERATOR=${ACCELERATOR:-v4-32}
 VERSION=${VERSION:-tpu-ubuntu2204-base}
 CONFIG=${CONFIG:-configs/midtrain.py}
+if [[ -n "${BUCKET:-}" ]]; then
+  WORKDIR=${WORKDIR:-gs://${BUCKET#gs://}/runs/${TPU_NAME}}
+fi
 WORKDIR=${WORKDIR:-runs/${TPU_NAME}}
 REMOTE_DIR=refine_jax
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -36,8 +42,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 die() { echo "tpu_pod.sh: $*" >&2; exit 2; }
 [[ -n "${ZONE:-}" ]] || die "set ZONE (e.g. ZONE=us-central2-b), the zone with your TPU quota"
 command -v gcloud >/dev/null || die "gcloud not found; install the Google Cloud SDK"
-[[ "$WORKDIR" != *://* ]] || die "WORKDIR=$WORKDIR: use a path every worker sees (shared NFS, \
-or a gcsfuse mount such as /gcs/BUCKET/run), not a URL"
+[[ "$WORKDIR" != *://* || "$WORKDIR" == gs://* ]] || die "WORKDIR=$WORKDIR: only gs:// URLs \
+are supported (e.g. BUCKET=my-bucket, or WORKDIR=gs://BUCKET/run); mount other storage on \
+every worker and pass the mount path"
 
 GC=(gcloud compute tpus tpu-vm)
 COMMON=(--zone="$ZONE")
@@ -64,12 +71,14 @@ setup() {
   on_all "set -e; rm -rf ~/$REMOTE_DIR; mkdir -p ~/$REMOTE_DIR; tar -C ~/$REMOTE_DIR -xzf ~/refine_jax.tgz;
     cd ~/$REMOTE_DIR; python3 -m pip install -q -U pip;
     python3 -m pip install -q -U 'jax[tpu]' -f https://storage.googleapis.com/jax-releases/libtpu_releases.html;
-    python3 -m pip install -q -e .;
+    python3 -m pip install -q -e '.[gcs]';
     python3 -c 'import jax; print(jax.process_index(), jax.local_device_count(), jax.device_count())'"
 }
 
 run() {
   local args="" a
+  [[ "$WORKDIR" == gs://* ]] || echo "tpu_pod.sh: WORKDIR=$WORKDIR is on each worker's own disk \
+unless it is a shared mount; set BUCKET (or WORKDIR=gs://...) for a multi-host slice" >&2
   for a in "$@"; do args+=" $(printf '%q' "$a")"; done
   # Same command on all workers; each one logs to its own file, worker 0's is also streamed.
   on_all "set -o pipefail; cd ~/$REMOTE_DIR && python3 -m refine_jax.main --config=$(printf '%q' "$CONFIG") \

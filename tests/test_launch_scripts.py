@@ -52,11 +52,18 @@ def test_tpu_run_issues_one_command_on_all_workers(tmp_path):
   assert r"--workdir=/gcs/b/run\ 1 --config.train.steps=7" in cmd
 
 
-def test_tpu_refuses_a_url_workdir(tmp_path):
+def test_tpu_workdir_on_gcs(tmp_path):
+  """BUCKET makes gs://BUCKET/runs/<TPU_NAME> the run dir; other URL schemes are refused."""
   env, log = _fake_bin(tmp_path, "gcloud")
-  env.update(ZONE="z", TPU_NAME="t1", WORKDIR="gs://b/run")
+  env.update(ZONE="z", TPU_NAME="t1", BUCKET="b")
   r = subprocess.run(["bash", TPU, "run"], env=env, capture_output=True, text=True)
-  assert r.returncode == 2 and "gcsfuse" in r.stderr and not log.exists()
+  assert r.returncode == 0, r.stderr
+  cmd = next(a for a in log.read_text().splitlines() if a.startswith("--command="))
+  assert "--workdir=gs://b/runs/t1" in cmd and "shared mount" not in r.stderr
+  env.update(WORKDIR="s3://b/run")
+  log.unlink()
+  r = subprocess.run(["bash", TPU, "run"], env=env, capture_output=True, text=True)
+  assert r.returncode == 2 and "only gs:// URLs" in r.stderr and not log.exists()
 
 
 def test_tpu_all_deletes_the_slice_even_when_the_run_fails(tmp_path):
