@@ -171,3 +171,31 @@ def test_continuation_and_first_logits_gather():
   logits = jnp.arange(2 * 10 * 3, dtype=jnp.float32).reshape(2, 10, 3)
   f = rollout.first_logits_at(logits, pos)
   np.testing.assert_array_equal(f[3], logits[1, 7])
+
+
+def test_padded_rows_are_chunked_over_their_own_length():
+  """A 24-token prompt right-padded to 64: with lengths, its 4 chunks split [0, 24) (one
+  position in each sixth); chunking the padded row would leave it 2 valid chunks of 4."""
+  T, c, L = 64, 4, 24
+  mask = np.ones((2, T), np.float32)
+  mask[1, L:] = 0
+  ent = jnp.asarray(np.random.default_rng(0).random((2, T)), jnp.float32)
+  kw = dict(num_chunks=c, rollout_len=1, smooth_kernel=1, margin=0, mode="uniform",
+            loss_mask_BT=jnp.asarray(mask))
+  seen = set()
+  for i in range(40):
+    pos, valid, _ = selection.select_positions(jax.random.key(i), ent,
+                                               lengths_B=jnp.array([T, L]), **kw)
+    pos, valid = np.asarray(pos), np.asarray(valid)
+    assert valid.all()
+    for j in range(c):
+      assert j * T // c <= pos[0, j] < (j + 1) * T // c  # full row: as without lengths
+      assert j * L // c <= pos[1, j] < (j + 1) * L // c
+      seen.add((j, int(pos[1, j])))
+  assert len(seen) > 2 * c  # sampled, not pinned to one position per chunk
+  _, valid, _ = selection.select_positions(jax.random.key(0), ent, **kw)
+  assert np.asarray(valid)[1].tolist() == [True, True, False, False]
+  pos_a, _, _ = selection.select_positions(jax.random.key(3), ent, **kw)
+  pos_b, _, _ = selection.select_positions(jax.random.key(3), ent,
+                                           lengths_B=jnp.array([T, T]), **kw)
+  np.testing.assert_array_equal(pos_a, pos_b)  # lengths = T changes nothing

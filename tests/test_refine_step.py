@@ -187,3 +187,33 @@ def test_tiny_refine_run_improves_reward():
              for i in range(30)]
   first, last = np.mean(rewards[:5]), np.mean(rewards[-5:])
   assert last > first + 0.3, np.round(rewards, 2)
+
+
+def test_advantages_group_by_position_or_sequence():
+  """n > 1: the default group is the n samples of one (sequence, position), standardised by
+  hand here; group="sequence" standardises all c * n rollouts of a row."""
+  B, c, n = 2, 3, 4
+  r = np.random.default_rng(0).normal(size=(B, c * n)).astype(np.float32)
+  valid = np.ones((B, c * n), bool)
+  valid[1, 4:8] = False  # a chunk with no valid position: its group gets advantage 0
+  rc = tiny_rcfg(rollouts_per_position=n, num_chunks=c)
+  assert step.group_of(rc) == "position"
+  got = np.asarray(step.advantages(jnp.asarray(r), jnp.asarray(valid), rc))
+  want = np.zeros_like(r)
+  for b in range(B):
+    for j in range(c):
+      g = slice(j * n, (j + 1) * n)
+      if valid[b, g].all():
+        want[b, g] = (r[b, g] - r[b, g].mean()) / (r[b, g].std(ddof=1) + rc.adv_eps)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  rc.group = "sequence"
+  got = np.asarray(step.advantages(jnp.asarray(r), jnp.asarray(valid), rc))
+  v = valid[0]
+  np.testing.assert_allclose(got[0], (r[0] - r[0].mean()) / (r[0].std(ddof=1) + rc.adv_eps),
+                             rtol=1e-5, atol=1e-6)
+  assert np.abs(got[1][~valid[1]]).max() == 0 and v.all()
+  assert step.group_of(tiny_rcfg(rollouts_per_position=1)) == "sequence"
+  with pytest.raises(ValueError, match="refine.group='position' needs"):
+    step.validate(tiny_rcfg(rollouts_per_position=1, group="position"), T)
+  with pytest.raises(ValueError, match="refine.group="):
+    step.validate(tiny_rcfg(group="chunk"), T)

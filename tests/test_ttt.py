@@ -50,6 +50,7 @@ def test_prompt_batch_layout():
   np.testing.assert_array_equal(b["inputs"][1, :5], [1, 2, 3, 4, 0])
   np.testing.assert_array_equal(b["targets"][0, :3], [6, 7, 0])
   np.testing.assert_array_equal(b["loss_mask"].sum(1), [2, 4])
+  np.testing.assert_array_equal(b["lengths"], [2, 4])  # ReFINE chunks these, not 8
 
 
 def test_adapt_leaves_weights_identical_and_matches_manual_sft_step():

@@ -1,7 +1,9 @@
 """GRPO: group-standardised advantages and the PPO clipped (dual-clip) policy loss.
 
-A group is all rollouts of one sequence (its c chunks x n samples). Shapes: rewards and
-valid masks [B, G] (G = c * n per sequence); per-token arrays [B, G, k].
+A group is one row of the rewards: refine.step.advantages lays the rows out as one sequence's
+c chunks x n samples (refine.group="sequence") or as the n samples of one (sequence, position)
+(group="position", the official code's choice for n > 1). Shapes: rewards and valid masks
+[rows, G]; per-token arrays [B, G, k].
 """
 from __future__ import annotations
 

@@ -42,6 +42,18 @@ def chunk_ids(T, num_chunks):
   return (jnp.arange(T) * num_chunks // T).astype(jnp.int32)
 
 
+def _in_chunk(T, num_chunks, lengths_B=None):
+  """[B or 1, c, T] bool: position t is in chunk j of its row (all rows length T, or each
+  its own length; positions past a row's length are in no chunk)."""
+  c_c1 = jnp.arange(num_chunks)[:, None]
+  if lengths_B is None:
+    return (chunk_ids(T, num_chunks)[None, :] == c_c1)[None]
+  L_B1 = jnp.clip(jnp.asarray(lengths_B, jnp.int32), 1, T)[:, None]
+  t_1T = jnp.arange(T)[None]
+  ids_BT = jnp.where(t_1T < L_B1, t_1T * num_chunks // L_B1, num_chunks)
+  return ids_BT[:, None, :] == c_c1[None]
+
+
 def valid_positions(T, rollout_len, margin, loss_mask_BT=None):
   """[B or 1, T] bool: positions whose k-token true continuation exists (p + k <= T),
   that leave at least `margin` tokens of prefix (p >= margin), and (with a loss mask) whose
@@ -59,8 +71,12 @@ def valid_positions(T, rollout_len, margin, loss_mask_BT=None):
 
 
 def select_positions(rng, entropy_BT, *, num_chunks, rollout_len, mode="entropy", tau=1.0,
-                     smooth_kernel=None, margin=0, loss_mask_BT=None):
+                     smooth_kernel=None, margin=0, loss_mask_BT=None, lengths_B=None):
   """One position per chunk per sequence.
+
+  lengths_B: each row's real length in a right-padded batch (post-training prompts, TTT); the
+  c chunks then split [0, length) of each row, not the padded T (else a 200-token prompt in a
+  512 batch would get half its positions).
 
   Returns (positions_Bc int32, valid_Bc bool, score_BT). A chunk with no valid position
   (tiny T, or all masked) gets valid=False and position clipped into range; callers must
@@ -74,8 +90,7 @@ def select_positions(rng, entropy_BT, *, num_chunks, rollout_len, mode="entropy"
     smooth_kernel = rollout_len + (1 - rollout_len % 2)
   score_BT = smooth(jax.lax.stop_gradient(entropy_BT).astype(jnp.float32), smooth_kernel)
   ok_BT = jnp.broadcast_to(valid_positions(T, rollout_len, margin, loss_mask_BT), (B, T))
-  in_chunk_cT = chunk_ids(T, num_chunks)[None, :] == jnp.arange(num_chunks)[:, None]
-  allowed_BcT = ok_BT[:, None, :] & in_chunk_cT[None]
+  allowed_BcT = ok_BT[:, None, :] & _in_chunk(T, num_chunks, lengths_B)
   if mode == "entropy":
     logits_BcT = jnp.broadcast_to((score_BT / tau)[:, None, :], allowed_BcT.shape)
   elif mode == "uniform":

@@ -27,6 +27,9 @@ def default_refine_config() -> ml_collections.ConfigDict:
   c.num_chunks = 8             # c: selected positions (= rollout groups members) per sequence
   c.rollout_len = 5            # k: tokens per rollout
   c.rollouts_per_position = 1  # n: samples per selected position
+  # GRPO group: "position" = the n samples of one (sequence, position), as the official code
+  # does for n > 1; "sequence" = all c * n rollouts of a sequence; "auto" = position if n > 1.
+  c.group = "auto"
   c.temperature = 1.0          # sampling temperature (<= 0: greedy)
   c.top_k = 0                  # 0 = off
   c.top_p = 1.0                # 1.0 = off
@@ -49,12 +52,40 @@ def default_refine_config() -> ml_collections.ConfigDict:
   return c
 
 
+GROUPS = ("auto", "position", "sequence")
+
+
+def group_of(rcfg) -> str:
+  """The GRPO group in effect: "position" (n samples of one position) or "sequence"."""
+  group = rcfg.get("group", "auto")
+  if group == "auto":
+    return "position" if rcfg.rollouts_per_position > 1 else "sequence"
+  return group
+
+
+def advantages(rewards_BG, valid_BG, rcfg):
+  """Group-standardised advantages [B, G]; G = c * n with the n samples of a position
+  adjacent, so a per-position group is a reshape to [B * c, n]."""
+  if group_of(rcfg) == "sequence":
+    return grpo.group_advantages(rewards_BG, valid_BG, rcfg.adv_eps)
+  B, G = rewards_BG.shape
+  n = rcfg.rollouts_per_position
+  adv = grpo.group_advantages(rewards_BG.reshape(B * G // n, n),
+                              valid_BG.reshape(B * G // n, n), rcfg.adv_eps)
+  return adv.reshape(B, G)
+
+
 def validate(rcfg, seq_len):
   """One clear error per bad refine.* field."""
   if rcfg.rollout_len < 1:
     raise ValueError(f"refine.rollout_len={rcfg.rollout_len} must be >= 1.")
   if rcfg.rollouts_per_position < 1:
     raise ValueError(f"refine.rollouts_per_position={rcfg.rollouts_per_position} must be >= 1.")
+  if rcfg.get("group", "auto") not in GROUPS:
+    raise ValueError(f"refine.group={rcfg.group!r}; choose one of {GROUPS}.")
+  if group_of(rcfg) == "position" and rcfg.rollouts_per_position < 2:
+    raise ValueError("refine.group='position' needs refine.rollouts_per_position >= 2 (a group "
+                     "of one rollout has no baseline); use group='sequence' or raise n.")
   if not 1 <= rcfg.num_chunks <= seq_len:
     raise ValueError(f"refine.num_chunks={rcfg.num_chunks} must be in [1, data.seq_len={seq_len}].")
   if rcfg.margin + rcfg.rollout_len > seq_len:
@@ -94,12 +125,12 @@ def _batch_arrays(batch):
   return inputs, targets, mask
 
 
-def _select(rng, logits_BTV, mask_BT, rcfg):
+def _select(rng, logits_BTV, mask_BT, rcfg, lengths_B=None):
   ent_BT = selection.token_entropy(jax.lax.stop_gradient(logits_BTV))
   pos_Bc, valid_Bc, _ = selection.select_positions(
       rng, ent_BT, num_chunks=rcfg.num_chunks, rollout_len=rcfg.rollout_len,
       mode=rcfg.selection, tau=rcfg.tau, smooth_kernel=rcfg.smooth_kernel or None,
-      margin=rcfg.margin, loss_mask_BT=mask_BT)
+      margin=rcfg.margin, loss_mask_BT=mask_BT, lengths_B=lengths_B)
   ent_Bc = jnp.take_along_axis(ent_BT, pos_Bc, axis=1)
   return pos_Bc, valid_Bc, ent_Bc
 
@@ -172,20 +203,20 @@ def _reward_metrics(rewards_BG, valid_BG, ent_Bc, valid_Bc):
           "valid_frac": jnp.mean(valid_Bc.astype(jnp.float32))}
 
 
-def _sample_and_score(model, out, targets_BT, mask_BT, rng, rcfg):
+def _sample_and_score(model, out, targets_BT, mask_BT, rng, rcfg, lengths_B=None):
   """Selection, rollouts from the captured states, rewards and group advantages: the part
   shared by the fused loss and `collect`. Rollout log-probs stay differentiable."""
   B, T = targets_BT.shape
   n, k, c = rcfg.rollouts_per_position, rcfg.rollout_len, rcfg.num_chunks
   r_sel, r_roll = jax.random.split(rng)
-  pos_Bc, valid_Bc, ent_Bc = _select(r_sel, out.logits, mask_BT, rcfg)
+  pos_Bc, valid_Bc, ent_Bc = _select(r_sel, out.logits, mask_BT, rcfg, lengths_B)
   roll, cache_Bc = rollout.rollouts_from_capture(
       model, out, pos_Bc, r_roll, n=n, length=k, max_len=T + k, temperature=rcfg.temperature,
       top_k=rcfg.top_k, top_p=rcfg.top_p)
   true_Bck = rollout.continuation_at(targets_BT, pos_Bc, k)
   rewards_BG = _rewards(model, rcfg, cache_Bc, roll, true_Bck).reshape(B, c * n)
   valid_BG = jnp.repeat(valid_Bc, n, axis=1)
-  adv_BG = grpo.group_advantages(rewards_BG, valid_BG, rcfg.adv_eps)
+  adv_BG = advantages(rewards_BG, valid_BG, rcfg)
   return pos_Bc, valid_Bc, ent_Bc, roll, true_Bck, rewards_BG, valid_BG, adv_BG
 
 
@@ -201,7 +232,7 @@ def refine_loss(model, batch, rng, rcfg, ref_model=None):
   out = model(inputs, capture=True)
   ntp = ntp_loss(out.logits, targets, mask)
   pos_Bc, valid_Bc, ent_Bc, roll, _, rewards_BG, valid_BG, adv_BG = _sample_and_score(
-      model, out, targets, mask, rng, rcfg)
+      model, out, targets, mask, rng, rcfg, batch.get("lengths"))
   ref_lp = (_ref_logprobs(ref_model, inputs, pos_Bc, roll.tokens_Gk, rcfg)
             if rcfg.kl_coef > 0 else None)
   rl, rl_metrics = _rl_terms(rcfg, B, roll.logp_Gk, jax.lax.stop_gradient(roll.logp_Gk),
@@ -242,7 +273,7 @@ def collect(model, batch, rng, rcfg) -> Collected:
   inputs, targets, mask = _batch_arrays(batch)
   out = model(inputs, capture=True)
   pos_Bc, valid_Bc, ent_Bc, roll, true_Bck, rewards_BG, _, adv_BG = _sample_and_score(
-      model, out, targets, mask, rng, rcfg)
+      model, out, targets, mask, rng, rcfg, batch.get("lengths"))
   col = Collected(pos_Bc, valid_Bc, roll.tokens_Gk,
                   rollout.repeat_rows(true_Bck, rcfg.rollouts_per_position),
                   roll.logp_Gk, rewards_BG, adv_BG, ent_Bc)

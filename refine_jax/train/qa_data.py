@@ -133,14 +133,17 @@ def qa_batch(tokenizer, samples: Sequence[tasks_lib.TaskSample], seq_len: int,
 
 def prompt_only(batch: dict, pad_id: int) -> dict:
   """The inner-update view of a batch (works under jit): answer tokens replaced by pad_id in
-  inputs and targets, loss_mask = prompt_mask. Nothing of the answer reaches the inner loss."""
+  inputs and targets, loss_mask = prompt_mask, lengths = prompt_len. Nothing of the answer
+  reaches the inner loss."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   inputs, targets = jnp.asarray(batch["inputs"]), jnp.asarray(batch["targets"])
   pm = jnp.asarray(batch["prompt_mask"], jnp.float32)
   keep_BT = jnp.arange(inputs.shape[1])[None] < jnp.asarray(batch["prompt_len"])[:, None]
   return {"inputs": jnp.where(keep_BT, inputs, pad_id).astype(jnp.int32),
           "targets": jnp.where(pm > 0, targets, pad_id).astype(jnp.int32),
-          "loss_mask": pm}
+          "loss_mask": pm,
+          # ReFINE's chunks split each prompt's own length, not the padded row.
+          "lengths": jnp.asarray(batch["prompt_len"], jnp.int32)}
 
 
 class SampleIterator:

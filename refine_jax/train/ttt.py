@@ -88,14 +88,15 @@ def validate(config):
 
 def prompt_batch(prompt_ids: Sequence[Sequence[int]], bucket: int, pad_id: int):
   """Right-padded NTP batch of the prompts, T = the longest prompt - 1 rounded up to `bucket`
-  (few compiled shapes): inputs, targets, loss_mask (1 on real prompt targets)."""
+  (few compiled shapes): inputs, targets, loss_mask (1 on real prompt targets), lengths."""
   lens = [len(p) for p in prompt_ids]
   if min(lens) < 2:
     raise ValueError("every TTT prompt needs >= 2 tokens (one input, one target).")
   T = -(-(max(lens) - 1) // bucket) * bucket
   b = len(prompt_ids)
   out = {"inputs": np.full((b, T), pad_id, np.int32), "targets": np.full((b, T), pad_id, np.int32),
-         "loss_mask": np.zeros((b, T), np.float32)}
+         "loss_mask": np.zeros((b, T), np.float32),
+         "lengths": np.asarray(lens, np.int32) - 1}  # ReFINE chunks each prompt's own length
   for i, ids in enumerate(prompt_ids):
     ids = np.asarray(ids, np.int32)
     out["inputs"][i, :len(ids) - 1] = ids[:-1]
