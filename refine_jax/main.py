@@ -50,7 +50,7 @@ def main(argv):
   workdir = _WORKDIR.value or default_workdir(config)
   try:
     validate.check_workdir(workdir)
-  except (ValueError, FileNotFoundError, PermissionError) as e:
+  except (ValueError, OSError) as e:  # OSError: no bucket / credentials / network
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   if not _WORKDIR.value:

@@ -204,6 +204,10 @@ def check_writable(path, what="--workdir"):
           "`gcloud auth application-default login` (or set GOOGLE_APPLICATION_CREDENTIALS to a "
           "service-account key; on a TPU/GCE VM give its service account "
           "roles/storage.objectAdmin on the bucket).") from e
+    if isinstance(e, OSError):  # aiohttp connection / DNS errors are OSErrors
+      raise ConnectionError(
+          f"{what}={url}: cannot reach Cloud Storage ({type(e).__name__}: {str(e)[:200]}); "
+          "check the network or proxy settings (STORAGE_EMULATOR_HOST for an emulator).") from e
     raise
 
 

@@ -93,11 +93,12 @@ def test_kill_9_during_saves_keeps_a_good_checkpoint(tmp_path, python_subprocess
   assert [r["step"] for r in rows] == list(range(1, 41))
 
 
-def test_main_refuses_a_url_workdir(tmp_path, python_subprocess):
+def test_main_refuses_an_unsupported_url_workdir(tmp_path, python_subprocess):
+  """gs:// works (tests/test_checkpoint_remote.py); another scheme is one line, exit 2."""
   cfg = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                      "configs", "pretrain.py")
   proc = python_subprocess(["-m", "refine_jax.main", f"--config={cfg}",
-                            "--workdir=gs://bucket/run"], cwd=str(tmp_path), check=False)
+                            "--workdir=s3://bucket/run"], cwd=str(tmp_path), check=False)
   assert proc.returncode == 2
-  assert "--workdir=gs://bucket/run" in proc.stderr and "gcsfuse" in proc.stderr
-  assert not (tmp_path / "gs:").exists()
+  assert "--workdir=s3://bucket/run: s3:// is not supported; use gs://" in proc.stderr
+  assert not (tmp_path / "s3:").exists()
