@@ -189,6 +189,32 @@ print("fields", init_checkpoint.checkpoint_fields({RUN!r})[0]["model.hidden"])
   assert "logits (1, 8, 259) 32" in probe.stdout and "fields 32" in probe.stdout
 
 
+@pytest.mark.slow
+def test_posttrain_then_ttt_from_gs(gcs):
+  """posttrain (with its warm-up) in a gs:// run dir, then ttt with init_checkpoint=gs://...:
+  summaries, eval/no_adaptation, comparison tables and the TTT progress file in the bucket."""
+  url, env = gcs
+  common = ["--config.model.hidden=32", "--config.model.layers=1", "--config.model.heads=2",
+            "--config.train.batch_size=2", "--config.eval.num_samples=2",
+            "--config.eval.context_lengths=416", "--config.eval.tasks=niah_single"]
+  _python(["-m", "refine_jax.main", "--config=configs/posttrain.py", f"--workdir={RUN}-post"]
+          + common + ["--config.train.steps=2", "--config.train.eval_every=0",
+                      "--config.train.progress_bar=False", "--config.posttrain.mode=sft",
+                      "--config.posttrain.warmup_steps=2"], env)
+  proc = _python(["-m", "refine_jax.main", "--config=configs/ttt.py", f"--workdir={RUN}-ttt",
+                  f"--config.init_checkpoint={RUN}-post", "--config.ttt.steps=1"] + common, env)
+  assert "ttt done" in proc.stdout
+  post, ttt = _names(url, "run-post/"), _names(url, "run-ttt/")
+  for name in ("posttrain_summary.json", "eval/comparison.md", "eval/results.json",
+               "eval/no_adaptation/summary.json", "warmup/checkpoints/2/commit_success.txt"):
+    assert f"run-post/{name}" in post, name
+  for name in ("ttt_summary.json", "eval/comparison.md", "eval/ttt_progress.jsonl",
+               "eval/no_adaptation/summary.json"):
+    assert f"run-ttt/{name}" in ttt, name
+  summary = json.loads(_get(url, "run-ttt/ttt_summary.json"))
+  assert summary["init_checkpoint"] == f"{RUN}-post"
+
+
 def test_missing_bucket_fails_at_startup(gcs):
   url, env = gcs
   proc = _python(["-m", "refine_jax.main"] + _TINY + ["--workdir=gs://no-such-bucket/run"], env,
