@@ -126,9 +126,9 @@ def append_bytes(path, data):
       f.write(data)
       f.flush()
     return
-  fs = _gcsfs(p)
-  if fs is None or not p.exists():  # tf.io.gfile backend: no compose; first write: no append
-    p.write_bytes((p.read_bytes() if p.exists() else b"") + data)
+  fs, there = _gcsfs(p), exists(p)
+  if fs is None or not there:  # no gcsfs: no compose; first write: nothing to append to
+    p.write_bytes((p.read_bytes() if there else b"") + data)
     return
   part = os.fspath(p.parent / f".append-{uuid.uuid4().hex}")
   fs.pipe(part, data)
@@ -152,20 +152,22 @@ def remove(path):
 def move_tree(src, dst):
   """Moves a directory (on gs://: every object under the prefix, copy then delete)."""
   s, d = as_path(src), as_path(dst)
-  if is_remote(s):
+  if is_remote(s) and _gcsfs(s) is not None:
     _gcsfs(s).mv(os.fspath(s), os.fspath(d), recursive=True)
     return
-  d.parent.mkdir(parents=True, exist_ok=True)
+  if not is_remote(d):
+    d.parent.mkdir(parents=True, exist_ok=True)
   s.rename(d)
 
 
 def _gcsfs(path):
-  """The gcsfs filesystem epath uses for gs:// (None when epath uses tf.io.gfile)."""
+  """epath's own gcsfs instance (so its listing cache is the one refreshed), also when epath
+  reads through tf.io.gfile; None without gcsfs."""
   from etils.epath import backend  # pylint: disable=g-import-not-at-top
-  b = as_path(path)._backend  # pylint: disable=protected-access
-  if b is not backend.fsspec_backend:
+  try:
+    return backend.fsspec_backend.fs(os.fspath(path))
+  except ImportError:
     return None
-  return b.fs(os.fspath(path))
 
 
 def check_writable(path, what="--workdir"):
@@ -175,9 +177,9 @@ def check_writable(path, what="--workdir"):
   check(path, what)
   url = norm(path)
   if not is_remote(url):
-    makedirs(url)
     probe = join(url, f".write-probe-{uuid.uuid4().hex[:12]}")
     try:
+      makedirs(url)
       write_text(probe, "ok")
       remove(probe)
     except OSError as e:
