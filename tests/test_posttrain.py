@@ -17,7 +17,7 @@ from configs import posttrain as posttrain_config  # pylint: disable=g-import-no
 from refine_jax.data import tasks as tasks_lib
 from refine_jax.data.tokenizers import ByteTokenizer
 from refine_jax.models import build_model
-from refine_jax.train import losses, posttrain, qa_data
+from refine_jax.train import losses, optim, posttrain, qa_data
 
 TOK = ByteTokenizer()
 T = 64
@@ -128,16 +128,17 @@ def test_step_equals_two_manual_updates(mode):
   config = tiny_config(mode, **{"posttrain.inner_lr_scale": 0.5})
   b, model = batch_and_model(config)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  # SGD with momentum: stateful (the outer update must see the inner one's trace) and linear
-  # in the gradients, so rounding differences between CPUs stay at rounding size (Adam's
-  # g / |g| turns a near-zero gradient's rounding into a whole lr-sized step).
-  tx = optax.sgd(1e-2, momentum=0.9)
+  # SGD with momentum: stateful (each update must see its own trace) and linear in the
+  # gradients, so rounding differences between CPUs stay at rounding size (Adam's g / |g|
+  # turns a near-zero gradient's rounding into a whole lr-sized step).
+  sgd = optax.sgd(1e-2, momentum=0.9)
+  tx = sgd if mode == "sft" else optim.Nested(optax.chain(sgd, optax.scale(0.5)), sgd)
   opt = tx.init(params)
   rng = jax.random.key(3)
   step = posttrain.make_step_builder(config, TOK.pad_id)(graphdef, None, tx)
   got_p, got_opt, out = jax.jit(step)(params, opt, rest, b, rng)
 
-  want_p, want_lo = jax.jit(lambda: _manual(mode, graphdef, params, rest, opt, tx, b, rng))()
+  want_p, want_lo = jax.jit(lambda: _manual(mode, graphdef, params, rest, sgd, b, rng))()
   np.testing.assert_allclose(float(out["loss"]), float(want_lo), rtol=1e-5)
   # Tolerance from the size of the update itself (per leaf), far above float32 rounding.
   jax.tree.map(lambda a, w, p: np.testing.assert_allclose(
@@ -145,19 +146,68 @@ def test_step_equals_two_manual_updates(mode):
   assert ("inner_loss" in out) == (mode != "sft")
 
 
-def _manual(mode, graphdef, params, rest, opt, tx, b, rng):
+def _manual(mode, graphdef, params, rest, sgd, b, rng):
+  """Inner update (its own optimiser state, scaled 0.5) then outer update (a fresh state)."""
   r_in, r_out = jax.random.split(rng)
-  p, o = params, opt
+  p = params
   if mode != "sft":
     pb = qa_data.prompt_only(b, TOK.pad_id)
     g = jax.grad(lambda q: losses.ntp_loss(nnx.merge(graphdef, q, rest), pb, r_in)[0])(p)
-    u, o = tx.update(g, o, p)
+    u, _ = sgd.update(g, sgd.init(p), p)
     p = optax.apply_updates(p, jax.tree.map(lambda x: 0.5 * x, u))
   ab = {"inputs": b["inputs"], "targets": b["targets"], "loss_mask": b["loss_mask"]}
   lo, g = jax.value_and_grad(
       lambda q: losses.ntp_loss(nnx.merge(graphdef, q, rest), ab, r_out)[0])(p)
-  u, o = tx.update(g, o, p)
+  u, _ = sgd.update(g, sgd.init(p), p)
   return optax.apply_updates(p, u), lo
+
+
+@pytest.mark.parametrize("mode", ["nested_sft", "nested_refine"])
+def test_inner_lr_scale_zero_is_sft_bit_for_bit(mode):
+  """With separate inner/outer AdamW states (posttrain.make_optimizer), a zero-scaled inner
+  update leaves nothing behind: two steps equal plain SFT's two steps exactly."""
+  def two_steps(config):
+    b, model = batch_and_model(config)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    tx = posttrain.make_optimizer(config)
+    opt = tx.init(params)
+    step = jax.jit(posttrain.make_step_builder(config, TOK.pad_id)(graphdef, None, tx))
+    for i in range(2):
+      params, opt, out = step(params, opt, rest, b, jax.random.key(i))
+    return params, opt, out
+
+  p_sft, opt_sft, _ = two_steps(tiny_config("sft"))
+  p_nest, opt_nest, out = two_steps(tiny_config(mode, **{"posttrain.inner_lr_scale": 0.0}))
+  assert float(out["inner_grad_norm"]) > 0  # the inner update really ran
+  jax.tree.map(np.testing.assert_array_equal, p_nest, p_sft)
+  jax.tree.map(np.testing.assert_array_equal, opt_nest["outer"], opt_sft)
+  # ... and with a non-zero scale the answer update differs (the test can fail).
+  p_half, _, _ = two_steps(tiny_config(mode, **{"posttrain.inner_lr_scale": 0.5}))
+  assert max(np.abs(a - b).max() for a, b in zip(jax.tree.leaves(p_half),
+                                                 jax.tree.leaves(p_sft))) > 1e-4
+
+
+def test_nested_refine_makes_ppo_epochs_x_minibatches_inner_updates():
+  """refine.ppo_epochs x ppo_minibatches inner updates per step (rollouts collected once), as
+  the official code does: the inner Adam count says so, the outer one counts 1, and from the
+  second update on the PPO ratio moves off 1 so the clip can act."""
+  def run(**over):
+    config = tiny_config("nested_refine", **over)
+    b, model = batch_and_model(config)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    tx = posttrain.make_optimizer(config)
+    opt = tx.init(params)
+    step = jax.jit(posttrain.make_step_builder(config, TOK.pad_id)(graphdef, None, tx))
+    _, opt, out = step(params, opt, rest, b, jax.random.key(0))
+    counts = lambda s: sorted({int(x) for x in jax.tree.leaves(s) if np.ndim(x) == 0})
+    return counts(opt["inner"]), counts(opt["outer"]), out
+
+  inner, outer, out = run(**{"train.lr": 0.05})
+  assert inner == [1] and outer == [1] and float(out["inner_clip_frac"]) == 0.0
+  inner, outer, out = run(**{"train.lr": 0.05, "refine.ppo_epochs": 3,
+                             "refine.ppo_minibatches": 2})
+  assert inner == [6] and outer == [1]
+  assert float(out["inner_clip_frac"]) > 0.0
 
 
 def test_load_samples_jsonl_and_parquet(tmp_path):

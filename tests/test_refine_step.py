@@ -217,3 +217,6 @@ def test_advantages_group_by_position_or_sequence():
     step.validate(tiny_rcfg(rollouts_per_position=1, group="position"), T)
   with pytest.raises(ValueError, match="refine.group="):
     step.validate(tiny_rcfg(group="chunk"), T)
+  with pytest.raises(ValueError, match="greedy"):
+    step.validate(tiny_rcfg(temperature=0.0), T)
+  step.validate(tiny_rcfg(temperature=0.0, group="sequence"), T)

@@ -87,6 +87,9 @@ def _greedy_rcfg(**kw):
   rc = refine_step.default_refine_config()
   rc.num_chunks, rc.rollout_len, rc.rollouts_per_position, rc.margin = 3, 3, 2, 2
   rc.selection, rc.temperature, rc.lambda_rl = "argmax", 0.0, 1.0
+  # Greedy samples of one position are identical: only per-sequence groups have rewards that
+  # differ by more than rounding (a per-position group would standardise rounding noise).
+  rc.group = "sequence"
   rc.update(kw)
   return rc
 

@@ -153,3 +153,26 @@ def test_resolve_config_for_other_stages():
   assert c.ttt.steps == ttt.default_ttt_config().steps and c.refine.num_chunks == 8
   own = tiny_config()
   assert ttt.resolve_config(own) is own
+
+
+def test_refine_adaptation_honours_ppo_epochs_and_minibatches():
+  """refine.ppo_epochs x ppo_minibatches > 1: each TTT step collects rollouts once and makes
+  that many clipped updates (the ratio moves off 1, so the clip acts); 1 x 1 is the fused
+  step, whose ratio is exactly 1."""
+  model = build_model(tiny_config().model, rngs=nnx.Rngs(0))
+  ids = [[TOK.bos_id] + TOK.encode(p) for p in prompts(0)]
+
+  def run(**over):
+    # cosine reward: a random model's binary rewards are all 0, so no advantage to clip.
+    config = tiny_config(**{"ttt.steps": 1, "ttt.lr": 0.05, "refine.reward": "cosine", **over})
+    new, rows = ttt.adapt(model, config, ids, return_metrics=True)
+    return params_of(new), rows[0]
+
+  p1, m1 = run()
+  p6, m6 = run(**{"refine.ppo_epochs": 3, "refine.ppo_minibatches": 2})
+  assert m1["clip_frac"] == 0.0 and m6["clip_frac"] > 0.0
+  # Six Adam updates of ~lr each move the weights further than one.
+  before = params_of(model)
+  dist = lambda p: max(np.abs(a - b).max() for a, b in zip(jax.tree.leaves(p),
+                                                           jax.tree.leaves(before)))
+  assert dist(p6) > 2 * dist(p1)

@@ -86,6 +86,10 @@ def validate(rcfg, seq_len):
   if group_of(rcfg) == "position" and rcfg.rollouts_per_position < 2:
     raise ValueError("refine.group='position' needs refine.rollouts_per_position >= 2 (a group "
                      "of one rollout has no baseline); use group='sequence' or raise n.")
+  if group_of(rcfg) == "position" and rcfg.temperature <= 0:
+    raise ValueError("refine.temperature<=0 (greedy) with refine.group='position': the n "
+                     "samples of a position are identical, so their advantages are rounding "
+                     "noise; sample (temperature > 0) or use refine.group='sequence'.")
   if not 1 <= rcfg.num_chunks <= seq_len:
     raise ValueError(f"refine.num_chunks={rcfg.num_chunks} must be in [1, data.seq_len={seq_len}].")
   if rcfg.margin + rcfg.rollout_len > seq_len:

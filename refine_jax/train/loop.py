@@ -208,7 +208,7 @@ def write_config(config, workdir):
 def run_training(config, workdir, loss_fn, *, eval_fn=losses.ntp_eval,
                  model_fn: Callable | None = None, train_iter=None, eval_batches=None,
                  step_builder: Callable | None = None, updates_per_step: int = 1,
-                 on_step: Callable | None = None,
+                 tx=None, on_step: Callable | None = None,
                  stage: str | None = None) -> TrainResult:
   """Trains config.train.steps steps in `workdir`, resuming from its latest good checkpoint.
 
@@ -221,7 +221,9 @@ def run_training(config, workdir, loss_fn, *, eval_fn=losses.ntp_eval,
   pipeline's held-out split). step_builder(graphdef, loss_fn, tx) replaces make_train_step; it
   must carry `.microbatches == config.train.microbatches` when that is > 1 (it accumulates
   itself); updates_per_step = the tx.update calls its step makes (the lr schedule still follows
-  steps). config.train.microbatches: gradient accumulation inside the one step (`accumulate`).
+  steps). tx: the optimiser (a StepSpec's, e.g. optim.Nested for post-training) instead of
+  optim.make_optimizer(config.train, updates_per_step); its step_builder knows its layout.
+  config.train.microbatches: gradient accumulation inside the one step (`accumulate`).
   on_step(step, metrics, model_state) runs on the host after each step.
   """
   t_start = time.time()
@@ -243,7 +245,10 @@ def run_training(config, workdir, loss_fn, *, eval_fn=losses.ntp_eval,
   logging.info("mesh %s over %d devices", dict(mesh.shape), mesh.size)
 
   ms = state_lib.init_model_state(model_fn or default_model_fn(config), mesh)
-  tx, schedule = optim.make_optimizer(tc, updates_per_step)
+  if tx is None:
+    tx, schedule = optim.make_optimizer(tc, updates_per_step)
+  else:
+    schedule = optim.make_schedule(tc)  # the lr per train step, for the metrics
   opt_state, opt_sh = state_lib.init_opt_state(tx, ms, mesh)
 
   ck = ckpt_lib.Checkpointer(paths.join(workdir, "checkpoints"),

@@ -1,6 +1,8 @@
 """AdamW with warmup + cosine (or constant / linear) schedule, global-norm clipping,
 decoupled weight decay."""
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -46,20 +48,42 @@ def per_update(schedule, updates_per_step):
   return lambda count: schedule(count // updates_per_step)
 
 
+def adamw(lr, *, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0, grad_clip=0.0,
+          mu_dtype="float32", decay_all=False):
+  """THE optimiser builder: global-norm clip (grad_clip > 0), then AdamW with decoupled weight
+  decay on matrices (decay_mask) or on every parameter (decay_all). lr: float or schedule."""
+  if mu_dtype not in MU_DTYPES:
+    raise ValueError(f"train.mu_dtype={mu_dtype!r}; use one of {tuple(MU_DTYPES)}.")
+  parts = [optax.clip_by_global_norm(float(grad_clip))] if grad_clip and grad_clip > 0 else []
+  parts.append(optax.adamw(lr, b1=float(b1), b2=float(b2), eps=float(eps),
+                           mu_dtype=MU_DTYPES[mu_dtype], weight_decay=float(weight_decay),
+                           mask=None if decay_all else decay_mask))
+  return optax.chain(*parts)
+
+
 def make_optimizer(train_cfg, updates_per_step=1):
   """(optax transformation, schedule over train steps) from `config.train`;
   updates_per_step: optimiser updates one train step makes (PPO epochs, nested updates)."""
   if int(updates_per_step) < 1:
     raise ValueError(f"updates_per_step={updates_per_step} must be >= 1")
   schedule = make_schedule(train_cfg)
-  parts = []
-  if train_cfg.grad_clip and train_cfg.grad_clip > 0:
-    parts.append(optax.clip_by_global_norm(float(train_cfg.grad_clip)))
-  mu_dtype = train_cfg.get("mu_dtype", "float32")
-  if mu_dtype not in MU_DTYPES:
-    raise ValueError(f"train.mu_dtype={mu_dtype!r}; use one of {tuple(MU_DTYPES)}.")
-  parts.append(optax.adamw(per_update(schedule, int(updates_per_step)), b1=float(train_cfg.b1),
-                           b2=float(train_cfg.b2), eps=float(train_cfg.eps),
-                           mu_dtype=MU_DTYPES[mu_dtype],
-                           weight_decay=float(train_cfg.weight_decay), mask=decay_mask))
-  return optax.chain(*parts), schedule
+  tx = adamw(per_update(schedule, int(updates_per_step)), b1=train_cfg.b1, b2=train_cfg.b2,
+             eps=train_cfg.eps, weight_decay=train_cfg.weight_decay,
+             grad_clip=train_cfg.grad_clip, mu_dtype=train_cfg.get("mu_dtype", "float32"),
+             decay_all=bool(train_cfg.get("decay_all", False)))
+  return tx, schedule
+
+
+class Nested(NamedTuple):
+  """Two optimisers with separate states, for a step that makes two kinds of update (post-
+  training's inner prompt update and outer answer update): neither update's Adam moments see
+  the other's gradients. The state is {"inner": ..., "outer": ...}; the step calls
+  `.inner.update` / `.outer.update` on its half (update() itself is not meant to be called)."""
+  inner: optax.GradientTransformation
+  outer: optax.GradientTransformation
+
+  def init(self, params):
+    return {"inner": self.inner.init(params), "outer": self.outer.init(params)}
+
+  def update(self, updates, state, params=None):
+    raise TypeError("optim.Nested has two states: call .inner.update / .outer.update.")

@@ -9,8 +9,10 @@ Per batch, two optimiser updates inside ONE jitted train step (a loop `step_buil
          none                                        posttrain.mode = "sft" (plain SFT baseline)
   outer  SFT: NTP on the first posttrain.answer_cap answer tokens (+ eos), from the weights
          the inner update produced (first-order: no gradient through the inner update).
-Both updates share the loop's AdamW state (the lr schedule counts steps, not updates); the
-inner one is scaled by posttrain.inner_lr_scale. Checkpoints, resume (the QA iterator's
+The inner and outer updates have separate AdamW states (optim.Nested), so
+posttrain.inner_lr_scale (which scales the inner steps) = 0 is exactly SFT; nested ReFINE
+makes refine.ppo_epochs x ppo_minibatches inner updates (rollouts collected once). The lr
+schedule counts train steps, not updates. Checkpoints, resume (the QA iterator's
 position is saved with them), metrics and held-out answer NLL come from the training loop.
 
 Without init_checkpoint it first runs an NTP warm-up on the embedded corpus in
@@ -30,7 +32,7 @@ import optax
 from flax import nnx
 
 from refine_jax import paths
-from refine_jax.train import loop, losses, qa_data, qa_eval, stages, warmup
+from refine_jax.train import loop, losses, midtrain, optim, qa_data, qa_eval, stages, warmup
 
 MODES = ("nested_refine", "nested_sft", "sft")
 
@@ -76,35 +78,82 @@ def outer_loss(model, batch, rng):
   return losses.ntp_loss(model, answer_batch(batch), rng)
 
 
+def inner_updates(config):
+  """Optimiser updates the inner (prompt) part makes per step: refine.ppo_epochs x
+  ppo_minibatches for nested ReFINE (collect once, several clipped updates, as the official
+  code does), 1 for nested SFT, 0 for plain SFT."""
+  mode = config.posttrain.mode
+  if mode == "sft":
+    return 0
+  if mode == "nested_sft":
+    return 1
+  return int(config.refine.ppo_epochs) * int(config.refine.ppo_minibatches)
+
+
+def make_optimizer(config):
+  """optim.Nested(inner, outer) with separate AdamW states (plain SFT: the one optimiser).
+  Sharing one state would let the prompt update's gradients move the answer update through
+  Adam's moments; separate, posttrain.inner_lr_scale=0 is exactly SFT. The inner one's steps
+  are scaled by inner_lr_scale (its weight decay too) and its lr schedule counts its updates."""
+  tc = config.train
+  outer, _ = optim.make_optimizer(tc, 1)
+  n = inner_updates(config)
+  if n == 0:
+    return outer
+  inner, _ = optim.make_optimizer(tc, n)
+  return optim.Nested(optax.chain(inner, optax.scale(float(config.posttrain.inner_lr_scale))),
+                      outer)
+
+
 def make_step_builder(config, pad_id):
-  """step_builder for loop.run_training: inner update (prompt) then outer update (answer);
-  each accumulates its gradient over train.microbatches (loop.accumulate)."""
+  """step_builder for loop.run_training: inner update(s) on the prompt, then the outer update
+  on the answer; tx is make_optimizer(config). Every update accumulates its gradient over
+  train.microbatches (loop.accumulate)."""
   inner = inner_loss_fn(config, pad_id)
-  scale = float(config.posttrain.inner_lr_scale)
+  n_inner = inner_updates(config)
   M = int(config.train.get("microbatches", 1))
 
   def builder(graphdef, loss_fn, tx):
     del loss_fn
+    if inner is not None and not isinstance(tx, optim.Nested):
+      raise TypeError("posttrain's nested step needs posttrain.make_optimizer(config) "
+                      "(separate inner and outer optimiser states).")
+    ppo = None
+    if n_inner > 1:  # collect on the prompts once, then epochs x minibatches PPO updates
+      ppo = midtrain.make_ppo_step_builder(config.refine, M)(graphdef, None, tx.inner)
+
+    def grad_of(fn, rest):  # value_and_grad of fn(model, batch, rng) w.r.t. the params
+      return jax.value_and_grad(lambda p, b, r: fn(nnx.merge(graphdef, p, rest), b, r),
+                                has_aux=True)
 
     def step(params, opt_state, rest, batch, rng):
-      def grad_of(fn):  # value_and_grad of fn(model, batch, rng) w.r.t. the params
-        return jax.value_and_grad(lambda p, b, r: fn(nnx.merge(graphdef, p, rest), b, r),
-                                  has_aux=True)
-
       r_in, r_out = jax.random.split(rng)
       out = {}
+      outer_state = opt_state
       if inner is not None:
-        (li, aux), g = loop.accumulate(grad_of(inner), params, batch, M, r_in)
-        updates, opt_state = tx.update(g, opt_state, params)
-        params = optax.apply_updates(params, jax.tree.map(lambda u: u * scale, updates))
+        inner_state, outer_state = opt_state["inner"], opt_state["outer"]
+        if ppo is not None:
+          params, inner_state, aux = ppo(params, inner_state, rest,
+                                         qa_data.prompt_only(batch, pad_id), r_in)
+          li, g_norm = aux.pop("loss"), aux.pop("grad_norm")
+        else:
+          (li, aux), g = loop.accumulate(grad_of(inner, rest), params, batch, M, r_in)
+          updates, inner_state = tx.inner.update(g, inner_state, params)
+          params = optax.apply_updates(params, updates)
+          g_norm = loop.global_norm(g)
         out.update({f"inner_{k}": v for k, v in aux.items()})
-        out.update(inner_loss=li, inner_grad_norm=loop.global_norm(g))
+        out.update(inner_loss=li, inner_grad_norm=g_norm)
 
-      (lo, aux), g = loop.accumulate(grad_of(outer_loss), params, batch, M, r_out)
-      updates, opt_state = tx.update(g, opt_state, params)
+      outer_tx = tx.outer if inner is not None else tx
+      (lo, aux), g = loop.accumulate(grad_of(outer_loss, rest), params, batch, M, r_out)
+      updates, outer_state = outer_tx.update(g, outer_state, params)
       params = optax.apply_updates(params, updates)
       out.update({f"answer_{k}": v for k, v in aux.items() if k != "ntp_loss"})
       out.update(loss=lo, grad_norm=loop.global_norm(g))
+      if inner is not None:
+        opt_state = {"inner": inner_state, "outer": outer_state}
+      else:
+        opt_state = outer_state
       return params, opt_state, out
 
     return step
@@ -121,7 +170,7 @@ def step_spec(config, pad_id=None):
   batch = stages.lm_batch(config.train.batch_size, config.data.seq_len, "prompt_mask")
   batch["prompt_len"] = ((int(config.train.batch_size),), np.int32)
   return stages.StepSpec(outer_loss, make_step_builder(config, pad_id),
-                         1 if config.posttrain.mode == "sft" else 2, batch)
+                         1 + inner_updates(config), batch, make_optimizer(config))
 
 
 # ----------------------------------------------------------------------------- data
@@ -235,7 +284,8 @@ def run(config, workdir):
                              train_iter=make_iterator(config, tok),
                              eval_batches=nll_batches if int(config.train.eval_every) else [],
                              step_builder=spec.step_builder,
-                             updates_per_step=spec.updates_per_step, stage="posttrain")
+                             updates_per_step=spec.updates_per_step, tx=spec.tx,
+                             stage="posttrain")
   res = qa_eval.score_cells(cells, qa_eval.greedy_predictor(result.model, tok, config), tok,
                             config, eval_dir, f"posttrain ({p.mode})")
   summary = {"mode": p.mode, "steps": result.step, "init_checkpoint": start_from,

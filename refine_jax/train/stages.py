@@ -38,7 +38,8 @@ class StepSpec(NamedTuple):
   ahead-of-time scale check compiles exactly the step the stage runs."""
   loss_fn: Callable
   step_builder: Callable | None   # None: loop.make_train_step(loss_fn, microbatches)
-  updates_per_step: int           # optimiser updates one step makes (lr schedule follows steps)
+  updates_per_step: int           # optimiser updates one step makes (lr schedule follows steps;
+                                  # a StepSpec with its own tx has accounted for them in it)
   batch: dict                     # global batch: name -> (shape, numpy dtype)
   tx: Any = None                  # optimiser; None: optim.make_optimizer(config.train, ...)
 

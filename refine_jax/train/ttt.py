@@ -33,7 +33,8 @@ import optax
 from flax import nnx
 
 from refine_jax import paths
-from refine_jax.train import loop, losses, posttrain, qa_data, qa_eval, stages, warmup
+from refine_jax.train import (loop, losses, midtrain, optim, posttrain, qa_data, qa_eval, stages,
+                              warmup)
 
 MODES = ("refine", "sft")
 _STEPS: dict = {}  # (graphdef, config key) -> jitted update
@@ -112,15 +113,28 @@ def _loss_fn(config):
   return refine_step.make_loss_fn(config.refine)
 
 
-def _optimizer(t):
-  parts = [optax.clip_by_global_norm(float(t.grad_clip))] if float(t.grad_clip) > 0 else []
-  parts.append(optax.adamw(float(t.lr), b1=0.9, b2=0.95, weight_decay=float(t.weight_decay)))
-  return optax.chain(*parts)
+def _optimizer(config):
+  """The fresh per-batch AdamW (optim.adamw, as training's): ttt.lr / weight_decay /
+  grad_clip, the betas, eps and decay mask of config.train."""
+  t, tc = config.ttt, config.train
+  return optim.adamw(float(t.lr), b1=tc.b1, b2=tc.b2, eps=tc.eps,
+                     weight_decay=float(t.weight_decay), grad_clip=float(t.grad_clip),
+                     decay_all=bool(tc.get("decay_all", False)))
+
+
+def _ppo_updates(config):
+  if config.ttt.mode != "refine":
+    return 1
+  return int(config.refine.ppo_epochs) * int(config.refine.ppo_minibatches)
 
 
 def make_step(graphdef, config, tx):
-  """step(params, opt_state, rest, batch, rng) -> (params, opt_state, metrics): one TTT update
-  on a prompt batch with `tx` (the fresh per-batch optimiser, _optimizer(config.ttt))."""
+  """step(params, opt_state, rest, batch, rng) -> (params, opt_state, metrics): one TTT step
+  on a prompt batch with `tx` (the fresh per-batch optimiser, _optimizer(config)). In refine
+  mode with refine.ppo_epochs x ppo_minibatches > 1 the step collects rollouts once and makes
+  that many clipped PPO updates (as mid-training does)."""
+  if _ppo_updates(config) > 1:
+    return midtrain.make_ppo_step_builder(config.refine)(graphdef, None, tx)
   loss_fn = _loss_fn(config)
 
   def step(params, opt_state, rest, batch, rng):
@@ -139,16 +153,16 @@ def step_spec(config):
   return stages.StepSpec(_loss_fn(config),
                          lambda graphdef, loss_fn, tx: make_step(graphdef, config, tx), 1,
                          stages.lm_batch(config.ttt.batch_size, config.data.seq_len),
-                         _optimizer(config.ttt))
+                         _optimizer(config))
 
 
 def _update_fn(graphdef, config):
   """Jitted step(params, opt_state, rest, batch, rng), cached per model structure + config."""
   t = config.ttt
   key = (graphdef, t.mode, float(t.lr), float(t.weight_decay), float(t.grad_clip),
-         config.refine.to_json(sort_keys=True))
+         config.refine.to_json(sort_keys=True), config.train.to_json(sort_keys=True))
   if key not in _STEPS:
-    tx = _optimizer(config.ttt)
+    tx = _optimizer(config)
     _STEPS[key] = (jax.jit(make_step(graphdef, config, tx)), tx)
   return _STEPS[key]
 
