@@ -137,7 +137,9 @@ def stage_config(path: str, overrides: str, *, common: str, seed: int, steps: in
 
 
 def _run_stage(cfg, workdir):
-  from refine_jax.train import stages, validate  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from refine_jax.train import init_checkpoint, stages, validate
+  cfg = init_checkpoint.resolve(cfg)  # a hub id / HF dir / bundle brings its model + tokenizer
   validate.validate_config(cfg)
   print(f"experiment: stage {cfg.stage} -> {workdir}", flush=True)
   return stages.get_stage(cfg.stage)(cfg, workdir)

@@ -9,6 +9,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from refine_jax.errors import UserError
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/pretrain.py",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: runs/<stage>-<arch>).")
@@ -55,7 +57,11 @@ def main(argv):
     sys.exit(2)
   if not _WORKDIR.value:
     print(f"no --workdir given; using {os.path.abspath(workdir)}")
-  stages.get_stage(config.stage)(config, workdir)
+  try:
+    stages.get_stage(config.stage)(config, workdir)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -83,6 +83,31 @@ class Checkpointer:
           from first_error
     return None
 
+  def params_shape_mismatch(self, abstract_params):
+    """First difference between the newest step's stored params and `abstract_params`
+    ("name: stored (259, 32), model (259, 64)"), "" if they match or nothing can be read (a
+    damaged step is then left to restore_latest). Read from Orbax's metadata, before a restore
+    whose failure would only say "shape not compatible" from deep inside Orbax."""
+    steps = self.all_steps()
+    if not steps:
+      return ""
+    level = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)  # Orbax warns about an optional metadata file
+    try:
+      meta = ocp.StandardCheckpointer().metadata(self.directory / str(steps[-1]) / "params")
+      stored = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in
+                jax.tree_util.tree_leaves_with_path(getattr(meta, "item_metadata", meta))}
+    except Exception:  # pylint: disable=broad-except
+      return ""
+    finally:
+      logging.set_verbosity(level)
+    want = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in
+            jax.tree_util.tree_leaves_with_path(trees.params_to_pure(abstract_params))}
+    for name in sorted(set(stored) | set(want)):
+      if stored.get(name) != want.get(name):
+        return f"{name}: stored {stored.get(name)}, model {want.get(name)}"
+    return ""
+
   def _restore(self, step, abstract_params, abstract_opt_state):
     item_names = set(self._item_names(step))
     args = dict(

@@ -10,6 +10,7 @@ update k and the data iterator after batch k, and a resumed run continues with s
 """
 
 import dataclasses
+import json
 import math
 import time
 from typing import Any, Callable
@@ -22,6 +23,7 @@ from absl import logging
 from flax import nnx
 
 from refine_jax import checkpoint as ckpt_lib
+from refine_jax.errors import UserError
 from refine_jax import paths
 from refine_jax.checkpoint import trees as ckpt_trees
 from refine_jax import parallel
@@ -237,7 +239,6 @@ def run_training(config, workdir, loss_fn, *, eval_fn=losses.ntp_eval,
                      "(a stage step without gradient accumulation needs train.microbatches=1).")
   workdir = paths.norm(workdir)  # a local path made absolute, or a gs:// URL
   paths.makedirs(workdir)
-  write_config(config, workdir)
 
   mesh = parallel.make_mesh(config.mesh)
   batch_sh = parallel.batch_sharding(mesh)
@@ -254,8 +255,16 @@ def run_training(config, workdir, loss_fn, *, eval_fn=losses.ntp_eval,
   ck = ckpt_lib.Checkpointer(paths.join(workdir, "checkpoints"),
                              keep=int(config.checkpoint.keep),
                              async_save=bool(config.checkpoint.async_save))
-  restored = ck.restore_latest(state_lib.abstract(ms.params, ms.param_shardings),
-                               state_lib.abstract(opt_state, opt_sh))
+  abs_params = state_lib.abstract(ms.params, ms.param_shardings)
+  mismatch = ck.params_shape_mismatch(abs_params)
+  if mismatch:
+    ck.close()
+    raise UserError(f"{workdir} holds checkpoints of another model "
+                    f"({_model_diff(config, workdir) or mismatch}); resume with the run's "
+                    "model.* settings, or train this model in a new --workdir.")
+  restored = ck.restore_latest(abs_params, state_lib.abstract(opt_state, opt_sh))
+  # Only now: a config that cannot resume this run must not replace the run's config.json.
+  write_config(config, workdir)
   start = 0
   if restored is not None:
     ms.params, opt_state, start = restored.params, restored.opt_state, restored.step
@@ -339,8 +348,10 @@ def run_training(config, workdir, loss_fn, *, eval_fn=losses.ntp_eval,
         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
         bar.update(1)
     if start >= steps:
-      logging.info("%s already at step %d >= train.steps=%d; nothing to train", workdir, start,
-                   steps)
+      _say(f"{workdir} is already at step {start} (train.steps={steps}): nothing to train; "
+           "raise --config.train.steps to continue")
+      # The summary reports the last logged step and held-out eval, not blanks.
+      last_row, last_eval = _last_logged(workdir, start)
   finally:
     if bar is not None:
       bar.close()
@@ -387,6 +398,29 @@ def _evaluate(jeval, ms, eval_batches):
   out.update({f"eval_{k}": v for k, v in sums.items() if k not in ("nll_sum", "tokens",
                                                                     "correct")})
   return out
+
+
+def _model_diff(config, workdir):
+  """'model.hidden: run 32, config 64, ...' between workdir's config.json and `config`."""
+  try:
+    saved = json.loads(paths.read_text(paths.join(workdir, "config.json"))).get("model", {})
+  except Exception:  # pylint: disable=broad-except
+    return ""
+  now = json.loads(config.model.to_json_best_effort())
+  flat = lambda d, pre="": {k2: v2 for k, v in d.items() for k2, v2 in (
+      flat(v, f"{pre}{k}.").items() if isinstance(v, dict) else [(f"{pre}{k}", v)])}
+  old, new = flat(saved), flat(now)
+  return ", ".join(f"model.{k}: run {old.get(k)!r}, config {new.get(k)!r}"
+                   for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+
+
+def _last_logged(workdir, step):
+  """(last metrics row at or before `step`, its latest eval_* values) from metrics.jsonl."""
+  rows = [r for r in metrics_lib.read_metrics(paths.join(workdir, "metrics.jsonl"))
+          if r.get("step", 0) <= step]
+  evals = [r for r in rows if any(k.startswith("eval_") for k in r)]
+  last_eval = {k: v for k, v in evals[-1].items() if k.startswith("eval_")} if evals else {}
+  return (rows[-1] if rows else {}), last_eval
 
 
 def _snapshot(it, per_process):
