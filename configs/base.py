@@ -46,6 +46,10 @@ def get_config():
   c.train.eps = 1e-8
   c.train.grad_clip = 1.0      # global-norm clip; 0 disables
   c.train.microbatches = 1     # split each (per-update) batch into N sequential microbatches; grads are averaged (gradient accumulation, one jitted step)
+  # NTP stages: passes over each batch x minibatches per pass (one update each); > 1 gives an
+  # SFT baseline with ReFINE's update count (refine.ppo_epochs x refine.ppo_minibatches).
+  c.train.ntp_epochs = 1
+  c.train.ntp_minibatches = 1
   c.train.mu_dtype = "float32" # AdamW first-moment dtype: float32 | bfloat16 (saves 2 bytes/param)
   c.train.eval_every = 100     # held-out perplexity every N steps (and at the end); 0 = never
   c.train.eval_batches = 4     # batches of the held-out split per eval

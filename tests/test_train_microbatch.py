@@ -60,6 +60,32 @@ def test_ntp_step_equals_unaccumulated(microbatches):
   _assert_same_update(p0, p1, pm)
 
 
+@pytest.mark.parametrize("microbatches", [1, 2])
+def test_ntp_epochs_x_minibatches_equal_sequential_updates(microbatches):
+  """train.ntp_epochs=2 x ntp_minibatches=2: four SGD-with-momentum updates in one step, on
+  strided minibatches (rows 0,2,.. then 1,3,..) in that order, as written out by hand."""
+  graphdef, p0, rest = _split(T.TinyLM(vocab=V, rngs=nnx.Rngs(0)))
+  tx = optax.sgd(0.5, momentum=0.9)
+  batch = _ntp_batch()
+  step = loop.ntp_step_builder(2, 2, microbatches)(graphdef, losses.ntp_loss, tx)
+  got, opt, out = _run_step(step, p0, tx, rest, batch)
+
+  loss_grad = jax.jit(jax.value_and_grad(
+      lambda p, b: losses.ntp_loss(nnx.merge(graphdef, p, rest), b, None)[0]))
+  p, o = p0, tx.init(p0)
+  for i in range(4):
+    mb = {k: v[i % 2::2] for k, v in batch.items()}
+    loss, g = loss_grad(p, mb)
+    u, o = tx.update(g, o, p)
+    p = optax.apply_updates(p, u)
+  _assert_same_update(p0, p, got)
+  np.testing.assert_allclose(float(out["loss"]), float(loss), rtol=1e-5)  # the last update's
+  c = pretrain.get_config()
+  c.train.ntp_minibatches = 3
+  with pytest.raises(ValueError, match="train.ntp_minibatches=3"):
+    validate_config(c, num_devices=1, process_count=1)
+
+
 def test_microbatch_step_is_a_loop_and_rows_round_trip():
   graphdef, p0, rest = _split(T.TinyLM(vocab=V, rngs=nnx.Rngs(0)))
   tx = optax.sgd(0.5)

@@ -59,6 +59,46 @@ def make_train_step(graphdef, loss_fn, tx, microbatches=1):
   return step
 
 
+def minibatch_updates(grad_fn, tx, params, opt_state, data, *, epochs, minibatches,
+                      microbatches, rng):
+  """epochs x minibatches optimiser updates in ONE lax.scan (one copy of the update in the
+  program): update i takes minibatch i % minibatches of `data` (split_microbatches: strided,
+  so each spans every device) and accumulates its grads over `microbatches`.
+  grad_fn(params, sub, rng) -> ((loss, aux), grads), called with the same rng every update.
+  Returns (params, opt_state, metrics averaged over updates with "loss" the last update's)."""
+  subs = split_microbatches(data, minibatches)
+
+  def update(carry, i):
+    params, opt_state = carry
+    sub = jax.tree.map(lambda x: x[i % minibatches], subs)
+    (loss, aux), grads = accumulate(grad_fn, params, sub, microbatches, rng)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    return (params, opt_state), dict(aux, loss=loss, grad_norm=global_norm(grads))
+
+  (params, opt_state), rows = jax.lax.scan(update, (params, opt_state),
+                                           jnp.arange(epochs * minibatches))
+  out = {k: jnp.mean(v) for k, v in rows.items()}
+  out["loss"] = rows["loss"][-1]
+  return params, opt_state, out
+
+
+def ntp_step_builder(epochs, minibatches, microbatches=1):
+  """step_builder making epochs x minibatches updates per batch with a plain loss (the NTP
+  stage's train.ntp_epochs / ntp_minibatches: an SFT baseline with ReFINE's update count)."""
+  def builder(graphdef, loss_fn, tx):
+    def step(params, opt_state, rest, batch, rng):
+      grad_fn = jax.value_and_grad(lambda p, b, r: loss_fn(nnx.merge(graphdef, p, rest), b, r),
+                                   has_aux=True)
+      return minibatch_updates(grad_fn, tx, params, opt_state, batch, epochs=int(epochs),
+                               minibatches=int(minibatches), microbatches=int(microbatches),
+                               rng=rng)
+    return step
+
+  builder.microbatches = int(microbatches)  # run_training checks it
+  return builder
+
+
 def split_microbatches(tree, microbatches):
   """Every [B, ...] leaf -> [M, B/M, ...]. Microbatch i holds rows i, i+M, i+2M, ... (strided,
   not contiguous): with B sharded over mesh.data*mesh.fsdp each device then holds B/(M*dp) rows

@@ -19,7 +19,6 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import logging
 from flax import nnx
 
@@ -90,23 +89,10 @@ def make_ppo_step_builder(rcfg, microbatches=1):
     def step(params, opt_state, rest, batch, rng):
       check_microbatches(batch["inputs"].shape[0], mbs, M)  # builders are also used directly
       col = collect(params, rest, batch, rng)
-      # [mbs, B/mbs, ...], strided like microbatches: every minibatch spans every device.
-      subs = loop.split_microbatches((batch, col), mbs)
       grad_fn = jax.value_and_grad(lambda p, sub, r: objective(p, rest, sub, r), has_aux=True)
-
-      def update(carry, i):  # one PPO update; a lax.scan keeps ONE copy in the program
-        params, opt_state = carry
-        sub = jax.tree.map(lambda x: x[i % mbs], subs)
-        (loss, aux), grads = loop.accumulate(grad_fn, params, sub, M, rng)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        return (params, opt_state), dict(aux, loss=loss, grad_norm=loop.global_norm(grads))
-
-      (params, opt_state), rows = jax.lax.scan(update, (params, opt_state),
-                                               jnp.arange(epochs * mbs))
-      out = {k: jnp.mean(v) for k, v in rows.items()}
-      out["loss"] = rows["loss"][-1]
-      return params, opt_state, out
+      # PPO updates over strided (sequence, rollouts) minibatches: every one spans every device.
+      return loop.minibatch_updates(grad_fn, tx, params, opt_state, (batch, col), epochs=epochs,
+                                    minibatches=mbs, microbatches=M, rng=rng)
 
     return step
 

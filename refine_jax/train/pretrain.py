@@ -5,14 +5,22 @@ from refine_jax.train import loop, losses, stages
 
 
 def step_spec(config):
-  return stages.StepSpec(losses.ntp_loss, None, 1,
-                         stages.lm_batch(config.train.batch_size, config.data.seq_len))
+  """NTP; with train.ntp_epochs x ntp_minibatches > 1, that many updates per batch over strided
+  minibatches (an SFT baseline matched to ReFINE's ppo_epochs x ppo_minibatches updates)."""
+  tc = config.train
+  epochs, mbs = int(tc.get("ntp_epochs", 1)), int(tc.get("ntp_minibatches", 1))
+  builder = None  # the loop's default step (accumulates train.microbatches itself)
+  if epochs * mbs > 1:
+    builder = loop.ntp_step_builder(epochs, mbs, int(tc.get("microbatches", 1)))
+  return stages.StepSpec(losses.ntp_loss, builder, epochs * mbs,
+                         stages.lm_batch(tc.batch_size, config.data.seq_len))
 
 
 def run(config, workdir):
   spec = step_spec(config)
   result = loop.run_training(config, workdir, spec.loss_fn, eval_fn=losses.ntp_eval,
-                             stage="pretrain")
+                             step_builder=spec.step_builder,
+                             updates_per_step=spec.updates_per_step, stage="pretrain")
   print(f"pretrain done: step {result.step}, loss {result.metrics.get('loss')}, "
         f"eval_ppl {result.eval_metrics.get('eval_ppl')}, run dir {result.workdir}")
   return result

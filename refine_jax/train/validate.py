@@ -83,6 +83,18 @@ def validate_config(config, *, num_devices=None, process_count=None):
                      f"ppo_minibatches={mbs} x train.microbatches={microbatches} parts that each "
                      f"spread over the data-parallel size {dp} (a Pallas kernel cannot be split "
                      f"unevenly); make train.batch_size a multiple of {mbs * microbatches * dp}.")
+  ntp_epochs, ntp_mbs = tc.get("ntp_epochs", 1), tc.get("ntp_minibatches", 1)
+  _positive_int(ntp_epochs, "train.ntp_epochs")
+  _positive_int(ntp_mbs, "train.ntp_minibatches")
+  if ntp_epochs * ntp_mbs > 1 and config.stage != "pretrain":
+    raise ValueError(f"train.ntp_epochs={ntp_epochs} x train.ntp_minibatches={ntp_mbs} applies "
+                     f"to the NTP stage (stage=pretrain), not stage={config.stage}; use "
+                     "refine.ppo_epochs / ppo_minibatches there.")
+  if ntp_mbs > 1 and tc.batch_size % (ntp_mbs * microbatches * dp):
+    raise ValueError(f"train.batch_size={tc.batch_size} does not split into train."
+                     f"ntp_minibatches={ntp_mbs} x train.microbatches={microbatches} parts over "
+                     f"the data-parallel size {dp}; make it a multiple of "
+                     f"{ntp_mbs * microbatches * dp}.")
   if tc.get("mu_dtype", "float32") not in optim.MU_DTYPES:
     raise ValueError(f"train.mu_dtype={tc.mu_dtype!r}; use one of {tuple(optim.MU_DTYPES)}.")
   if loop.host_split(config) == "documents" and tc.batch_size % process_count:
