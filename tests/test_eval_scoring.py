@@ -56,3 +56,65 @@ def test_perplexity_and_score_task():
     scoring.score_task("unknown_task", preds, refs)
   with pytest.raises(ValueError, match="empty"):
     scoring.string_match_all("x", [])
+
+
+def test_ruler_qa_scores_the_first_line_only():
+  refs = ["Paris"]
+  assert scoring.score_task("qa", ["Paris\nand more"], [refs]) == 100.0
+  assert scoring.score_task("qa", ["\n\n paris is it"], [refs]) == 100.0  # leading newlines
+  assert scoring.score_task("qa", ["London\nno wait, Paris"], [refs]) == 0.0
+
+
+def test_longbench_metrics_by_dataset():
+  """Each dataset's LongBench metric, on values worked out by hand."""
+  lb = scoring.longbench_score
+  # token F1 (normalised): pred {cat, sat}, ref {cat, sat, on, mat}: P=1, R=1/2 -> 2/3.
+  assert lb("hotpotqa", "The cat sat.", ["cat sat on mat"]) == pytest.approx(200 / 3)
+  assert lb("hotpotqa_e", "cat sat on mat", ["cat sat on mat"]) == 100.0  # LongBench-E
+  # triviaqa cuts to the first line first.
+  assert lb("triviaqa", "nothing\ncat sat on mat", ["cat sat on mat"]) == 0.0
+  # ROUGE-L F: LCS "the cat on the mat" = 5 of 6 tokens each side -> 5/6.
+  assert lb("gov_report", "the cat is on the mat", ["the cat sat on the mat"]) == \
+      pytest.approx(500 / 6)
+  # classification: both "Location" and "Location city" appear; "Location" is only part of
+  # the reference's name, so it is dropped -> 1 match -> 100; with another class too -> 50.
+  classes = ["Location", "Location city", "Human being", "Date"]
+  assert lb("trec", "Location city", ["Location city"], classes) == 100.0
+  assert lb("trec", "Location city or Date", ["Location city"], classes) == 50.0
+  assert lb("trec", "Date", ["Location city"], classes) == 0.0
+  with pytest.raises(ValueError, match="all_classes"):
+    lb("trec", "Date", ["Date"])
+  # passage count: numbers 3, 4, 3 in the prediction, the answer 3 -> 2/3.
+  assert lb("passage_count", "3 or 4, I say 3", ["3"]) == pytest.approx(200 / 3)
+  assert lb("passage_retrieval_en", "Paragraph 7", ["Paragraph 7"]) == 100.0
+  assert lb("passage_retrieval_en", "Paragraph 7 or 8", ["Paragraph 7"]) == 50.0
+  # code: the first line that is not a comment / fence, edit similarity (identical -> 100).
+  assert lb("lcc", "```\n# comment\nx = foo(1)\n", ["x = foo(1)"]) == 100.0
+  assert 0 < lb("repobench-p", "x = foo(2)", ["x = foo(1)"]) < 100
+  with pytest.raises(ValueError, match="Chinese"):
+    lb("dureader", "x", ["x"])
+  with pytest.raises(ValueError, match="unknown LongBench dataset"):
+    lb("nope", "x", ["x"])
+
+
+def test_score_sample_uses_the_rows_dataset():
+  from refine_jax.data.tasks import TaskSample  # pylint: disable=g-import-not-at-top
+  row = TaskSample("qa", "p", ("cat sat on mat",), " cat", {"dataset": "hotpotqa"})
+  assert scoring.score_sample("qa", "The cat sat.", row) == pytest.approx(200 / 3)
+  plain = TaskSample("qa", "p", ("Paris",), " Paris", {})
+  assert scoring.score_sample("qa", "Paris\nx", plain) == 100.0
+
+
+def test_longbench_rows_keep_dataset_and_classes(tmp_path):
+  import json  # pylint: disable=g-import-not-at-top
+  from refine_jax.data import tasks  # pylint: disable=g-import-not-at-top
+  from refine_jax.data.tokenizers import ByteTokenizer  # pylint: disable=g-import-not-at-top
+  from refine_jax.train import qa_data  # pylint: disable=g-import-not-at-top
+  row = {"context": "ctx", "input": "q?", "answers": ["Date"], "dataset": "trec",
+         "all_classes": ["Date", "Location"]}
+  path = tmp_path / "trec.jsonl"
+  path.write_text(json.dumps(row) + "\n")
+  for s in (tasks.qa_samples_from_jsonl(str(path))[0],
+            qa_data.load_samples(str(path), ByteTokenizer())[0]):
+    assert s.metadata["dataset"] == "trec" and s.metadata["all_classes"] == ["Date", "Location"]
+    assert scoring.score_sample("qa", "Date\nLocation", s) == 100.0  # trec: first line only

@@ -404,7 +404,9 @@ def qa_samples_from_jsonl(path: str, tokenizer=None, num_tokens: int | None = No
         context = _fit_middle(tokenizer, head, context, tail, num_tokens)
       samples.append(TaskSample(task=task, prompt=head + context + tail, answers=answers,
                                 target=" " + answers[0],
-                                metadata=dict(line=line_no, length=row.get("length"))))
+                                metadata=dict(line=line_no, length=row.get("length"),
+                                              dataset=row.get("dataset"),
+                                              all_classes=row.get("all_classes"))))
       if limit is not None and len(samples) >= limit:
         break
   return samples

@@ -77,8 +77,10 @@ def row_to_sample(row: dict, tokenizer, max_prompt_tokens: int | None,
         raise ValueError(f"{where}: the question alone exceeds {max_prompt_tokens} prompt "
                          "tokens; raise data.seq_len.")
       context = _cut_middle(tokenizer, context, budget)
+    # LongBench rows name their dataset (and classes): scoring.score_sample uses its metric.
     return tasks_lib.TaskSample("qa", head + context + tail, answers, " " + answers[0],
-                                {"source": where})
+                                {"source": where, "dataset": row.get("dataset"),
+                                 "all_classes": row.get("all_classes")})
   raise ValueError(f"{where}: fields {sorted(row)}; expected {QA_FIELDS}.")
 
 

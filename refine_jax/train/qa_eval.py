@@ -51,7 +51,7 @@ def score_cells(cells: dict, predict: Predict, tokenizer, config, out_dir: str |
   results, records = {}, []
   for (task, length), samples in cells.items():
     preds = list(predict(samples, max_new_tokens(tokenizer, config, samples)))
-    per = [scoring.score_task(task, [p], [s.answers]) for p, s in zip(preds, samples)]
+    per = [scoring.score_sample(task, p, s) for p, s in zip(preds, samples)]
     results.setdefault(task, {})[length] = float(np.mean(per))
     records += [{"task": task, "context_len": length, "index": i, "prompt_tail": s.prompt[-80:],
                  "prediction": p, "answers": list(s.answers), "score": float(sc)}
