@@ -40,7 +40,8 @@ def get_config():
   c.train.warmup_steps = 100   # linear warmup from 0
   c.train.schedule = "cosine"  # after warmup: cosine | constant | linear
   c.train.min_lr_ratio = 0.1   # final lr = lr * min_lr_ratio (cosine / linear)
-  c.train.weight_decay = 0.1   # decoupled, on matrices only
+  c.train.weight_decay = 0.1   # decoupled, on matrices only (decay_all: on every parameter)
+  c.train.decay_all = False    # True = the official ReFINE code's AdamW (decays norms/biases too)
   c.train.b1 = 0.9
   c.train.b2 = 0.95
   c.train.eps = 1e-8

@@ -14,6 +14,12 @@ Start from your own weights with --config.init_checkpoint=runs/pretrain-deltanet
 Orbax checkpoint, a bundle, an HF/FLA dir or a hub id hf://owner/name[@revision]; its model.*
 and tokenizer come with it). Paper scale (1.3B, 16K tokens, batch 128, sized for a slice and
 checked by the TPU compiler): configs/paper/deltanet_1b3_midtrain.py and its siblings.
+Differs from the paper, for a laptop CPU: a 0.6M-parameter model (paper: 1.3B), seq_len 256
+and batch 8 (16K, 128), lr 1e-3 (1e-6: a tiny model barely moves at that rate), a 5-step lr
+warm-up and AdamW b2 0.95 with decay on matrices only (the official code: b2 0.999, decay on
+all parameters, no warm-up: configs/paper/*_official.py), one update per batch (the paper
+presets make 4 PPO minibatch updates). The ReFINE step itself (c=8, k=5, cosine reward,
+lambda_rl 0.2, lambda_ntp 1, clip 0.2 / dual clip 3, GRPO per sequence for n=1) is the paper's.
 """
 
 import os

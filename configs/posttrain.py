@@ -12,6 +12,11 @@ eval/no_adaptation/ and eval/results.json, side by side in eval/comparison.md.
 Your own data: --config.posttrain.data_path=pairs.jsonl (fields prompt/answer, or
 context/input/answers as RULER QA / LongBench; .parquet too), --config.posttrain.eval_path=...
 Start from your weights with --config.init_checkpoint=runs/midtrain-deltanet.
+Differs from the paper, for a laptop CPU: a tiny model, seq_len 512, batch 8, lr 1e-3 (paper:
+1e-6 at 1.3B), a 5-step warm-up and our AdamW details (the official ones: b2 0.999, decay on
+all parameters, no warm-up: configs/paper/deltanet_1b3_posttrain_official.py), synthetic QA
+instead of the paper's data. The step (inner ReFINE on the prompt with the hybrid reward, then
+SFT on the answer, separate optimiser states) follows the paper.
 """
 
 import os

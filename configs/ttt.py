@@ -11,6 +11,10 @@ Variants: --config.ttt.mode=sft (NTP-only TTT baseline), --config.ttt.carry_over
 adapting across batches), --config.ttt.steps=N. Writes eval/no_adaptation/ (same checkpoint,
 no TTT), eval/results.json (with TTT) and eval/comparison.md. Your own test set:
 --config.ttt.data_path=test.jsonl (prompt/answer or context/input/answers; parquet too).
+Differs from the paper, for a laptop CPU: a tiny model, short prompts, ttt.lr 3e-4 (paper:
+1e-6 at 1.3B; a tiny model needs more to move in 3 steps) and our AdamW details (b2 0.95, decay on
+matrices only; the official ones in configs/paper/deltanet_1b3_ttt_official.py). The TTT step
+(binary reward, lambda_rl 0.4, weights reset per batch) is the paper's.
 """
 
 import os

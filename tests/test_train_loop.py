@@ -162,3 +162,7 @@ def test_weight_decay_skips_vectors():
   updates, _ = tx.update(zero, tx.init(params), params)
   np.testing.assert_allclose(np.asarray(updates["w"]), -0.1 * 0.5 * np.ones((2, 2)), rtol=1e-6)
   np.testing.assert_allclose(np.asarray(updates["b"]), 0.0)
+  config.train.decay_all = True  # the official code's AdamW: every parameter decays
+  tx, _ = optim.make_optimizer(config.train)
+  updates, _ = tx.update(zero, tx.init(params), params)
+  np.testing.assert_allclose(np.asarray(updates["b"]), -0.1 * 0.5 * np.ones(2), rtol=1e-6)
