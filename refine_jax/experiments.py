@@ -29,6 +29,7 @@ import sys
 
 import ml_collections
 
+from refine_jax import cli
 from refine_jax import paths as path_io
 from refine_jax.eval import report
 
@@ -302,4 +303,4 @@ if __name__ == "__main__":
   _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/experiment.py",
                                             lock_config=True)
   _WORKDIR = flags.DEFINE_string("workdir", None, "default runs/experiment")
-  app.run(main)
+  cli.run(main)

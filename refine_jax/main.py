@@ -7,9 +7,10 @@ import os
 import sys
 
 from absl import app, flags, logging
+
 from ml_collections import config_flags
 
-from refine_jax.errors import UserError
+from refine_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/pretrain.py",
                                           lock_config=True)
@@ -57,12 +58,8 @@ def main(argv):
     sys.exit(2)
   if not _WORKDIR.value:
     print(f"no --workdir given; using {os.path.abspath(workdir)}")
-  try:
-    stages.get_stage(config.stage)(config, workdir)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  stages.get_stage(config.stage)(config, workdir)  # cli.run turns a UserError into one line
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -103,9 +103,14 @@ class Checkpointer:
       logging.set_verbosity(level)
     want = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in
             jax.tree_util.tree_leaves_with_path(trees.params_to_pure(abstract_params))}
-    for name in sorted(set(stored) | set(want)):
-      if stored.get(name) != want.get(name):
-        return f"{name}: stored {stored.get(name)}, model {want.get(name)}"
+    for name in sorted(set(stored) & set(want)):
+      if stored[name] != want[name]:
+        return f"{name}: stored {stored[name]}, model {want[name]}"
+    # Names on both sides that the other lacks: another architecture. Names missing on the
+    # stored side only: a damaged step, left to restore_latest's fallback.
+    extra, missing = sorted(set(stored) - set(want)), sorted(set(want) - set(stored))
+    if extra and missing:
+      return f"stored {extra[0]} (not in the model), model {missing[0]} (not stored)"
     return ""
 
   def _restore(self, step, abstract_params, abstract_opt_state):

@@ -16,6 +16,8 @@ import lzma
 import os
 from typing import Sequence
 
+from refine_jax.errors import UserError
+
 CORPUS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
 EMBEDDED = {"kjv": "kjv.jsonl.xz", "shakespeare": "shakespeare.jsonl.xz"}
 KINDS = ("embedded", "text", "jsonl", "parquet", "array_record")
@@ -33,7 +35,7 @@ def expand_paths(spec: str, field: str = "data.path") -> list[str]:
   """Comma-separated paths or globs -> sorted existing files; errors name the field."""
   parts = [p.strip() for p in spec.split(",") if p.strip()]
   if not parts:
-    raise ValueError(f"{field} is empty: give comma-separated files or globs.")
+    raise UserError(f"{field} is empty: give comma-separated files or globs.")
   files = []
   for part in parts:
     matches = sorted(glob.glob(os.path.expanduser(part)))
@@ -55,13 +57,13 @@ def read_jsonl(path: str, text_field: str = "text") -> list[str]:
         try:
           row = json.loads(line)
         except json.JSONDecodeError as e:
-          raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg}).") from e
+          raise UserError(f"{path}:{line_no}: not valid JSON ({e.msg}).") from e
         if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
-          raise ValueError(f"{path}:{line_no}: no string field {text_field!r}; set "
+          raise UserError(f"{path}:{line_no}: no string field {text_field!r}; set "
                            "data.text_field to the field holding the text.")
         docs.append(row[text_field])
   except (OSError, EOFError, lzma.LZMAError, UnicodeDecodeError) as e:
-    raise ValueError(f"{path}: cannot be read as (compressed) UTF-8 jsonl "
+    raise UserError(f"{path}: cannot be read as (compressed) UTF-8 jsonl "
                      f"({type(e).__name__}: {e}).") from e
   return docs
 
@@ -71,13 +73,13 @@ def read_text(path: str, split: str = "file") -> list[str]:
     with _open_text(path) as f:
       text = f.read()
   except (OSError, EOFError, lzma.LZMAError, UnicodeDecodeError) as e:
-    raise ValueError(f"{path}: cannot be read as (compressed) UTF-8 text "
+    raise UserError(f"{path}: cannot be read as (compressed) UTF-8 text "
                      f"({type(e).__name__}: {e}).") from e
   if split == "file":
     return [text] if text.strip() else []
   if split == "paragraph":
     return [p.strip() for p in text.replace("\r\n", "\n").split("\n\n") if p.strip()]
-  raise ValueError(f"data.text_split={split!r}: use 'file' or 'paragraph'.")
+  raise UserError(f"data.text_split={split!r}: use 'file' or 'paragraph'.")
 
 
 def read_parquet(path: str, text_field: str = "text") -> list[str]:
@@ -86,10 +88,10 @@ def read_parquet(path: str, text_field: str = "text") -> list[str]:
   try:
     table = pq.read_table(path, columns=[text_field])
   except (pa.ArrowInvalid, OSError) as e:
-    raise ValueError(f"{path}: not a readable parquet file with a {text_field!r} column "
+    raise UserError(f"{path}: not a readable parquet file with a {text_field!r} column "
                      f"(set data.text_field) ({type(e).__name__}: {e}).") from e
   except KeyError as e:
-    raise ValueError(f"{path}: no column {text_field!r}; set data.text_field.") from e
+    raise UserError(f"{path}: no column {text_field!r}; set data.text_field.") from e
   return [t for t in table.column(text_field).to_pylist() if t]
 
 
@@ -116,7 +118,7 @@ class ArrayRecordDocuments:
         return text
       if isinstance(row, dict):
         if not isinstance(row.get(self._field), str):
-          raise ValueError(f"ArrayRecord record {index}: JSON without string field "
+          raise UserError(f"ArrayRecord record {index}: JSON without string field "
                            f"{self._field!r}; set data.text_field.")
         return row[self._field]
     return text
@@ -129,7 +131,7 @@ def _check_array_record(path: str) -> None:
     reader.num_records()
     reader.close()
   except Exception as e:  # the C++ reader raises RuntimeError/ValueError on bad files
-    raise ValueError(f"{path}: not a readable ArrayRecord file ({type(e).__name__}: {e}).") from e
+    raise UserError(f"{path}: not a readable ArrayRecord file ({type(e).__name__}: {e}).") from e
 
 
 @functools.lru_cache(maxsize=4)
@@ -138,11 +140,11 @@ def embedded_documents(names: str = "kjv,shakespeare") -> tuple[str, ...]:
   docs = []
   for name in [n.strip() for n in names.split(",") if n.strip()]:
     if name not in EMBEDDED:
-      raise ValueError(f"data.embedded: unknown corpus {name!r}; choose from "
+      raise UserError(f"data.embedded: unknown corpus {name!r}; choose from "
                        f"{sorted(EMBEDDED)}.")
     docs += read_jsonl(os.path.join(CORPUS_DIR, EMBEDDED[name]))
   if not docs:
-    raise ValueError("data.embedded is empty: name at least one of kjv, shakespeare.")
+    raise UserError("data.embedded is empty: name at least one of kjv, shakespeare.")
   return tuple(docs)
 
 
@@ -153,7 +155,7 @@ def read_documents(kind: str, path: str = "", *, text_field: str = "text",
   if kind == "embedded":
     return embedded_documents(embedded)
   if kind not in KINDS:
-    raise ValueError(f"data.source={kind!r}: use one of {KINDS}.")
+    raise UserError(f"data.source={kind!r}: use one of {KINDS}.")
   files = expand_paths(path, field)
   if kind == "array_record":
     docs = ArrayRecordDocuments(files, text_field)
@@ -163,7 +165,7 @@ def read_documents(kind: str, path: str = "", *, text_field: str = "text",
               "parquet": lambda p: read_parquet(p, text_field)}[kind]
     docs = [d for p in files for d in reader(p)]
   if len(docs) == 0:
-    raise ValueError(f"{field}={path!r} ({kind}) holds no documents.")
+    raise UserError(f"{field}={path!r} ({kind}) holds no documents.")
   return docs
 
 
@@ -184,10 +186,10 @@ def split_documents(docs: Sequence[str],
                     holdout_every: int) -> tuple[IndexView, IndexView]:
   """(train, eval): every holdout_every-th document (index % holdout_every == 0) is held out."""
   if holdout_every < 2:
-    raise ValueError(f"data.holdout_every={holdout_every} must be >= 2.")
+    raise UserError(f"data.holdout_every={holdout_every} must be >= 2.")
   n = len(docs)
   train = IndexView(docs, [i for i in range(n) if i % holdout_every])
   held = IndexView(docs, range(0, n, holdout_every))
   if len(train) == 0:
-    raise ValueError(f"only {n} documents: too few for a train/eval split.")
+    raise UserError(f"only {n} documents: too few for a train/eval split.")
   return train, held

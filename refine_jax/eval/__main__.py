@@ -9,9 +9,10 @@ import os
 import sys
 
 from absl import app
+
 from ml_collections import config_flags
 
-from refine_jax import paths
+from refine_jax import cli, paths
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "e.g. configs/eval_ruler.py",
                                           lock_config=True)
@@ -58,4 +59,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -106,6 +106,12 @@ def validate(rcfg, seq_len):
   if rcfg.ppo_epochs < 1 or rcfg.ppo_minibatches < 1:
     raise ValueError(f"refine.ppo_epochs={rcfg.ppo_epochs} and refine.ppo_minibatches="
                      f"{rcfg.ppo_minibatches} must be >= 1.")
+  if rcfg.lambda_rl < 0 or rcfg.lambda_ntp < 0:
+    raise ValueError(f"refine.lambda_rl={rcfg.lambda_rl} and refine.lambda_ntp="
+                     f"{rcfg.lambda_ntp} must be >= 0 (a negative weight would ascend the loss).")
+  if rcfg.lambda_rl == 0 and rcfg.lambda_ntp == 0:
+    raise ValueError("refine.lambda_rl and refine.lambda_ntp are both 0: the step would train "
+                     "nothing; the paper uses 0.2 and 1.0.")
   if not rcfg.clip_eps > 0:
     raise ValueError(f"refine.clip_eps={rcfg.clip_eps} must be > 0 (paper: 0.2).")
   if rcfg.kl_coef < 0:

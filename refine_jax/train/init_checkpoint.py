@@ -44,6 +44,8 @@ def resolve(config, explicit: Iterable[str] = ()):
     path = hub.local_dir(source)  # hf:// only: configs have one syntax for hub ids
   except (ValueError, FileNotFoundError) as e:
     raise type(e)(f"init_checkpoint={source}: {e}") from e
+  from refine_jax.train import validate  # pylint: disable=g-import-not-at-top
+  validate._check_init_checkpoint(path)  # pylint: disable=protected-access  (missing / a file)
   model_fields, data_fields = checkpoint_fields(path)
   explicit = set(explicit)
   conflicts = [(name, _get(config, name), value) for name, value in model_fields.items()

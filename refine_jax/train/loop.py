@@ -292,47 +292,51 @@ def run_training(config, workdir, loss_fn, *, eval_fn=losses.ntp_eval,
     schedule = optim.make_schedule(tc)  # the lr per train step, for the metrics
   opt_state, opt_sh = state_lib.init_opt_state(tx, ms, mesh)
 
-  ck = ckpt_lib.Checkpointer(paths.join(workdir, "checkpoints"),
-                             keep=int(config.checkpoint.keep),
-                             async_save=bool(config.checkpoint.async_save))
-  abs_params = state_lib.abstract(ms.params, ms.param_shardings)
-  mismatch = ck.params_shape_mismatch(abs_params)
-  if mismatch:
-    ck.close()
-    raise UserError(f"{workdir} holds checkpoints of another model "
-                    f"({_model_diff(config, workdir) or mismatch}); resume with the run's "
-                    "model.* settings, or train this model in a new --workdir.")
-  restored = ck.restore_latest(abs_params, state_lib.abstract(opt_state, opt_sh))
-  # Only now: a config that cannot resume this run must not replace the run's config.json.
-  write_config(config, workdir)
-  start = 0
-  if restored is not None:
-    ms.params, opt_state, start = restored.params, restored.opt_state, restored.step
-    _say(f"resumed {workdir} from checkpoint step {start}")
-  elif config.get("init_checkpoint"):
-    ms.params, src = _load_init_params(config.init_checkpoint, ms)
-    _say(f"init_checkpoint: params loaded from {src} (optimiser and data start fresh)")
-
+  # Data first: a bad data file fails before any checkpoint I/O has started.
   it = train_iter if train_iter is not None else default_train_iter(config)
   # Custom iterators (post-training, TTT) yield the global batch on every process.
   per_process = train_iter is None and host_split(config) == "documents"
-  if restored is not None and restored.data is not None:
-    ckpt_lib.apply_data_state(it, restored.data)
-  elif restored is not None:
-    logging.warning("checkpoint %d has no data-iterator state; the data restarts from its "
-                    "beginning", start)
   if eval_batches is None and eval_fn is not None and tc.eval_every > 0 and tc.eval_batches > 0:
     eval_batches = default_eval_batches(config, int(tc.eval_batches))
   eval_batches = [_global_batch(b, batch_sh) for b in (eval_batches or [])]
 
-  writer = metrics_lib.MetricsWriter(workdir, resume_step=start)
-  jstep = jit_step(build_step(ms.graphdef, loss_fn, tx, step_builder, microbatches), ms, opt_sh,
-                   mesh)
-  jeval = None
-  if eval_fn is not None and eval_batches:
-    jeval = jax.jit(make_eval_step(ms.graphdef, eval_fn),
-                    in_shardings=(ms.param_shardings, ms.rest_shardings, batch_sh),
-                    out_shardings=repl)
+  ck = ckpt_lib.Checkpointer(paths.join(workdir, "checkpoints"),
+                             keep=int(config.checkpoint.keep),
+                             async_save=bool(config.checkpoint.async_save))
+  try:  # until the loop's own try/finally: close Orbax's threads on any error
+    abs_params = state_lib.abstract(ms.params, ms.param_shardings)
+    mismatch = ck.params_shape_mismatch(abs_params)
+    if mismatch:
+      raise UserError(f"{workdir} holds checkpoints of another model "
+                      f"({_model_diff(config, workdir) or mismatch}); resume with the run's "
+                      "model.* settings, or train this model in a new --workdir.")
+    restored = ck.restore_latest(abs_params, state_lib.abstract(opt_state, opt_sh))
+    # Only now: a config that cannot resume this run must not replace the run's config.json.
+    write_config(config, workdir)
+    start = 0
+    if restored is not None:
+      ms.params, opt_state, start = restored.params, restored.opt_state, restored.step
+      _say(f"resumed {workdir} from checkpoint step {start}")
+    elif config.get("init_checkpoint"):
+      ms.params, src = _load_init_params(config.init_checkpoint, ms)
+      _say(f"init_checkpoint: params loaded from {src} (optimiser and data start fresh)")
+    if restored is not None and restored.data is not None:
+      ckpt_lib.apply_data_state(it, restored.data)
+    elif restored is not None:
+      logging.warning("checkpoint %d has no data-iterator state; the data restarts from its "
+                      "beginning", start)
+
+    writer = metrics_lib.MetricsWriter(workdir, resume_step=start)
+    jstep = jit_step(build_step(ms.graphdef, loss_fn, tx, step_builder, microbatches), ms,
+                     opt_sh, mesh)
+    jeval = None
+    if eval_fn is not None and eval_batches:
+      jeval = jax.jit(make_eval_step(ms.graphdef, eval_fn),
+                      in_shardings=(ms.param_shardings, ms.rest_shardings, batch_sh),
+                      out_shardings=repl)
+  except BaseException:
+    ck.close()
+    raise
 
   base_key = jax.random.key(int(config.seed))
   steps, every = int(tc.steps), int(config.checkpoint.every_steps)

@@ -211,7 +211,8 @@ def _eval_suite(config, model, workdir):
   return runner.eval_stage(config, workdir, model)
 
 
-def run(config, workdir):
+def validate(config):
+  """One clear error per bad refine.* / midtrain.* value (validate_config calls it)."""
   rcfg = config.refine
   refine_step.validate(rcfg, int(config.data.seq_len))
   if rcfg.kl_coef > 0:
@@ -220,6 +221,11 @@ def run(config, workdir):
                      "refine.make_loss_fn(rcfg, ref_model=...) from your own stage.")
   mbs, microbatches = int(rcfg.ppo_minibatches), int(config.train.get("microbatches", 1))
   check_microbatches(int(config.train.batch_size), mbs, microbatches)
+
+
+def run(config, workdir):
+  validate(config)
+  rcfg = config.refine
   workdir = paths.norm(workdir)
   paths.makedirs(workdir)
   mt = config.midtrain

@@ -14,6 +14,12 @@ STAGES = {
 }
 
 
+def stage_module(name):
+  """The module of stage `name` (its run, step_spec and, where it has one, validate)."""
+  get_stage(name)  # one clear error for an unknown or broken stage
+  return importlib.import_module(STAGES[name].split(":")[0])
+
+
 def get_stage(name):
   """The `run(config, workdir)` callable of stage `name`."""
   if name not in STAGES:
@@ -56,5 +62,4 @@ def lm_batch(batch_size, seq_len, *extra_masks):
 
 def step_spec(config) -> StepSpec:
   """The StepSpec of `config.stage` (each stage module's step_spec(config))."""
-  get_stage(config.stage)  # one clear error for an unknown or broken stage
-  return importlib.import_module(STAGES[config.stage].split(":")[0]).step_spec(config)
+  return stage_module(config.stage).step_spec(config)

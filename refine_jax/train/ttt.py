@@ -85,6 +85,9 @@ def validate(config):
     raise ValueError(f"ttt.batch_size={t.batch_size} must be >= 1.")
   if not float(t.lr) > 0:
     raise ValueError(f"ttt.lr={t.lr} must be > 0.")
+  if t.mode == "refine":
+    from refine_jax.refine import step as refine_step  # pylint: disable=g-import-not-at-top
+    refine_step.validate(config.refine, int(config.data.seq_len))
 
 
 def prompt_batch(prompt_ids: Sequence[Sequence[int]], bucket: int, pad_id: int):

@@ -101,6 +101,11 @@ def validate_config(config, *, num_devices=None, process_count=None):
     raise ValueError(f"train.batch_size={tc.batch_size} is not divisible by the number of "
                      f"processes {process_count}; use a multiple of it.")
 
+  # The stage's own fields (refine.*, posttrain.*, ttt.*), so they fail here, as one line.
+  stage_validate = getattr(stages.stage_module(config.stage), "validate", None)
+  if stage_validate is not None:
+    stage_validate(config)
+
   ck = config.checkpoint
   if ck.every_steps < 0 or ck.keep < 1:
     raise ValueError(f"checkpoint.every_steps={ck.every_steps} must be >= 0 (0 = only at the "
@@ -123,6 +128,10 @@ def _check_init_checkpoint(path):
     raise ValueError(f"init_checkpoint={path!r} does not exist{hint}; give a run directory, an "
                      "Orbax checkpoint, a bundle, an HF/FLA directory or a hub id "
                      "hf://owner/name[@revision], or '' for a fresh init.")
+  if not paths.isdir(path):
+    raise ValueError(f"init_checkpoint={path!r} is a file, not a checkpoint directory; give "
+                     "the run directory, its checkpoints/<step> directory, a bundle or an "
+                     "HF/FLA directory (config.json + *.safetensors).")
 
 
 def _check_vocab(config):
