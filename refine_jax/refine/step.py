@@ -119,12 +119,17 @@ def validate(rcfg, seq_len):
   reward.get(rcfg.reward)
 
 
+def token_nll(logits_BTV, targets_BT):
+  """-log p(target) per position, float32."""
+  logp_BTV = jax.nn.log_softmax(logits_BTV.astype(jnp.float32), axis=-1)
+  return -jnp.take_along_axis(logp_BTV, targets_BT[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+
 def ntp_loss(logits_BTV, targets_BT, mask_BT):
-  """Mean next-token cross-entropy over tokens with mask > 0."""
-  logp = jax.nn.log_softmax(logits_BTV.astype(jnp.float32), axis=-1)
-  nll_BT = -jnp.take_along_axis(logp, targets_BT[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  """THE next-token cross-entropy: mean over tokens with mask > 0 (train.losses.ntp_loss, the
+  NTP stages' loss_fn, is this on the model's logits)."""
   m = mask_BT.astype(jnp.float32)
-  return jnp.sum(nll_BT * m) / jnp.maximum(jnp.sum(m), 1.0)
+  return jnp.sum(token_nll(logits_BTV, targets_BT) * m) / jnp.maximum(jnp.sum(m), 1.0)
 
 
 def _batch_arrays(batch):

@@ -1,13 +1,9 @@
 """Next-token prediction loss and held-out NLL sums (the pretrain stage's loss_fn)."""
 
-import jax
 import jax.numpy as jnp
 
-
-def token_nll(logits_BTV, targets_BT):
-  """-log p(target) per position, float32."""
-  logp_BTV = jax.nn.log_softmax(logits_BTV.astype(jnp.float32), axis=-1)
-  return -jnp.take_along_axis(logp_BTV, targets_BT[..., None].astype(jnp.int32), axis=-1)[..., 0]
+from refine_jax.refine.step import ntp_loss as _ntp_from_logits
+from refine_jax.refine.step import token_nll
 
 
 def _mask(batch):
@@ -22,9 +18,8 @@ def ntp_loss(model, batch, rng):
   del rng
   logits_BTV = model(batch["inputs"]).logits
   mask_BT = _mask(batch)
-  nll_BT = token_nll(logits_BTV, batch["targets"])
   tokens = mask_BT.sum()
-  loss = (nll_BT * mask_BT).sum() / jnp.maximum(tokens, 1.0)
+  loss = _ntp_from_logits(logits_BTV, batch["targets"], mask_BT)
   correct = (jnp.argmax(logits_BTV, -1) == batch["targets"]).astype(jnp.float32)
   accuracy = (correct * mask_BT).sum() / jnp.maximum(tokens, 1.0)
   return loss, {"ntp_loss": loss, "accuracy": accuracy, "loss_tokens": tokens}
