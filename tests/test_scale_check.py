@@ -119,6 +119,9 @@ def test_presets_are_valid_paper_settings(name):
   validate.validate_config(c, num_devices=int(c.scale.chips), process_count=1)
   assert c.data.seq_len == 16384 and c.model.dtype == "bfloat16" and c.model.scan_layers
   assert c.train.lr == 1e-6 and c.train.weight_decay == 0.01
+  official = name.endswith("_official")  # the public code's AdamW details, else ours
+  assert (c.train.b2, c.train.decay_all, c.train.warmup_steps == 0) == (
+      (0.999, True, True) if official else (0.95, False, False))
   if c.stage != "ttt":
     assert c.train.batch_size == 128
   # The parameter count is the paper's model size.

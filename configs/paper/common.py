@@ -63,6 +63,17 @@ def paper_optimizer(c, lr=1e-6):
   return c
 
 
+def official_optimizer(c):
+  """The public ReFINE code's optimiser details where our defaults differ: AdamW b2 0.999 (ours
+  0.95, the usual LM-pretraining choice), weight decay on every parameter (ours: matrices
+  only, so norms and biases keep their scale) and no lr warm-up (ours: 10 steps, which keeps
+  the first updates of a fresh AdamW state small)."""
+  c.train.b2 = 0.999
+  c.train.decay_all = True
+  c.train.warmup_steps = 0
+  return c
+
+
 def scale(c, *, topology, batch=GLOBAL_BATCH, seq_len=SEQ_LEN, microbatches, chips,
           remat="full", tensor=1):
   """Sizes the run for `topology` (`chips` chips): FSDP over the chips (x `tensor`-way head
@@ -126,11 +137,14 @@ STAGES = {"midtrain": _midtrain, "posttrain": _posttrain, "ttt": _ttt}
 TENSOR = {"lact_760m": 2}
 
 
-def preset(model: str, stage: str):
+def preset(model: str, stage: str, *, official: bool = False):
   """The paper preset for `model` x `stage`, sized for a v5p-8 slice (4 chips): one sequence
-  per (tensor group of) chip(s) per microbatch."""
+  per (tensor group of) chip(s) per microbatch. official: the public code's optimiser details
+  (official_optimizer; same shapes, so the same memory and FLOPs)."""
   c = STAGES[stage]()
   paper_optimizer(c)
+  if official:
+    official_optimizer(c)
   tensor = TENSOR.get(model, 1)
   groups = 4 // tensor                      # data-parallel groups on the 4 chips
   if stage == "ttt":
