@@ -36,15 +36,15 @@ def resolve_mesh_shape(mesh_cfg, num_devices):
 
 
 def make_mesh(mesh_cfg, devices=None):
-  """A `jax.sharding.Mesh` with axes (data, fsdp, tensor), all in Auto mode."""
+  """A `jax.sharding.Mesh` with axes (data, fsdp, tensor), all in Auto mode: `jax.make_mesh`
+  (topology-aware device order on TPU/GPU), a plain reshape where it cannot place a shape."""
   devices = list(jax.devices() if devices is None else devices)
   shape = resolve_mesh_shape(mesh_cfg, len(devices))
-  try:  # topology-aware order on TPU/GPU; plain reshape where that is not available
-    from jax.experimental import mesh_utils
-    grid = mesh_utils.create_device_mesh(shape, devices=devices)
-  except Exception:  # pylint: disable=broad-except
-    grid = np.asarray(devices).reshape(shape)
-  return jax.sharding.Mesh(grid, MESH_AXES)
+  auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+  try:
+    return jax.make_mesh(shape, MESH_AXES, auto, devices=devices)
+  except (ValueError, NotImplementedError):  # e.g. a TPU slice shape it has no layout for
+    return jax.sharding.Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=auto)
 
 
 def mesh_context(mesh):
