@@ -10,6 +10,7 @@ import json
 import os
 
 import numpy as np
+from huggingface_hub import split_state_dict_into_shards_factory
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
@@ -88,30 +89,17 @@ def write_tensors(out_dir: str, tensors: dict[str, np.ndarray], *,
   transformers' `from_pretrained` accept the files. Returns the written file names.
   """
   os.makedirs(out_dir, exist_ok=True)
-  names = sorted(tensors)
-  arrays = {n: np.ascontiguousarray(tensors[n]) for n in names}
-  total = sum(a.nbytes for a in arrays.values())
-  groups: list[list[str]] = [[]]
-  if max_shard_bytes is not None and total > max_shard_bytes:
-    size = 0
-    for n in names:
-      if groups[-1] and size + arrays[n].nbytes > max_shard_bytes:
-        groups.append([])
-        size = 0
-      groups[-1].append(n)
-      size += arrays[n].nbytes
-  else:
-    groups = [names]
+  arrays = {n: np.ascontiguousarray(tensors[n]) for n in sorted(tensors)}
   meta = {"format": "pt"}
-  if len(groups) == 1:
+  if max_shard_bytes is None or sum(a.nbytes for a in arrays.values()) <= max_shard_bytes:
     save_file(arrays, os.path.join(out_dir, SINGLE_FILE), metadata=meta)
     return [SINGLE_FILE]
-  files, weight_map = [], {}
-  for i, group in enumerate(groups):
-    fname = f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
-    save_file({n: arrays[n] for n in group}, os.path.join(out_dir, fname), metadata=meta)
-    files.append(fname)
-    weight_map.update({n: fname for n in group})
+  # huggingface_hub's splitter: the shard names and index layout transformers expects.
+  split = split_state_dict_into_shards_factory(
+      arrays, get_storage_size=lambda a: a.nbytes, max_shard_size=int(max_shard_bytes),
+      filename_pattern="model{suffix}.safetensors")
+  for fname, names in split.filename_to_tensors.items():
+    save_file({n: arrays[n] for n in names}, os.path.join(out_dir, fname), metadata=meta)
   with open(os.path.join(out_dir, INDEX_FILE), "w") as f:
-    json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
-  return files + [INDEX_FILE]
+    json.dump({"metadata": split.metadata, "weight_map": split.tensor_to_filename}, f, indent=2)
+  return sorted(split.filename_to_tensors) + [INDEX_FILE]
