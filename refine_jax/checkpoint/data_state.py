@@ -5,7 +5,8 @@ state is taken in the training thread at the checkpointed step and written here,
 never reads an iterator that has moved on. When every process reads the same (global) stream,
 process 0 writes `global.json` and any process count restores it, so a run can move to another
 topology and see the same batches. With per-process streams (data.host_split="documents") each
-process writes `process_<i>-of-<n>.json`.
+process writes `process_<i>-of-<n>.json`. (grain's own Orbax handler writes only the
+per-process form, so a job could not resume its stream on another process count.)
 """
 
 import dataclasses

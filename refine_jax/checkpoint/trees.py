@@ -2,6 +2,9 @@
 
 Orbax stores nested dicts of arrays most robustly, so what is written is always plain nested dicts
 with string keys; these helpers convert to that and back onto a template of the live structure.
+Params use nnx.to_pure_dict / replace_by_pure_dict as Orbax's NNX examples do; what is kept
+here is what those cannot do: relayout between scanned ([L, ...] under layers.*) and unrolled
+(layers.<i>.*) checkpoints, and optax states (named tuples) as nested dicts by path.
 """
 
 import jax
