@@ -70,8 +70,7 @@ setup() {
   rm -f "$tgz"
   on_all "set -e; rm -rf ~/$REMOTE_DIR; mkdir -p ~/$REMOTE_DIR; tar -C ~/$REMOTE_DIR -xzf ~/refine_jax.tgz;
     cd ~/$REMOTE_DIR; python3 -m pip install -q -U pip;
-    python3 -m pip install -q -U 'jax[tpu]' -f https://storage.googleapis.com/jax-releases/libtpu_releases.html;
-    python3 -m pip install -q -e '.[gcs]';
+    python3 -m pip install -q -e '.[tpu,gcs]';
     python3 -c 'import jax; print(jax.process_index(), jax.local_device_count(), jax.device_count())'"
 }
 
