@@ -160,17 +160,9 @@ def _to_dict(config) -> dict:
 
 
 def base_config():
-  """The project's base config (configs/base.py) if present, else model + data defaults."""
-  from ml_collections import config_dict
-  try:
-    from configs import base
-    cfg = base.get_config()
-  except ImportError:
-    from refine_jax.data.config import default_data_config
-    from refine_jax.models import default_model_config
-    cfg = config_dict.ConfigDict({"model": default_model_config(),
-                                  "data": default_data_config()})
-  return cfg
+  """The base config (refine_jax.config), which a saved config is merged into."""
+  from refine_jax.config import base_config as base  # pylint: disable=g-import-not-at-top
+  return base()
 
 
 def config_from_dict(raw: dict):

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from configs import base
+from refine_jax import config as base_lib
 
 
 def _init(names):
@@ -72,7 +72,7 @@ class SyntheticIterator:
 
 def tiny_config(steps=6, every=3, batch_size=4, seq_len=8, lr=1e-2, mesh=(-1, 1, 1)):
   """Base config sized for TinyLM runs (no eval, no progress bar)."""
-  c = base.get_config()
+  c = base_lib.base_config()
   c.train.steps, c.train.batch_size, c.train.lr = steps, batch_size, lr
   c.train.warmup_steps, c.train.eval_every, c.train.progress_bar = 2, 0, False
   c.data.seq_len = seq_len
