@@ -86,6 +86,20 @@ def test_ntp_epochs_x_minibatches_equal_sequential_updates(microbatches):
     validate_config(c, num_devices=1, process_count=1)
 
 
+def test_ppo_epochs_apply_the_ntp_term_once_per_update():
+  """Decided: each PPO update's loss includes lambda_ntp * NTP on its minibatch. With
+  lambda_rl = 0 the PPO step is then exactly ppo_epochs x ppo_minibatches NTP updates."""
+  graphdef, p0, rest = _split(_tiny_lm())
+  rc = _greedy_rcfg(ppo_epochs=2, ppo_minibatches=2, lambda_rl=0.0)
+  tx, batch = optax.sgd(0.5, momentum=0.9), _refine_batch()
+  ppo = midtrain.make_ppo_step_builder(rc)(graphdef, None, tx)
+  p_ppo, _, out = _run_step(ppo, p0, tx, rest, batch)
+  ntp = loop.ntp_step_builder(2, 2)(graphdef, losses.ntp_loss, tx)
+  p_ntp, _, out_ntp = _run_step(ntp, p0, tx, rest, batch)
+  _assert_same_update(p0, p_ntp, p_ppo)
+  np.testing.assert_allclose(float(out["ntp_loss"]), float(out_ntp["ntp_loss"]), rtol=1e-5)
+
+
 def test_microbatch_step_is_a_loop_and_rows_round_trip():
   graphdef, p0, rest = _split(T.TinyLM(vocab=V, rngs=nnx.Rngs(0)))
   tx = optax.sgd(0.5)

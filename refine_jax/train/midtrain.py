@@ -56,6 +56,9 @@ def make_ppo_step_builder(rcfg, microbatches=1):
   with the current weights, then several clipped-PPO updates over sequence minibatches (a
   lax.scan over updates; minibatch j = sequences j, j + mbs, ... so it spans every device).
   run_training gets updates_per_step = epochs * minibatches, so the lr follows train steps.
+  Every update's loss is the whole ReFINE loss on its minibatch, lambda_rl * GRPO + lambda_ntp
+  * NTP (as the official code's per-minibatch loss): with E epochs the NTP term is applied E
+  times per sequence, like any E-epoch pass (tests/test_train_microbatch.py checks it).
   microbatches > 1: the collect pass runs in ppo_minibatches * microbatches parts (the size of an
   update's microbatch: its captured states are the largest ReFINE buffer) with fold_in(rng, i),
   and each update accumulates its minibatch's grads over microbatches (loop.accumulate)."""
