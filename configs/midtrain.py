@@ -40,6 +40,9 @@ def get_config():
   c.stage = "midtrain"
   base.tiny_deltanet(c)
   c.data.seq_len = 256
+  # 10% RULER-style NIAH / variable-tracking samples mixed into the corpus (opt-in, default
+  # 0): the stage eval asks those questions, so the model must have seen their format.
+  c.data.synthetic_weight = 0.1
   c.train.batch_size = 8
   c.train.steps = 60           # ReFINE steps (after the warm-up)
   c.train.lr = 1e-3            # paper: 1e-6 at 1.3B; a tiny CPU model needs far more

@@ -23,6 +23,9 @@ def get_config():
   c.stage = "pretrain"
   base.tiny_deltanet(c)
   c.data.seq_len = 128
+  # 10% RULER-style NIAH / variable-tracking samples mixed into the corpus (opt-in, default
+  # 0): the stage eval asks those questions, so the model must have seen their format.
+  c.data.synthetic_weight = 0.1
   c.train.batch_size = 8
   c.train.steps = 300
   c.train.lr = 3e-3

@@ -35,6 +35,9 @@ def get_config():
   c.stage = "ttt"
   base.tiny_deltanet(c)
   c.data.seq_len = 512
+  # 10% RULER-style NIAH / variable-tracking samples mixed into the corpus (opt-in, default
+  # 0): the stage eval asks those questions, so the model must have seen their format.
+  c.data.synthetic_weight = 0.1
   # train.* is used by the warm-up only.
   c.train.batch_size = 8
   c.train.weight_decay = 0.01

@@ -177,3 +177,18 @@ def test_held_out_text_is_not_training_text(corpus):
   from refine_jax.data import pipeline
   text = pipeline.held_out_text(_config(corpus))
   assert {int(m) for m in re.findall(r"<D(\d+)>", text)} == set(range(0, NUM_DOCS, 10))
+
+
+def test_synthetic_mixing_is_opt_in(corpus):
+  from configs import base, midtrain, posttrain, pretrain, recall, ttt
+  assert default_data_config().synthetic_weight == 0.0
+  assert base.get_config().data.synthetic_weight == 0.0
+  # Only the demo configs whose eval asks NIAH / variable-tracking questions mix them in.
+  assert [m.get_config().data.synthetic_weight for m in (pretrain, midtrain, posttrain, ttt)] \
+      == [0.1] * 4
+  assert recall.get_config().data.synthetic_weight == 0.0
+  cfg = _config(corpus, seq_len=128)
+  cfg.data.synthetic_weight = default_data_config().synthetic_weight
+  text = "".join(TOK.decode(b["inputs"][i]) for b in _take(make_train_iterator(cfg), 12)
+                 for i in range(4))
+  assert "<D" in text and "special magic" not in text and "VAR " not in text

@@ -12,6 +12,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   # Where documents come from: "embedded" (shipped KJV + Shakespeare, no downloads),
   # "text" (.txt; one document per file, or per blank-line-separated block with
   # text_split="paragraph"), "jsonl", "parquet", "array_record". .gz/.xz text is read directly.
+  # "recall": no documents, the synthetic recall stream of data.recall (one sample per row).
   c.source = "embedded"
   c.path = ""  # files for non-embedded sources: comma-separated paths or globs
   c.text_field = "text"  # jsonl / parquet column / ArrayRecord json key holding the text
@@ -31,13 +32,26 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.tokenizer_pad = ""
   c.add_bos = True  # prepend bos to every document
   c.add_eos = True  # append eos to every document
-  # Mixture: about this fraction of training tokens are synthetic task samples (RULER-style
-  # NIAH / variable tracking, prompt + answer) generated from a seed stream disjoint from eval.
-  c.synthetic_weight = 0.1
+  # Mixture, opt-in: about this fraction of training tokens are synthetic task samples
+  # (RULER-style NIAH / variable tracking, prompt + answer, from a seed stream disjoint from
+  # eval) mixed into the documents. 0 = your corpus only. A model trained with it writes "the
+  # special magic numbers" text, so only configs whose eval needs the format set it
+  # (configs/pretrain.py, midtrain.py, posttrain.py, ttt.py: 0.1).
+  c.synthetic_weight = 0.0
   c.synthetic_tasks = ",".join(TASK_NAMES)
   c.synthetic_min_tokens = 64  # prompt length is drawn in [min, seq_len - 48] tokens
   c.synthetic_haystack = "mixed"  # "noise" (RULER's), "corpus" (a training doc) or "mixed"
   c.synthetic_loss = "all"  # "all": NTP on the whole sample; "answer": only on the answer
+  # data.source="recall" (refine_jax/data/recall.py): pairs key=value pairs open each row, a
+  # periodic low-entropy haystack follows, every key is asked again at power-law offsets.
+  # Training rows come from the "train" seed stream (base data.shuffle_seed); held-out rows
+  # (the loop's eval, the experiment's headroom gate) from the "eval" stream with base eval_seed.
+  c.recall = ml_collections.ConfigDict()
+  c.recall.pairs = 8
+  c.recall.queries = 0       # queries per row (0 = pairs); more repeat keys (denser recall)
+  c.recall.value_len = 3     # digits per value (a rollout of refine.rollout_len >= it holds one)
+  c.recall.power_a = 0.1     # p(query offset o) ∝ (o + 1)^(power_a - 1): small = short gaps
+  c.recall.eval_seed = 1
   # Order: documents are shuffled (and reshuffled every epoch) from this seed.
   c.shuffle_seed = 0
   # Packed rows are shuffled in a window of this many sequences (0 = off), so one long

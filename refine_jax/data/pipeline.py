@@ -12,6 +12,10 @@ of numpy arrays:
     synthetic prompt tokens when data.synthetic_loss == "answer"),
     segment_ids [b, T] int32 (1, 2, ... per document piece within a row; 0 = padding).
 
+data.source == "recall" replaces documents, mixing and packing: every row is one whole sample
+of the recall stream (refine_jax/data/recall.py), seeds from the "train" stream; held-out rows
+from the "eval" stream (base data.recall.eval_seed).
+
 The train iterator is a grain DatasetIterator: `it.get_state()` is a small JSON-able dict and
 `it.set_state(state)` continues exactly (grain's orbax handler also takes the iterator).
 """
@@ -25,7 +29,7 @@ import grain
 import numpy as np
 from grain.experimental import ConcatThenSplitIterDataset
 
-from refine_jax.data import sources, tasks
+from refine_jax.data import recall, sources, tasks
 from refine_jax.data.tokenizers import get_tokenizer
 
 _ANSWER_BUDGET = 48  # tokens left after a synthetic prompt for its answer and eos
@@ -67,6 +71,8 @@ def _check(config, tokenizer, shard_index, shard_count):
                        "'corpus' or 'mixed'.")
     if data.synthetic_min_tokens < 1:
       raise ValueError(f"data.synthetic_min_tokens={data.synthetic_min_tokens} must be >= 1.")
+  if data.source == "recall":
+    recall.check(tokenizer, recall.RecallSpec.of(data.recall), int(data.seq_len))
   if "model" in config and "vocab_size" in config.model:
     if config.model.vocab_size < tokenizer.vocab_size:
       raise ValueError(f"model.vocab_size={config.model.vocab_size} is smaller than the "
@@ -255,12 +261,32 @@ def _document_weight(token_fraction, docs, encode, synth, probe=32):
   return float(w / (w + (1.0 - token_fraction) / corpus_len))
 
 
+_LM_KEYS = ("inputs", "targets", "loss_mask", "segment_ids")
+
+
+def _recall_rows(tokenizer, data, split, base_seed, shard_index=0, shard_count=1):
+  """Recall rows (LM batch keys only) of one seed stream, row i from sample index
+  i * shard_count + shard_index."""
+  spec, seq_len = recall.RecallSpec.of(data.recall), int(data.seq_len)
+
+  def make(i):
+    seed = tasks.sample_seed(split, int(i) * shard_count + shard_index, base_seed)
+    r = recall.row(recall.sample(tokenizer, seq_len, seed, spec, add_bos=data.add_bos))
+    return {k: r[k] for k in _LM_KEYS}
+
+  return grain.MapDataset.range(_MAX_INDEX).map(make)
+
+
 def make_train_dataset(config, *, shard_index: int = 0, shard_count: int = 1,
                        batch_size: int | None = None) -> grain.IterDataset:
   data = _data_cfg(config)
   tokenizer = get_tokenizer(data)
   _check(config, tokenizer, shard_index, shard_count)
   size = _batch_size(config, batch_size, shard_count)
+  if data.source == "recall":  # one whole sample per row: nothing to mix, pack or cut
+    ds = _recall_rows(tokenizer, data, "train", int(data.shuffle_seed), shard_index,
+                      shard_count)
+    return ds.to_iter_dataset(_read_options(data)).batch(size, drop_remainder=True)
   train_docs, _ = _source_splits(data)
   docs = grain.MapDataset.source(train_docs)[shard_index::shard_count]
   if len(docs) == 0:
@@ -298,6 +324,11 @@ def make_eval_batches(config, num_batches: int, *, shard_index: int = 0, shard_c
   if batch_size is None and data.eval_batch_size:
     batch_size = int(data.eval_batch_size)
   size = _batch_size(config, batch_size, shard_count)
+  if data.source == "recall":
+    ds = _recall_rows(tokenizer, data, "eval", int(data.recall.eval_seed), shard_index,
+                      shard_count)
+    it = iter(ds.to_iter_dataset().batch(size, drop_remainder=True))
+    return [next(it) for _ in range(num_batches)]
   _, held = _source_splits(data)
   docs = grain.MapDataset.source(held)[shard_index::shard_count]
   if len(docs) == 0:
