@@ -20,7 +20,11 @@ RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 SCORES_PNG = "scores.png"
 PERPLEXITY_PNG = "perplexity.png"
-LOWER_IS_BETTER = ("perplexity",)
+NLL_PNG = "nll.png"
+TRAINING_CURVES_PNG = "training_curves.png"
+NLL_TASKS = ("recall_nll", "recall_value_nll")
+LOWER_IS_BETTER = ("perplexity",) + NLL_TASKS
+_MARKERS = "osD^v<>ph*"
 
 
 def lengths_of(results: Mapping) -> list[int]:
@@ -28,7 +32,32 @@ def lengths_of(results: Mapping) -> list[int]:
 
 
 def _digits(task: str) -> int:
+  if task in NLL_TASKS:
+    return 3  # nats per token
   return 2 if task in LOWER_IS_BETTER else 1  # perplexity moves in the second decimal
+
+
+def _ylabel(task: str) -> str:
+  if task in NLL_TASKS:
+    return "NLL (nats/token)"
+  return "perplexity" if task == "perplexity" else "score (%)"
+
+
+def _y_range(ax, values, lower_is_better: bool):
+  """Scores on 0..100; losses from 0 up: the axis never zooms into seed noise."""
+  if not lower_is_better:
+    ax.set_ylim(-3, 103)
+    return
+  top = max([float(v) for v in values if v is not None and math.isfinite(float(v))] or [1.0])
+  ax.set_ylim(0, top * 1.15)
+
+
+def _length_axis(ax, lengths):
+  """log2 x axis with every context length labelled."""
+  ax.set_xscale("log", base=2)
+  ax.set_xticks(lengths)
+  ax.set_xticklabels([str(n) for n in lengths])
+  ax.minorticks_off()
 
 
 def _fmt(x: float, digits: int = 1) -> str:
@@ -60,18 +89,23 @@ def _plot(series: Mapping[str, Mapping], path: str, ylabel: str, title: str,
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, ax = plt.subplots(figsize=(6, 4))
-  for name, row in series.items():
+  all_x, all_y = set(), []
+  for j, (name, row) in enumerate(series.items()):
     xs = sorted(int(k) for k in row)
     ys = [float(row[x] if x in row else row[str(x)]) for x in xs]
+    all_x.update(xs)
+    all_y += ys
+    # Lines that coincide (e.g. every task at 0) stay visible: own marker, small x offset.
+    shift = 2.0 ** (0.04 * (j - (len(series) - 1) / 2))
+    style = dict(marker=_MARKERS[j % len(_MARKERS)], label=name, alpha=0.85)
     if errors is not None and name in errors:
       err = errors[name]
       es = [float(err[x] if x in err else err[str(x)]) for x in xs]
-      ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=name)
+      ax.errorbar([x * shift for x in xs], ys, yerr=es, capsize=3, **style)
     else:
-      ax.plot(xs, ys, marker="o", label=name)
-  if ylabel.startswith("score"):
-    ax.set_ylim(-3, 103)
-  ax.set_xscale("log", base=2)
+      ax.plot([x * shift for x in xs], ys, **style)
+  _y_range(ax, all_y, not ylabel.startswith("score"))
+  _length_axis(ax, sorted(all_x))
   ax.set_xlabel("context length (tokens)")
   ax.set_ylabel(ylabel)
   ax.set_title(title)
@@ -96,10 +130,14 @@ def plot_results(results: Mapping, out_dir: str, title: str = "eval") -> list[st
   if scores:
     paths.append(path_io.join(out_dir, SCORES_PNG))
     _plot(scores, paths[-1], "score (%)", title)
-  ppl = {t: r for t, r in results.items() if t in LOWER_IS_BETTER and r}
+  ppl = {t: r for t, r in results.items() if t == "perplexity" and r}
   if ppl:
     paths.append(path_io.join(out_dir, PERPLEXITY_PNG))
     _plot(ppl, paths[-1], "perplexity", title)
+  nll = {t: r for t, r in results.items() if t in NLL_TASKS and r}
+  if nll:
+    paths.append(path_io.join(out_dir, NLL_PNG))
+    _plot(nll, paths[-1], _ylabel(NLL_TASKS[0]), title)
   return paths
 
 
@@ -173,35 +211,188 @@ def experiment_table(agg_by_arm: Mapping[str, Mapping], *, column: str | int = "
   return "\n".join(lines) + "\n"
 
 
-def plot_experiment(agg_by_arm: Mapping[str, Mapping], path: str, title: str = "experiment"):
-  """One panel per task: mean score vs context length per arm, std as error bars."""
+def _iv(c: Mapping, d: int, with_std: bool = False) -> str:
+  if c["n"] < 2 or math.isnan(c["half"]):
+    return f"{c['mean']:.{d}f}"
+  std = f" ± {c['std']:.{d}f}" if with_std else ""
+  return f"{c['mean']:.{d}f}{std} [{c['lo']:.{d}f}, {c['hi']:.{d}f}]"
+
+
+def interval_table(ivals_by_arm: Mapping[str, Mapping], *, title: str | None = None) -> str:
+  """One markdown table per task: arms as rows, context lengths as columns, `mean [lo, hi]`
+  (the t-interval; a single run shows its value only)."""
+  tasks = list(dict.fromkeys(t for a in ivals_by_arm.values() for t in a))
+  lines = [f"### {title}", ""] if title else []
+  for task in tasks:
+    lengths = sorted({int(n) for a in ivals_by_arm.values() for n in a.get(task, {})})
+    d = _digits(task)
+    lines += [f"{task} ({'lower' if task in LOWER_IS_BETTER else 'higher'} is better)", "",
+              "| arm | n | " + " | ".join(str(n) for n in lengths) + " |",
+              "|---" * (len(lengths) + 2) + "|"]
+    for arm, a in ivals_by_arm.items():
+      cells = a.get(task, {})
+      if not cells:
+        continue
+      n = max(c["n"] for c in cells.values())
+      lines.append(f"| {arm} | {n} | " + " | ".join(
+          _iv(cells[L], d) if L in cells else "-" for L in lengths) + " |")
+    lines.append("")
+  return "\n".join(lines) + "\n"
+
+
+def paired_table(paired_by_arm: Mapping[str, Mapping], *, title: str | None = None) -> str:
+  """Rows (arm, task), context lengths as columns, `mean ± std [lo, hi]` of the per-seed
+  differences."""
+  lengths = sorted({int(n) for a in paired_by_arm.values() for row in a.values() for n in row})
+  lines = [f"### {title}", ""] if title else []
+  lines += ["| arm | task | " + " | ".join(str(n) for n in lengths) + " |",
+            "|---" * (len(lengths) + 2) + "|"]
+  for arm, a in paired_by_arm.items():
+    for task, cells in a.items():
+      d = _digits(task)
+      lines.append(f"| {arm} | {task} | " + " | ".join(
+          _iv(cells[L], d, with_std=True) if L in cells else "-" for L in lengths) + " |")
+  return "\n".join(lines) + "\n"
+
+
+DIAGNOSTICS = ("reward_mean", "reward_std", "clip_frac", "entropy_selected", "sel_on_values",
+               "sel_window_value", "sel_chance_on_values", "last_ntp_loss", "last_eval_loss")
+
+
+def diagnostics_table(diag_by_arm: Mapping[str, Sequence[Mapping]], *,
+                      budgets: Mapping | None = None, title: str | None = None) -> str:
+  """Arms as rows, the DIAGNOSTICS present as columns (mean over seeds), plus optimiser
+  updates per step from `budgets`."""
+  cols = [k for k in DIAGNOSTICS if any(k in r for rs in diag_by_arm.values() for r in rs)]
+  lines = [f"### {title}", ""] if title else []
+  lines += ["| arm | updates/step | " + " | ".join(cols) + " |",
+            "|---" * (len(cols) + 2) + "|"]
+  for arm, rs in diag_by_arm.items():
+    ups = (budgets or {}).get(arm, {}).get("updates_per_step", "-")
+    ups = " + ".join(map(str, ups)) if isinstance(ups, (list, tuple)) else ups  # per stage
+    cells = []
+    for k in cols:
+      vals = [float(r[k]) for r in rs if isinstance(r.get(k), (int, float))]
+      cells.append(f"{np.mean(vals):.3f}" if vals else "-")
+    lines.append(f"| {arm} | {ups} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def plot_experiment(intervals_by_arm: Mapping[str, Mapping], path: str, *,
+                    title: str = "experiment", paired: Mapping[str, Mapping] | None = None,
+                    reference: str = "", tasks: Sequence[str] | None = None):
+  """The comparison at a glance. Top row, one panel per task: a bar per arm at every context
+  length (mean over seeds, 95% t-interval whiskers; a single-run arm such as the base has
+  none). Bottom row (with `paired`): per-seed differences arm - reference as bars with their
+  t-interval, the seeds as dots, a zero line. intervals_by_arm: {arm: {task: {length:
+  stats.t_interval dict}}}; paired: {arm: {task: {length: t_interval + diffs}}}."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  tasks = list(dict.fromkeys(t for agg in agg_by_arm.values() for t in agg))
-  cols = min(3, len(tasks))
-  rows = math.ceil(len(tasks) / cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.5 * rows), squeeze=False)
-  for ax, task in zip(axes.flat, tasks):
-    for arm, agg in agg_by_arm.items():
-      cells = {n: v for n, v in agg.get(task, {}).items() if n != "avg"}
-      if not cells:
+  tasks = list(tasks or dict.fromkeys(t for a in intervals_by_arm.values() for t in a))
+  rows = 2 if paired else 1
+  fig, axes = plt.subplots(rows, len(tasks), figsize=(4.6 * len(tasks), 3.6 * rows),
+                           squeeze=False)
+  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  arm_color = {a: colors[i % len(colors)] for i, a in enumerate(intervals_by_arm)}
+  for col, task in enumerate(tasks):
+    lengths = sorted({int(n) for a in intervals_by_arm.values() for n in a.get(task, {})})
+    _bars(axes[0][col], {a: v.get(task, {}) for a, v in intervals_by_arm.items()}, lengths,
+          arm_color, dots=False)
+    axes[0][col].set_title(task, fontsize=10)
+    axes[0][col].set_ylabel(_ylabel(task))
+    tops = [c["mean"] + (0 if math.isnan(c["half"]) else c["half"])
+            for a in intervals_by_arm.values() for c in a.get(task, {}).values()]
+    _y_range(axes[0][col], tops, task in LOWER_IS_BETTER)
+    if paired:
+      ax = axes[1][col]
+      _bars(ax, {a: v.get(task, {}) for a, v in paired.items()}, lengths, arm_color, dots=True)
+      ax.axhline(0.0, color="black", lw=0.8)
+      ends = [abs(x) for v in paired.values() for c in v.get(task, {}).values()
+              for x in [c["lo"], c["hi"], *c["diffs"]] if math.isfinite(x)]
+      floor = 0.05 if task in NLL_TASKS else (0.5 if task in LOWER_IS_BETTER else 5.0)
+      lim = max(ends + [floor]) * 1.15
+      ax.set_ylim(-lim, lim)
+      ax.set_title(f"{task}: arm - {reference} (per seed)", fontsize=9)
+      ax.set_ylabel("difference")
+  handles = [matplotlib.patches.Patch(color=c, label=a) for a, c in arm_color.items()]
+  fig.legend(handles=handles, loc="upper right", fontsize=8)
+  fig.suptitle(title + "  (whiskers: 95% t-interval over seeds)", fontsize=10)
+  fig.tight_layout(rect=(0, 0, 0.9, 0.95))
+  _save(fig, path)
+  plt.close(fig)
+  return path
+
+
+def _bars(ax, cells_by_arm: Mapping[str, Mapping], lengths, arm_color, *, dots: bool):
+  arms = [a for a, cells in cells_by_arm.items() if cells]
+  width = 0.8 / max(len(arms), 1)
+  for j, arm in enumerate(arms):
+    cells = {int(n): c for n, c in cells_by_arm[arm].items()}
+    xs = [i + (j - (len(arms) - 1) / 2) * width for i, n in enumerate(lengths) if n in cells]
+    cs = [cells[n] for n in lengths if n in cells]
+    err = [0.0 if math.isnan(c["half"]) else c["half"] for c in cs]
+    ax.bar(xs, [c["mean"] for c in cs], width * 0.9, yerr=err, capsize=3,
+           color=arm_color[arm], alpha=0.8, ecolor="black")
+    if dots:
+      for x, c in zip(xs, cs):
+        ax.plot([x] * len(c["diffs"]), c["diffs"], "k.", ms=4)
+  ax.set_xticks(range(len(lengths)))
+  ax.set_xticklabels([str(n) for n in lengths])
+  ax.set_xlabel("context length (tokens)")
+  ax.grid(alpha=0.3, axis="y")
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def plot_training_curves(rows: Sequence[Mapping], path: str, title: str = "training") -> str | None:
+  """Loss / ntp_loss, reward mean ± std (ReFINE runs) and held-out perplexity vs step from
+  metrics.jsonl rows; None when there is nothing to plot."""
+  rows = [r for r in rows if "step" in r]
+  if not rows:
+    return None
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  def series(key):
+    pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+    return [p[0] for p in pts], [float(p[1]) for p in pts]
+
+  panels = [("loss", ["loss", "ntp_loss"])]
+  if series("reward_mean")[0]:
+    panels.append(("reward", ["reward_mean"]))
+  if series("eval_ppl")[0]:
+    panels.append(("held-out perplexity", ["eval_ppl"]))
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.4), squeeze=False)
+  for ax, (name, keys) in zip(axes[0], panels):
+    for j, key in enumerate(keys):
+      xs, ys = series(key)
+      if not xs:
         continue
-      xs = sorted(cells)
-      ax.errorbar(xs, [cells[x][0] for x in xs], yerr=[cells[x][1] for x in xs], marker="o",
-                  capsize=3, label=arm)
-    ax.set_xscale("log", base=2)
-    ax.set_title(task, fontsize=9)
-    ax.set_xlabel("context length")
-    ax.set_ylabel("perplexity" if task in LOWER_IS_BETTER else "score (%)")
-    if task not in LOWER_IS_BETTER:
-      ax.set_ylim(-3, 103)
+      ax.plot(xs, ys, marker=_MARKERS[j] if len(xs) < 40 else None, ms=3, label=key)
+      if key == "reward_mean":
+        _, sd = series("reward_std")
+        if len(sd) == len(ys):
+          lo, hi = np.subtract(ys, sd), np.add(ys, sd)
+          ax.fill_between(xs, lo, hi, alpha=0.2, label="± reward_std")
+    ax.set_title(name, fontsize=10)
+    ax.set_xlabel("step")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-  for ax in list(axes.flat)[len(tasks):]:
-    ax.axis("off")
-  fig.suptitle(title)
+  fig.suptitle(title, fontsize=10)
   fig.tight_layout()
   _save(fig, path)
   plt.close(fig)
   return path
+
+
+def write_training_curves(workdir: str) -> str | None:
+  """<workdir>/eval/training_curves.png from <workdir>/metrics.jsonl (local or gs://)."""
+  from refine_jax.train import metrics  # pylint: disable=g-import-not-at-top
+  rows = metrics.read_metrics(path_io.join(workdir, "metrics.jsonl"))
+  out = path_io.join(workdir, "eval")
+  path_io.makedirs(out)
+  return plot_training_curves(rows, path_io.join(out, TRAINING_CURVES_PNG),
+                              title=os.path.basename(path_io.norm(workdir).rstrip("/")))

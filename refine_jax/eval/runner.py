@@ -5,7 +5,10 @@
 Text tasks (RULER NIAH variants, variable tracking, local-jsonl QA) are answered by greedy
 decoding with the cached decoder, or by any `predict_fn(prompts) -> answers` (tests, other
 systems). "mqar" scores the argmax of one forward pass on the query positions; "perplexity" is
-held-out perplexity with data.seq_len set to each context length. Eval samples come from the
+held-out perplexity with data.seq_len set to each context length; "recall" scores held-out rows
+of the recall stream (refine_jax/data/recall.py, the run's data.recall) of each length as
+recall_em (whole values right), recall_tf (value tokens right), recall_nll (all tokens) and
+recall_value_nll, from one teacher-forced forward pass. Eval samples come from the
 "eval" seed stream (refine_jax.data.tasks.sample_seed), which training never draws from.
 Scores are percent (perplexity excepted).
 """
@@ -27,7 +30,7 @@ from refine_jax.data import tasks as tasks_lib
 from refine_jax.eval import report, scoring
 
 TEXT_TASKS = tasks_lib.TASK_NAMES + ("qa", "qa_f1")
-MODEL_TASKS = ("mqar", "perplexity")
+MODEL_TASKS = ("mqar", "perplexity", "recall")
 ALL_TASKS = TEXT_TASKS + MODEL_TASKS
 
 PredictFn = Callable[[Sequence[str]], Sequence[str]]
@@ -38,7 +41,8 @@ def default_eval_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   # Comma-separated: niah_single, niah_multikey, niah_multivalue, niah_multiquery,
   # variable_tracking, qa (substring match of any reference), qa_f1 (LongBench token F1; the
-  # same predictions as qa), mqar, perplexity.
+  # same predictions as qa), mqar, perplexity, recall (-> recall_em, recall_tf, recall_nll,
+  # recall_value_nll; needs data.recall in the run config).
   c.tasks = "niah_single,niah_multikey,niah_multivalue,niah_multiquery,variable_tracking"
   c.context_lengths = "256,512"  # prompt tokens per sample, one column each
   c.num_samples = 8              # samples per (task, context length)
@@ -153,6 +157,56 @@ def mqar_score(model, ecfg, length: int) -> float:
   graphdef, state = nnx.split(model)
   pred = np.asarray(_argmax_fn(graphdef)(state, jnp.asarray(batch["inputs"])))
   return scoring.mqar_accuracy(pred, batch["targets"], batch["query_mask"])
+
+
+def recall_scores(model, config, ecfg, length: int) -> dict[str, float]:
+  """Held-out recall rows of `length` tokens (eval stream, base eval.base_seed, the run's
+  data.recall): recall_em = percent of queries whose whole value is argmax-right given the true
+  prefix, which is exactly greedy decoding's exact match (greedy follows the true prefix until
+  its first wrong token); recall_tf = percent of value tokens right; recall_nll / recall_value_nll
+  = mean NLL (nats) over all tokens / value tokens."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from refine_jax.data import recall  # pylint: disable=g-import-not-at-top
+  from refine_jax.data.tokenizers import get_tokenizer  # pylint: disable=g-import-not-at-top
+  b = recall.batch(get_tokenizer(config.data), int(length), int(ecfg.num_samples),
+                   base_seed=int(ecfg.base_seed), spec=recall.RecallSpec.of(config.data.recall),
+                   add_bos=bool(config.data.add_bos))
+  graphdef, state = nnx.split(model)
+  fn, rows = _pred_nll_fn(graphdef), max(1, int(ecfg.batch_size))
+  outs = [fn(state, jnp.asarray(b["inputs"][i:i + rows]), jnp.asarray(b["targets"][i:i + rows]))
+          for i in range(0, len(b["inputs"]), rows)]
+  pred_BT = np.concatenate([np.asarray(p) for p, _ in outs])
+  nll_BT = np.concatenate([np.asarray(n) for _, n in outs])
+  return value_scores(pred_BT, nll_BT, b["targets"], b["value_mask"])
+
+
+def value_scores(pred_BT, nll_BT, targets_BT, value_mask_BT) -> dict[str, float]:
+  """recall_* scores from argmax predictions and per-token NLL; a query's value is one run of
+  consecutive value_mask positions (two values never touch: a key and '=' sit between)."""
+  m = np.asarray(value_mask_BT) > 0
+  hit = (np.asarray(pred_BT) == np.asarray(targets_BT)) & m
+  starts = m & ~np.pad(m, ((0, 0), (1, 0)))[:, :-1]
+  run = np.cumsum(starts.reshape(-1)).reshape(m.shape)  # value id per position (global)
+  n_values = int(starts.sum())
+  wrong = np.zeros(n_values + 1, bool)
+  np.logical_or.at(wrong, run[m & ~hit], True)
+  return {"recall_em": 100.0 * (n_values - int(wrong[1:].sum())) / max(n_values, 1),
+          "recall_tf": 100.0 * float(hit.sum()) / max(int(m.sum()), 1),
+          "recall_nll": float(np.mean(nll_BT)),
+          "recall_value_nll": float(np.asarray(nll_BT)[m].mean()) if m.any() else float("nan")}
+
+
+@functools.lru_cache(maxsize=8)
+def _pred_nll_fn(graphdef):
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from refine_jax.train import losses  # pylint: disable=g-import-not-at-top
+
+  def fn(state, ids_BT, targets_BT):
+    logits_BTV = nnx.merge(graphdef, state)(ids_BT).logits
+    return logits_BTV.argmax(-1), losses.token_nll(logits_BTV, targets_BT)
+  return jax.jit(fn)
 
 
 def teacher_forced_accuracy(model, tokenizer, samples, *, add_bos: bool = True) -> float:
@@ -287,6 +341,14 @@ def run_eval(model, tokenizer=None, eval_cfg=None, out_dir: str | None = None, /
         raise ValueError(f"task {task!r} needs a model (it reads logits), not a predict_fn.")
       if task == "mqar":
         score = mqar_score(model, ecfg, length)
+      elif task == "recall":
+        if config is None:
+          raise ValueError("task 'recall' needs the run config (data.recall); pass config=.")
+        for name, value in recall_scores(model, config, ecfg, length).items():
+          results.setdefault(name, {})[length] = float(value)
+        if bar is not None:
+          bar.update(1)
+        continue
       else:
         if config is None:
           raise ValueError("task 'perplexity' needs the run config (data.*); pass config=.")

@@ -403,6 +403,12 @@ def run_training(config, workdir, loss_fn, *, eval_fn=losses.ntp_eval,
     writer.close()
   logging.info("trained to step %d in %.1fs (last checkpoint %d)", max(start, steps),
                time.time() - t_start, last_saved)
+  if jax.process_index() == 0 and start < steps:  # <workdir>/eval/training_curves.png
+    try:
+      from refine_jax.eval import report  # pylint: disable=g-import-not-at-top
+      report.write_training_curves(workdir)
+    except Exception as e:  # pylint: disable=broad-except  (a plot never fails a run)
+      logging.warning("training curves not plotted: %s", e)
   return TrainResult(model=ms.model(), step=max(start, steps), metrics=last_row,
                      eval_metrics=last_eval, workdir=workdir)
 
