@@ -1,16 +1,8 @@
-"""NTP vs ReFINE mid-training from one NTP checkpoint, 3 seeds, equal steps (tiny CPU default).
+"""SFT-mid vs ReFINE-mid on the synthetic recall stream: 3 seeds x 3 arms from one gated base.
 
-  python -m refine_jax.experiments --config=configs/experiment.py \
-      [--config.checkpoint=runs/pretrain-deltanet] [--workdir=runs/experiment]
+  python -m refine_jax.experiments --config=configs/experiment.py [--workdir=runs/experiment]
 
-Arms (see refine_jax/experiments.py for the spec syntax): sft_mid runs the midtrain config's
-data and optimiser with the NTP-only loop; refine_mid runs ReFINE (GRPO next-sequence reward +
-NTP). Post-training and TTT arms chain stage configs (a final configs/ttt.py stage trains
-nothing: that arm answers with test-time training); they are declared below and run when
-named in arm_order, e.g.
-  --config.arm_order=sft_mid,refine_mid,sft_mid_post,refine_mid_post,refine_full
-Scale every knob by override: --config.steps, --config.overrides="model.hidden=1024 ...",
---config.eval.context_lengths=4096,8192,16384, --config.pretrain_overrides="train.steps=5000".
+(measured result: filled in below once measured)
 """
 
 import os
@@ -27,30 +19,40 @@ import ml_collections
 
 def get_config():
   c = ml_collections.ConfigDict()
-  c.title = "NTP (SFT-mid) vs ReFINE-mid"
-  # NTP-pretrained start point: a run dir or Orbax checkpoint; "" = pretrain one first.
+  c.title = "Recall: SFT-mid vs ReFINE-mid (cosine, binary)"
+  # Start point: a run dir / checkpoint (no gate), or "" = pretrain one (gated) in <workdir>.
   c.checkpoint = ""
-  c.pretrain_config = "configs/pretrain.py"
-  c.pretrain_overrides = ""       # e.g. "train.steps=1000 data.seq_len=256"
+  c.pretrain_config = "configs/recall.py"
+  # train.steps here is the gate's ceiling: the base stops at the first in-band check.
+  c.pretrain_overrides = "stage=pretrain train.steps=1500 train.eval_every=100"
+  # Headroom gate: held-out value-token accuracy of the base (data.recall.eval_seed rows, the
+  # development set) must land in [lo, hi] percent, checked every check_every steps.
+  c.gate = ml_collections.ConfigDict()
+  c.gate.enabled = True
+  c.gate.metric = "recall_tf"
+  c.gate.lo = 20.0
+  c.gate.hi = 70.0
+  c.gate.check_every = 25
+  c.gate.num_samples = 64
   c.seeds = "0,1,2"
-  c.steps = 60                    # optimiser steps of every stage of every arm (0 = config's)
+  c.steps = 100                   # optimiser steps of every stage of every arm (0 = config's)
   c.overrides = ""                # applied to every stage of every arm, e.g. "train.lr=3e-4"
   c.arms = ml_collections.ConfigDict()
-  c.arms.sft_mid = "configs/midtrain.py stage=pretrain"
-  c.arms.refine_mid = "configs/midtrain.py"
-  # Nested post-training (ReFINE on the prompt + SFT on the answer) / SFT-only post-training.
-  c.arms.sft_mid_post = ("configs/midtrain.py stage=pretrain | "
-                         "configs/posttrain.py posttrain.mode=sft")
-  c.arms.refine_mid_post = "configs/midtrain.py | configs/posttrain.py"
-  # ReFINE mid + post + ReFINE-TTT (the paper's full pipeline).
-  c.arms.refine_full = "configs/midtrain.py | configs/posttrain.py | configs/ttt.py"
-  c.arm_order = "sft_mid,refine_mid"  # arms to run, in table row order ("" = all, alphabetical)
+  # NTP on the same rows with ReFINE's update count (train.ntp_epochs x ntp_minibatches).
+  c.arms.sft_mid = "configs/recall.py stage=pretrain train.ntp_epochs=2"
+  c.arms.refine_cos = "configs/recall.py refine.reward=cosine"
+  c.arms.refine_bin = "configs/recall.py refine.reward=binary"
+  c.arm_order = "sft_mid,refine_cos,refine_bin"  # arms to run, in table row order
+  c.reference = "sft_mid"         # paired differences: arm - reference, per seed
+  c.allow_unmatched = False       # arms must share batch, steps and optimiser updates
+  c.selection_samples = 64        # held-out rows for the selection-on-values diagnostic; 0 = off
   c.compilation_cache = True      # persistent XLA cache in <workdir>/.jax_cache (seeds reuse it)
   c.eval_base = True              # also evaluate the starting checkpoint (row "base")
   c.eval = runner.default_eval_config()
-  c.eval.tasks = "niah_single,variable_tracking,perplexity"
-  c.eval.context_lengths = "512,1024"
-  c.eval.num_samples = 8
+  c.eval.tasks = "recall"
+  c.eval.context_lengths = "128,256,512"  # the training length, 2x, 4x
+  c.eval.num_samples = 64
+  c.eval.batch_size = 16
+  c.eval.base_seed = 0            # reported rows; the gate uses data.recall.eval_seed (1)
   c.eval.progress = False
-  c.eval.teacher_forced = True    # <task>_tf answer-token accuracy: informative at tiny scale
   return c

@@ -34,21 +34,46 @@ def test_aggregate_skips_missing_cells():
   assert agg["t"][2] == (5.0, 0.0)
 
 
-def test_experiment_table_and_summary_files(tmp_path):
-  summary = experiments.summarize({"sft_mid": SFT, "refine_mid": RFN}, seeds=[0, 1, 2])
-  lines = summary["table"].strip().splitlines()
-  assert lines[2] == "| arm | niah_single | perplexity |"
-  assert lines[4] == "| sft_mid | 15.0 ± 10.0 | 10.00 ± 1.00 |"
-  # refine_mid niah avg per seed: 30, 40, 50 -> 40 ± 10.
-  assert lines[5] == "| refine_mid | 40.0 ± 10.0 | 8.00 ± 0.00 |"
-  per_len = [t for t in summary["tables"] if "context length 1024" in t][0]
-  assert "| refine_mid | 30.0 ± 10.0 | - |" in per_len
+def test_experiment_tables_and_summary_files(tmp_path):
+  summary = experiments.summarize({"sft_mid": SFT, "refine_mid": RFN}, seeds=[0, 1, 2],
+                                  reference="sft_mid")
+  md = "\n".join(summary["tables"])
+  # niah_single at 512: sft 10, 20, 30 -> 20 ± 10, half = t(0.975, 2) * 10 / sqrt(3) = 24.84.
+  assert "| sft_mid | 3 | 20.0 [-4.8, 44.8] | 10.0 [-14.8, 34.8] |" in md
+  # refine - sft per seed at 512: 30, 20, 40 -> 30 ± 10 [5.2, 54.8].
+  assert "| refine_mid | niah_single | 30.0 ± 10.0 [5.2, 54.8] | 20.0 ± 10.0 [-4.8, 44.8] |" in md
+  # perplexity (lower is better) 8 - (9, 11, 10) = -1, -3, -2 -> -2 ± 1.
+  assert "| refine_mid | perplexity | -2.00 ± 1.00 [-4.48, 0.48] |" in md
+  assert summary["aggregate"]["refine_mid"]["niah_single"]["avg"] == pytest.approx((40.0, 10.0))
   paths = experiments.write_summary(summary, str(tmp_path))
   data = json.loads(open(paths["json"]).read())
   assert data["aggregate"]["refine_mid"]["niah_single"]["avg"] == pytest.approx([40.0, 10.0])
   assert data["per_seed"]["sft_mid"][2]["niah_single"]["1024"] == 20.0
+  assert data["paired"]["refine_mid"]["niah_single"]["512"]["diffs"] == [30.0, 20.0, 40.0]
   assert open(paths["png"], "rb").read(4) == b"\x89PNG"
-  assert "| sft_mid | 15.0 ± 10.0 | 10.00 ± 1.00 |" in open(paths["md"]).read()
+  assert "| sft_mid | 3 | 20.0 [-4.8, 44.8]" in open(paths["md"]).read()
+
+
+def test_eval_plots_label_every_length_and_keep_zero_lines_visible(tmp_path):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  captured = {}
+  real_save = report._save
+  report._save = lambda fig, path: captured.setdefault(path, fig.axes[0])
+  try:
+    report.plot_results({"a": {128: 0.0, 256: 0.0, 512: 0.0}, "b": {128: 0.0, 512: 0.0},
+                         "recall_nll": {128: 2.01, 256: 2.02}}, str(tmp_path))
+  finally:
+    report._save = real_save
+  scores = captured[str(tmp_path / report.SCORES_PNG)]
+  assert [t.get_text() for t in scores.get_xticklabels()] == ["128", "256", "512"]
+  lines = scores.get_lines()
+  assert len({l.get_marker() for l in lines}) == 2  # own marker per series
+  assert lines[0].get_xdata()[0] != lines[1].get_xdata()[0]  # offset so both stay visible
+  nll = captured[str(tmp_path / report.NLL_PNG)]
+  assert nll.get_ylim()[0] == 0.0  # no zoom into a 0.01 difference
+  plt.close("all")
 
 
 def test_markdown_table_of_one_run():
@@ -72,3 +97,16 @@ def test_arm_specs_and_overrides():
     experiments.apply_overrides(cfg, "train.nope=1")
   with pytest.raises(ValueError, match="key=value"):
     experiments.apply_overrides(cfg, "train.lr")
+
+
+def test_arms_must_match_in_optimiser_updates():
+  from configs import experiment  # pylint: disable=g-import-not-at-top
+  exp = experiment.get_config()
+  budgets = experiments.check_matched(exp, ["sft_mid", "refine_cos", "refine_bin"])
+  # ReFINE: refine.ppo_epochs=2 updates per batch; the SFT arm: train.ntp_epochs=2.
+  assert {b["updates"] for b in budgets.values()} == {2 * exp.steps}
+  exp.arms.sft_mid = "configs/recall.py stage=pretrain"  # one update per batch: unmatched
+  with pytest.raises(ValueError, match=r"sft_mid: batch \[16\], 100 steps, 100 updates"):
+    experiments.check_matched(exp, ["sft_mid", "refine_cos"])
+  exp.allow_unmatched = True
+  assert experiments.check_matched(exp, ["sft_mid", "refine_cos"])["sft_mid"]["updates"] == 100
