@@ -162,7 +162,8 @@ def _manual(mode, graphdef, params, rest, sgd, b, rng):
   return optax.apply_updates(p, u), lo
 
 
-@pytest.mark.parametrize("mode", ["nested_sft", "nested_refine"])
+@pytest.mark.parametrize("mode", ["nested_sft",
+                                  pytest.param("nested_refine", marks=pytest.mark.slow)])
 def test_inner_lr_scale_zero_is_sft_bit_for_bit(mode):
   """With separate inner/outer AdamW states (posttrain.make_optimizer), a zero-scaled inner
   update leaves nothing behind: two steps equal plain SFT's two steps exactly."""
@@ -187,6 +188,7 @@ def test_inner_lr_scale_zero_is_sft_bit_for_bit(mode):
                                                  jax.tree.leaves(p_sft))) > 1e-4
 
 
+@pytest.mark.slow  # TTT's twin test (tests/test_ttt.py) covers the shared PPO path by default
 def test_nested_refine_makes_ppo_epochs_x_minibatches_inner_updates():
   """refine.ppo_epochs x ppo_minibatches inner updates per step (rollouts collected once), as
   the official code does: the inner Adam count says so, the outer one counts 1, and from the

@@ -39,7 +39,21 @@ def _first_run(wd, python_subprocess):
 
 
 def test_main_runs(tmp_path, python_subprocess):
-  _first_run(str(tmp_path / "run"), python_subprocess)
+  """A first run; its rerun (finished) reports the last logged values (not None); a rerun with
+  another model.* is one line naming the fields, and the run's config.json is untouched."""
+  wd = str(tmp_path / "run")
+  rows = _first_run(wd, python_subprocess)
+  last = rows[-1]
+  proc = _main(_TINY + ["--config.train.steps=3", f"--workdir={wd}"], python_subprocess)
+  assert "nothing to train" in proc.stdout
+  assert f"loss {last['loss']}" in proc.stdout and f"eval_ppl {last['eval_ppl']}" in proc.stdout
+  before = open(os.path.join(wd, "config.json")).read()
+  proc = _main(_TINY + ["--config.train.steps=3", "--config.model.hidden=64",
+                        f"--workdir={wd}"], python_subprocess, check=False)
+  assert proc.returncode == 2
+  assert "holds checkpoints of another model (model.hidden: run 32, config 64)" in proc.stderr
+  assert "Traceback" not in proc.stderr and "Event loop is closed" not in proc.stderr
+  assert open(os.path.join(wd, "config.json")).read() == before
 
 
 @pytest.mark.slow
@@ -102,22 +116,3 @@ def test_main_refuses_an_unsupported_url_workdir(tmp_path, python_subprocess):
   assert proc.returncode == 2
   assert "--workdir=s3://bucket/run: s3:// is not supported; use gs://" in proc.stderr
   assert not (tmp_path / "s3:").exists()
-
-
-def test_finished_run_reports_its_last_values_and_another_model_is_one_line(
-    tmp_path, python_subprocess):
-  """Rerunning a finished run says so with the last logged loss (not None); rerunning it with
-  another model.* is one line naming the fields, and the run's config.json is untouched."""
-  wd = str(tmp_path / "run")
-  _main(_TINY + ["--config.train.steps=2", f"--workdir={wd}"], python_subprocess)
-  last = read_metrics(os.path.join(wd, "metrics.jsonl"))[-1]
-  proc = _main(_TINY + ["--config.train.steps=2", f"--workdir={wd}"], python_subprocess)
-  assert "nothing to train" in proc.stdout
-  assert f"loss {last['loss']}" in proc.stdout and f"eval_ppl {last['eval_ppl']}" in proc.stdout
-  before = open(os.path.join(wd, "config.json")).read()
-  proc = _main(_TINY + ["--config.train.steps=2", "--config.model.hidden=64",
-                        f"--workdir={wd}"], python_subprocess, check=False)
-  assert proc.returncode == 2
-  assert "holds checkpoints of another model (model.hidden: run 32, config 64)" in proc.stderr
-  assert "Traceback" not in proc.stderr and "Event loop is closed" not in proc.stderr
-  assert open(os.path.join(wd, "config.json")).read() == before
