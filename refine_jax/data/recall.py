@@ -6,8 +6,8 @@ so no packing cut ever separates a pair from its queries:
     <bos>K=044 A=148 X=651 Q=048 the grass is A=148green. the Q=048sky isK=044 blue...
 
 `pairs` pairs open the row (keys: distinct capital letters; values: value_len random digits,
-one piece each); then the lower-case RULER noise sentences, always from the same phase, so a
-trained model finds them near-certain. Into them `queries` queries `K=` + value are inserted
+one piece each); then two RULER noise sentences, lower case, repeated from the same phase, so
+a trained model finds them near-certain. Into them `queries` queries `K=` + value are inserted
 (every key at least once, the rest repeat keys; random order) at haystack offsets drawn from
 a power law, p(o) ∝ (o + 1)^(a - 1) (Zoology's MQAR): short gaps likelier, long ones present,
 and longer rows (eval at 2x, 4x the training length) stretch them. NTP trains on every token.
@@ -29,7 +29,11 @@ import numpy as np
 
 from refine_jax.data import tasks
 
-HAYSTACK = tasks.NOISE.lower() + " "
+# One period (37 tokens) fits in the haystack of a 128-token training row, so rows of any
+# length continue text the model has seen. (RULER's full noise paragraph, 88 tokens, did not:
+# 2x / 4x rows met its unseen second half, and their NLL measured that, not recall. Starting
+# it at a random word instead made the haystack harder and delayed recall by ~300 steps.)
+HAYSTACK = "the grass is green. the sky is blue. "
 KEYS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 DIGITS = "0123456789"
 

@@ -371,7 +371,8 @@ def plot_training_curves(rows: Sequence[Mapping], path: str, title: str = "train
       xs, ys = series(key)
       if not xs:
         continue
-      ax.plot(xs, ys, marker=_MARKERS[j] if len(xs) < 40 else None, ms=3, label=key)
+      ax.plot(xs, ys, marker=_MARKERS[j] if len(xs) < 40 else None, ms=3, label=key,
+              ls=("-", "--", ":")[j % 3])  # loss == ntp_loss for NTP runs: both stay visible
       if key == "reward_mean":
         _, sd = series("reward_std")
         if len(sd) == len(ys):
