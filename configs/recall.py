@@ -2,13 +2,16 @@
 experiment's base and arms run (configs/experiment.py).
 
   python -m refine_jax.main --config=configs/recall.py --config.stage=pretrain \
-      --config.train.steps=600 --workdir=runs/recall-base
+      --config.train.steps=300 --workdir=runs/recall-base
   python -m refine_jax.main --config=configs/recall.py \
       --config.init_checkpoint=runs/recall-base --workdir=runs/recall-refine
 
-Rows of 128 bytes, each one whole sample: 8 key=value pairs (3-digit values), a periodic
-haystack, every key asked again at power-law offsets; NTP on every token. ReFINE rollouts
-(k=5) start after the pairs (refine.margin), so each can hold a whole recalled value.
+Rows of 128 bytes, each one whole sample: 4 key=value pairs (3-digit values), a periodic
+haystack, 12 queries `K=value` at power-law offsets (every key asked, the rest repeats); NTP on
+every token. A 2-layer DeltaNet (hidden 64, 0.17M params) sits at chance (10% of value digits)
+for ~200 NTP steps, then learns recall: 21.5% at step 275, ~90% 200 updates later (measured in
+configs/experiment.py). ReFINE rollouts (k=5) start after the pairs (refine.margin=25), so a
+rollout from `K=` holds the whole value.
 """
 
 import os

@@ -395,5 +395,5 @@ def write_training_curves(workdir: str) -> str | None:
   rows = metrics.read_metrics(path_io.join(workdir, "metrics.jsonl"))
   out = path_io.join(workdir, "eval")
   path_io.makedirs(out)
-  return plot_training_curves(rows, path_io.join(out, TRAINING_CURVES_PNG),
-                              title=os.path.basename(path_io.norm(workdir).rstrip("/")))
+  name = "/".join(path_io.norm(workdir).rstrip("/").split("/")[-3:])  # e.g. arm/seed0/stage0
+  return plot_training_curves(rows, path_io.join(out, TRAINING_CURVES_PNG), title=name)
