@@ -25,9 +25,9 @@ from flax import nnx
 from refine_jax import checkpoint as ckpt_lib
 from refine_jax.errors import UserError
 from refine_jax import paths
-from refine_jax.checkpoint import trees as ckpt_trees
 from refine_jax import parallel
-from refine_jax.train import losses, metrics as metrics_lib, optim, state as state_lib
+from refine_jax.train import init_checkpoint, losses, metrics as metrics_lib, optim
+from refine_jax.train import state as state_lib
 
 
 @dataclasses.dataclass
@@ -414,17 +414,9 @@ def run_training(config, workdir, loss_fn, *, eval_fn=losses.ntp_eval,
 
 
 def _load_init_params(path, ms):
-  """Params from an Orbax run/checkpoint dir, or an HF/FLA dir (config.json + safetensors)."""
-  abstract = state_lib.abstract(ms.params, ms.param_shardings)
-  try:
-    from refine_jax.interop import hf_checkpoint  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    hf_checkpoint = None
-  if hf_checkpoint is not None and hf_checkpoint.is_hf_dir(path):
-    model, _, _ = hf_checkpoint.load_hf(path)
-    pure = ckpt_trees.params_to_pure(nnx.state(model, nnx.Param))
-    return jax.device_put(ckpt_trees.params_from_pure(abstract, pure), ms.param_shardings), path
-  return ckpt_lib.load_params(path, abstract)
+  """Params from an Orbax run/checkpoint dir, a bundle or an HF/FLA dir (init_checkpoint's
+  one loader, train.init_checkpoint.load_params)."""
+  return init_checkpoint.load_params(path, state_lib.abstract(ms.params, ms.param_shardings))
 
 
 def _say(msg):
