@@ -3,6 +3,13 @@
 fsdp splits the large model dimension (embed) and the batch; tensor splits heads, mlp and vocab.
 A dimension that the mesh axes do not divide is replicated instead, so tiny test models run on
 any mesh; an axis is used at most once per array.
+
+Not flax.linen.logical_to_mesh_axes (flax.nnx has no own copy): it knows neither the mesh nor the
+shape, so an axis it gives a dim we then replicate is lost to later dims (heads=3, mlp=8 on
+tensor=2: P(None, None), ours P(None, 'tensor')); it assigns in rule order, not dim order
+(('mlp', 'heads') -> P(None, 'tensor')); it refuses a whole tuple when one axis is taken
+(('embed', 'batch') -> P(None, ('data', 'fsdp')), ours P('fsdp', 'data')); it maps unknown
+names silently to None and rejects a name repeated in one array.
 """
 
 import math
@@ -28,6 +35,7 @@ LOGICAL_RULES = (
 
 def logical_to_spec(names, shape, mesh, rules=LOGICAL_RULES):
   """PartitionSpec for an array of `shape` whose dims carry logical `names` (None = replicated)."""
+  # Own loop, not Flax's helper: the fallback needs the mesh and shape per dim (module docstring).
   table = dict(rules)
   names = tuple(names or ())
   if len(names) != len(shape):
