@@ -12,10 +12,12 @@ NFS) and pass the mount path. Object stores have no directories, so `makedirs` d
 there (gcsfs would otherwise create a missing bucket).
 """
 
+import json
 import os
 import re
 import uuid
 
+from absl import logging
 from etils import epath
 
 REMOTE_SCHEMES = ("gs",)
@@ -94,6 +96,20 @@ def makedirs(path):
 
 def read_text(path) -> str:
   return as_path(path).read_text()
+
+
+def read_jsonl(path) -> list:
+  """Parsed lines of a .jsonl file (metrics.jsonl, rollouts.jsonl), skipping a torn/corrupt
+  line; [] when the file does not exist."""
+  rows = []
+  if not exists(path):
+    return rows
+  for line in read_text(path).splitlines():
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError:
+      logging.warning("skipping unreadable line in %s", path)
+  return rows
 
 
 def write_text(path, text):

@@ -391,8 +391,7 @@ def plot_training_curves(rows: Sequence[Mapping], path: str, title: str = "train
 
 def write_training_curves(workdir: str) -> str | None:
   """<workdir>/eval/training_curves.png from <workdir>/metrics.jsonl (local or gs://)."""
-  from refine_jax.train import metrics  # pylint: disable=g-import-not-at-top
-  rows = metrics.read_metrics(path_io.join(workdir, "metrics.jsonl"))
+  rows = path_io.read_jsonl(path_io.join(workdir, "metrics.jsonl"))
   out = path_io.join(workdir, "eval")
   path_io.makedirs(out)
   name = "/".join(path_io.norm(workdir).rstrip("/").split("/")[-3:])  # e.g. arm/seed0/stage0

@@ -28,6 +28,8 @@ import numpy as np
 from refine_jax import paths
 from refine_jax.data import tasks as tasks_lib
 from refine_jax.eval import report, scoring
+from refine_jax.eval.nll import ntp_eval
+from refine_jax.refine.step import token_nll
 
 TEXT_TASKS = tasks_lib.TASK_NAMES + ("qa", "qa_f1")
 MODEL_TASKS = ("mqar", "perplexity", "recall")
@@ -201,11 +203,10 @@ def value_scores(pred_BT, nll_BT, targets_BT, value_mask_BT) -> dict[str, float]
 def _pred_nll_fn(graphdef):
   import jax  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  from refine_jax.train import losses  # pylint: disable=g-import-not-at-top
 
   def fn(state, ids_BT, targets_BT):
     logits_BTV = nnx.merge(graphdef, state)(ids_BT).logits
-    return logits_BTV.argmax(-1), losses.token_nll(logits_BTV, targets_BT)
+    return logits_BTV.argmax(-1), token_nll(logits_BTV, targets_BT)
   return jax.jit(fn)
 
 
@@ -243,8 +244,7 @@ def _argmax_fn(graphdef):
 def _nll_step(graphdef):
   import jax  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  from refine_jax.train import losses  # pylint: disable=g-import-not-at-top
-  return jax.jit(lambda state, batch: losses.ntp_eval(nnx.merge(graphdef, state), batch))
+  return jax.jit(lambda state, batch: ntp_eval(nnx.merge(graphdef, state), batch))
 
 
 def perplexity_score(model, config, ecfg, length: int) -> float:

@@ -1,15 +1,10 @@
-"""Next-token prediction loss and held-out NLL sums (the pretrain stage's loss_fn)."""
+"""Next-token prediction loss (the pretrain stage's loss_fn); held-out NLL sums are eval's."""
 
 import jax.numpy as jnp
 
+from refine_jax.eval.nll import loss_mask, ntp_eval  # pylint: disable=unused-import (re-export)
 from refine_jax.refine.step import ntp_loss as _ntp_from_logits
-from refine_jax.refine.step import token_nll
-
-
-def _mask(batch):
-  if "loss_mask" in batch:
-    return batch["loss_mask"].astype(jnp.float32)
-  return jnp.ones(batch["targets"].shape, jnp.float32)
+from refine_jax.refine.step import token_nll  # pylint: disable=unused-import (re-export)
 
 
 def ntp_loss(model, batch, rng):
@@ -17,19 +12,9 @@ def ntp_loss(model, batch, rng):
   and padding). Returns (loss, metrics)."""
   del rng
   logits_BTV = model(batch["inputs"]).logits
-  mask_BT = _mask(batch)
+  mask_BT = loss_mask(batch)
   tokens = mask_BT.sum()
   loss = _ntp_from_logits(logits_BTV, batch["targets"], mask_BT)
   correct = (jnp.argmax(logits_BTV, -1) == batch["targets"]).astype(jnp.float32)
   accuracy = (correct * mask_BT).sum() / jnp.maximum(tokens, 1.0)
   return loss, {"ntp_loss": loss, "accuracy": accuracy, "loss_tokens": tokens}
-
-
-def ntp_eval(model, batch):
-  """Sums for held-out perplexity: {"nll_sum", "tokens", "correct"}."""
-  logits_BTV = model(batch["inputs"]).logits
-  mask_BT = _mask(batch)
-  nll_BT = token_nll(logits_BTV, batch["targets"])
-  correct = (jnp.argmax(logits_BTV, -1) == batch["targets"]).astype(jnp.float32)
-  return {"nll_sum": (nll_BT * mask_BT).sum(), "tokens": mask_BT.sum(),
-          "correct": (correct * mask_BT).sum()}
