@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from refine_jax.models import build_model, default_model_config, param_count
-from refine_jax.models.lm import fla_state_dict, load_fla_state_dict
+from refine_jax.interop.hf_weights import fla_state_dict, load_fla_state_dict
 
 
 HAS_LACT = importlib.util.find_spec("refine_jax.models.lact") is not None

@@ -10,8 +10,8 @@ import pytest
 from flax import nnx
 
 from refine_jax.checkpoint import trees
-from refine_jax.models import build_model, default_model_config, fla_state_dict
-from refine_jax.models import load_fla_state_dict, lm
+from refine_jax.interop.hf_weights import fla_state_dict, load_fla_state_dict
+from refine_jax.models import build_model, default_model_config, lm
 from refine_jax.train import optim
 
 ARCHS = ("deltanet", "gated_deltanet", "lact", "transformer")

@@ -8,16 +8,20 @@ trunk. Layouts (torch -> NNX):
   Embedding     `model.embeddings.weight`          [V, D]      -> embedding [V, D]   (same)
   Norms, A_log, dt_bias, biases                                -> same
 The table is built from the model itself, so a missing / extra / misshapen tensor is found
-before anything is loaded.
+before anything is loaded. This is the only FLA key/layout map: the converter, the bundle
+loader and the FLA-logit checks all go through it.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, Callable
 
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from refine_jax.interop.safetensors_io import CheckpointFormatError
+from refine_jax.models import lm
 
 _LEAF_RENAME = {"kernel": "weight", "embedding": "weight", "scale": "weight"}
 # Trunk attributes that FLA keeps under `model.`; everything else (lm_head) is top level.
@@ -121,3 +125,25 @@ def params_to_hf(params_flat: dict[tuple, Any], *, dtype=None) -> dict[str, np.n
 
 def _short(keys: list[str], n: int = 6) -> str:
   return str(keys[:n])[:-1] + (f", ... ({len(keys)} in all)]" if len(keys) > n else "]")
+
+
+# ---- A live model <-> an FLA state dict (torch layouts), in memory.
+
+def _per_layer(flat) -> dict[tuple, Any]:
+  return dict(lm.per_layer_params((tuple(p), v[...]) for p, v in flat))
+
+
+def fla_state_dict(model) -> dict[str, np.ndarray]:
+  """The model's params under FLA's `*ForCausalLM` state-dict keys, torch layouts, float32."""
+  flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
+  return params_to_hf({p: np.asarray(v) for p, v in _per_layer(flat).items()}, dtype=np.float32)
+
+
+def load_fla_state_dict(model, sd: dict) -> None:
+  """Loads an FLA/HF state dict into `model` in place; names and shapes are checked first."""
+  flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
+  params = hf_to_params(sd, param_table(_per_layer(flat)))
+  for path, var in flat:
+    value = lm.stacked_value(path, params, getattr(model, "num_layers", None))
+    var[...] = jnp.asarray(value, var[...].dtype)
+  nnx.update(model, nnx.from_flat_state(flat))

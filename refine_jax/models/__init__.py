@@ -1,8 +1,6 @@
 """Flax NNX models: DeltaNet / Gated DeltaNet (and attention / LaCT) language models."""
 from refine_jax.models.config import default_model_config, delta_dims, layer_kinds, validate
-from refine_jax.models.lm import (LM, LMOutput, Block, build_model, fla_state_dict,
-                                  load_fla_state_dict, mixer_class, param_count)
+from refine_jax.models.lm import LM, LMOutput, Block, build_model, mixer_class, param_count
 
 __all__ = ["default_model_config", "delta_dims", "layer_kinds", "validate", "LM", "LMOutput",
-           "Block", "build_model", "param_count", "fla_state_dict", "load_fla_state_dict",
-           "mixer_class"]
+           "Block", "build_model", "param_count", "mixer_class"]

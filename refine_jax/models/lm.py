@@ -1,7 +1,7 @@
 """The language model: embeddings -> blocks -> final RMSNorm -> lm_head, plus caches.
 
-Mirrors FLA's `{DeltaNet,GatedDeltaNet}ForCausalLM` (fla 0.5/0.6). State-dict map (FLA key ->
-NNX path; FLA's `model.` prefix is dropped; kernels are torch weights transposed):
+Mirrors FLA's `{DeltaNet,GatedDeltaNet}ForCausalLM` (fla 0.5/0.6). Attribute names follow
+FLA's state-dict keys (interop/hf_weights.py maps them, with the torch transposes):
   model.embeddings.weight            -> embeddings.embedding
   model.layers.{i}.attn_norm.weight  -> layers[i].attn_norm.weight
   model.layers.{i}.attn.*            -> layers[i].attn.*   (see deltanet.py)
@@ -248,41 +248,7 @@ def param_count(model: nnx.Module) -> int:
   return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-# ---- FLA / HF state-dict names (the converter and the FLA-logit checks use these).
-
-def _fla_key(path) -> tuple[str, str]:
-  """NNX param path -> (FLA state-dict key, layout) with layout in {same, linear, conv}."""
-  names = [str(p) for p in path]
-  leaf = names[-1]
-  if names[:1] == ["lm_head"]:
-    return "lm_head.weight", "linear"
-  prefix = "model." + ".".join(names[:-1])
-  if leaf == "embedding":
-    return prefix + ".weight", "same"
-  if leaf == "kernel":
-    return prefix + ".weight", ("conv" if names[-2].endswith("conv1d") else "linear")
-  if leaf in ("weight", "bias"):
-    return prefix + "." + leaf, "same"
-  return "model." + ".".join(names), "same"      # bare params: A_log, dt_bias, ...
-
-
-def _to_torch(x, layout):
-  x = np.asarray(x)
-  if layout == "linear":
-    return x.T                      # nnx [in, out] -> torch [out, in]
-  if layout == "conv":
-    return x.T[:, None, :]          # ours [W, C] -> torch Conv1d [C, 1, W]
-  return x
-
-
-def _from_torch(x, layout):
-  x = np.asarray(x)
-  if layout == "linear":
-    return x.T
-  if layout == "conv":
-    return x[:, 0, :].T
-  return x
-
+# ---- Per-layer param views: names and file formats never depend on scan_layers.
 
 def is_stacked(path) -> bool:
   """A scanned model's param: under `layers` with no layer index, leading axis = layer."""
@@ -314,52 +280,3 @@ def stacked_value(path, per_layer: dict, num_layers: int):
   if not is_stacked(path):
     return per_layer[path]
   return np.stack([np.asarray(per_layer[("layers", i) + path[1:]]) for i in range(num_layers)])
-
-
-def _flat_params(model):
-  return [(tuple(p), v) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))]
-
-
-def fla_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
-  """Params under FLA's `*ForCausalLM` state-dict keys and torch layouts (float32 numpy)."""
-  out = {}
-  for path, v in per_layer_params((p, np.asarray(v[...])) for p, v in _flat_params(model)):
-    key, layout = _fla_key(path)
-    out[key] = _to_torch(v, layout).astype(np.float32)
-  return out
-
-
-def load_fla_state_dict(model: nnx.Module, sd: dict, *, strict: bool = True) -> None:
-  """Loads an FLA/HF state dict (torch layouts) into `model` in place.
-
-  strict: every model param must be present with the right shape, and no key left over.
-  """
-  state = nnx.state(model, nnx.Param)
-  flat = nnx.to_flat_state(state)
-  used, missing, per_layer = set(), [], {}
-  layer_paths = per_layer_params((p, jax.ShapeDtypeStruct(v[...].shape, v[...].dtype))
-                                 for p, v in flat)
-  for path, want in layer_paths:
-    key, layout = _fla_key(path)
-    if key not in sd:
-      missing.append(key)
-      continue
-    val = _from_torch(sd[key], layout)
-    if val.shape != want.shape:
-      raise ValueError(f"{key}: checkpoint shape {np.shape(sd[key])} does not match the "
-                       f"model's {_to_torch(np.zeros(want.shape), layout).shape}; check the "
-                       "model config")
-    per_layer[path] = val
-    used.add(key)
-  extra = sorted(set(sd) - used)
-  if strict and (missing or extra):
-    raise ValueError(f"state dict mismatch: missing {missing[:8]}, unexpected {extra[:8]}")
-  n = getattr(model, "num_layers", None)
-  for path, var in flat:
-    path = tuple(path)
-    try:
-      val = stacked_value(path, per_layer, n)
-    except KeyError:
-      continue  # non-strict: a missing key keeps the model's value
-    var[...] = jnp.asarray(val, var[...].dtype)
-  nnx.update(model, nnx.from_flat_state(flat))
