@@ -1,6 +1,6 @@
-"""Shared pytest setup: the repo root on sys.path, and a helper to run Python in a subprocess
-with N fake CPU devices (XLA_FLAGS must be set before JAX is imported, so it can't be done
-in-process once another test has imported JAX)."""
+"""Shared pytest setup: the repo root and tests/ on sys.path, and a helper to run Python in a
+subprocess with N fake CPU devices (XLA_FLAGS must be set before JAX is imported, so it can't be
+done in-process once another test has imported JAX)."""
 
 import contextlib
 import os
@@ -9,9 +9,11 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
+TESTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS)
+for _p in (TESTS, ROOT):  # tests/ too: helpers such as tiny.py import by name in any import mode
+  if _p not in sys.path:
+    sys.path.insert(0, _p)
 
 
 def run_python(args, *, devices=1, timeout=600, cwd=ROOT, check=True):
@@ -19,7 +21,7 @@ def run_python(args, *, devices=1, timeout=600, cwd=ROOT, check=True):
   env = dict(os.environ)
   env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
                       f" --xla_force_host_platform_device_count={devices}").strip()
-  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  env["PYTHONPATH"] = os.pathsep.join([ROOT, TESTS, env.get("PYTHONPATH", "")])  # + tiny.py
   env.setdefault("JAX_PLATFORMS", "cpu")
   proc = subprocess.run([sys.executable] + list(args), cwd=cwd, env=env, capture_output=True,
                         text=True, timeout=timeout)

@@ -11,7 +11,8 @@ import pytest
 from flax import nnx
 
 from refine_jax.checkpoint import Checkpointer, load_params
-from refine_jax.train import testing as T
+
+import tiny as T
 
 
 def _state(hidden=16, seed=0):

@@ -68,7 +68,8 @@ def gcs(tmp_path_factory):
     env = dict(os.environ, STORAGE_EMULATOR_HOST=url, TENSORSTORE_GCS_HTTP_URL=url,
                FSSPEC_GCS_TOKEN="anon", GOOGLE_AUTH_TOKEN_FOR_TESTING="anon",
                GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false", JAX_PLATFORMS="cpu",
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+               PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests"),  # + tiny.py
+                                           os.environ.get("PYTHONPATH", "")]))
     env.pop("GOOGLE_APPLICATION_CREDENTIALS", None)
     yield url, env
   finally:
@@ -234,7 +235,7 @@ def test_damaged_newest_step_moves_to_corrupt_on_gs(gcs):
 import jax, optax
 from flax import nnx
 from refine_jax.checkpoint import Checkpointer
-from refine_jax.train import testing as T
+import tiny as T
 params = nnx.state(T.TinyLM(hidden=16, rngs=nnx.Rngs(0)), nnx.Param)
 opt = optax.adamw(1e-3).init(params)
 abstract = lambda t: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), t)

@@ -6,16 +6,18 @@ import pytest
 from flax import nnx
 
 from refine_jax.eval import report
-from refine_jax.train import loop, losses, metrics, testing
+from refine_jax.train import loop, losses, metrics
+
+import tiny
 
 
 def test_tiny_run_writes_training_curves_png(tmp_path):
-  cfg = testing.tiny_config(steps=4, every=4)
+  cfg = tiny.tiny_config(steps=4, every=4)
   cfg.train.eval_every, cfg.checkpoint.async_save = 2, False
-  it = testing.SyntheticIterator(4, 8)
-  evals = [next(testing.SyntheticIterator(4, 8, seed=9))]
+  it = tiny.SyntheticIterator(4, 8)
+  evals = [next(tiny.SyntheticIterator(4, 8, seed=9))]
   loop.run_training(cfg, str(tmp_path), losses.ntp_loss, eval_batches=evals,
-                    model_fn=lambda: testing.TinyLM(rngs=nnx.Rngs(0)), train_iter=it)
+                    model_fn=lambda: tiny.TinyLM(rngs=nnx.Rngs(0)), train_iter=it)
   png = tmp_path / "eval" / report.TRAINING_CURVES_PNG
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   rows = metrics.read_metrics(str(tmp_path / "metrics.jsonl"))

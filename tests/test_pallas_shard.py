@@ -110,7 +110,8 @@ _TRAIN = textwrap.dedent(r"""
   import jax
   from flax import nnx
   from refine_jax.models import build_model
-  from refine_jax.train import loop, losses, testing as T
+  from refine_jax.train import loop, losses
+  import tiny as T
   mesh, workdir, backend = tuple(int(x) for x in sys.argv[1].split(",")), sys.argv[2], sys.argv[3]
   config = T.tiny_config(steps=3, every=0, batch_size=8, seq_len=32, mesh=mesh)
   m = config.model

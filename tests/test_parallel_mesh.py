@@ -15,7 +15,8 @@ _SCRIPT = r"""
 import json, sys
 import jax
 from flax import nnx
-from refine_jax.train import loop, losses, testing as T
+from refine_jax.train import loop, losses
+import tiny as T
 mesh = tuple(int(x) for x in sys.argv[1].split(","))
 config = T.tiny_config(steps=int(sys.argv[3]), every=0, batch_size=8, mesh=mesh)
 config.train.schedule = "constant"  # lr independent of train.steps, so runs can be extended

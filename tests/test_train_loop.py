@@ -10,8 +10,9 @@ import pytest
 from flax import nnx
 
 from refine_jax.train import loop, losses, optim
-from refine_jax.train import testing as T
 from refine_jax.train.metrics import read_metrics
+
+import tiny as T
 
 
 def _loss_with_poison(model, batch, rng):

@@ -17,8 +17,9 @@ from refine_jax.models import build_model, default_model_config
 from refine_jax.refine import step as refine_step
 from refine_jax.train import loop, midtrain, optim
 from refine_jax.train import losses
-from refine_jax.train import testing as T
 from refine_jax.train.validate import validate_config
+
+import tiny as T
 
 V, SEQ = 32, 24
 

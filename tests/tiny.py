@@ -1,4 +1,5 @@
-"""Tiny stand-ins for tests of the training spine (and of other stages' loss functions).
+"""Tiny stand-ins for tests of the training spine (and of other stages' loss functions);
+tests import it as `import tiny as T` (tests/ is on sys.path: conftest.py, run_python).
 
 TinyLM has the LM call contract (`model(tokens_BT).logits`) and logical axis names on every
 param, so sharding rules are exercised; SyntheticIterator is deterministic per position and has
