@@ -1,16 +1,28 @@
-"""The absl entry points' shared start (main, eval, experiments): flags and user mistakes
-become one line on stderr and exit status 2, never a traceback. A config file that does not
+"""The entry points' shared handling of user mistakes: one line on stderr and exit status 2,
+never a traceback. `run` is the absl entry points' start (main, eval, experiments); `guard`,
+`check_input` and `check_output` serve the argparse ones (convert, export, generate). A config file that does not
 load and an unknown --config.* field fail inside ml_collections' flag parsing (an OSError or
 AttributeError, which absl would print as a traceback); refine_jax.errors.UserError is what the
 library raises for a mistake found while running (a missing file or a permission error
 names its path). Anything else is a bug and keeps its traceback."""
 
+import json
+import os
 import re
+import struct
 import sys
 
 from absl import app, flags
 
 from refine_jax.errors import UserError
+
+# Mistakes, not bugs: each names its file or field. The OSError kinds are paths given wrongly.
+MISTAKES = (UserError, FileNotFoundError, PermissionError, FileExistsError, NotADirectoryError,
+            IsADirectoryError)
+
+
+def one_line(e: BaseException) -> str:
+  return " ".join(str(e).split())
 
 
 def fail(message: str):
@@ -47,10 +59,65 @@ def parse_flags(argv):
 
 
 def run(main):
-  """app.run(main) with parse_flags, and UserError -> one line."""
+  """app.run(main) with parse_flags, and a mistake (MISTAKES) -> one line."""
   def guarded(argv):
     try:
       return main(argv)
-    except (UserError, FileNotFoundError, PermissionError) as e:  # they name the file / field
-      fail(" ".join(str(e).split()))
+    except MISTAKES as e:
+      fail(one_line(e))
   app.run(guarded, flags_parser=parse_flags)
+
+
+def guard(prog: str, fn, *args) -> int:
+  """fn(*args) for an argparse entry point; a mistake -> '<prog>: error: ...' and 2. ValueError
+  counts too: the interop loaders raise it for bad input (a non-FLA config, a shape mismatch)."""
+  try:
+    return fn(*args)
+  except MISTAKES + (ValueError,) as e:
+    print(f"{prog}: error: {one_line(e)}", file=sys.stderr, flush=True)
+    return 2
+
+
+MODEL_DIRS = "a run dir, a bundle or an HF/FLA dir (config.json + model.safetensors)"
+
+
+def check_input(flag: str, path: str, want: str = MODEL_DIRS):
+  """A local model dir that is a plain file, or holds a corrupt .json / .safetensors file, fails
+  here naming the file (the loaders' own errors do not). Missing paths, hub ids and gs:// pass:
+  the loaders explain those."""
+  if os.path.isfile(path):
+    raise UserError(f"{flag} {path} is a file; give {want} (the directory, not a file in it).")
+  if not os.path.isdir(path):
+    return
+  if not os.listdir(path):
+    raise UserError(f"{flag} {path} is an empty directory; give {want}.")
+  for name in sorted(os.listdir(path)):
+    kind = name.rsplit(".", 1)[-1]
+    if kind in ("json", "safetensors") and not _readable(os.path.join(path, name), kind):
+      raise UserError(f"{flag} {path}: {name} is not a valid {kind} file (corrupt or "
+                      "truncated); download or export it again.")
+
+
+def _readable(path: str, kind: str) -> bool:
+  try:
+    with open(path, "rb") as f:
+      if kind == "json":
+        json.load(f)
+        return True
+      # safetensors: an 8-byte little-endian header length, a JSON header, then the tensors.
+      n = struct.unpack("<Q", f.read(8))[0]
+      size = os.path.getsize(path) - 8
+      head = json.loads(f.read(n)) if n <= size else None
+      ends = [v["data_offsets"][1] for k, v in head.items() if k != "__metadata__"]
+      return n + max(ends, default=0) == size
+  except (ValueError, struct.error, AttributeError, TypeError, KeyError, IndexError):
+    return False  # (JSONDecodeError, UnicodeDecodeError are ValueErrors; the rest: bad header)
+
+
+def check_output(flag: str, path: str, src: str | None = None):
+  """--out must be a directory (made if missing) other than the input it is written from."""
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise UserError(f"{flag} {path} is a file; give a directory path (it is created if missing).")
+  if src is not None and os.path.realpath(path) == os.path.realpath(src):
+    raise UserError(f"{flag} {path} is the input itself; give a new directory so the input is "
+                    "not overwritten.")

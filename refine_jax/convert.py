@@ -20,6 +20,9 @@ import argparse
 import os
 import sys
 
+from refine_jax import cli
+from refine_jax.errors import UserError
+
 
 def from_hf(hf_dir: str, out_dir: str) -> str:
   from refine_jax.interop import bundle, hf_checkpoint, hub
@@ -55,14 +58,22 @@ def _tokenizer_dir(config) -> str | None:
   return path if os.path.isdir(path) else os.path.dirname(path)
 
 
+_UNITS = (("GIB", 2**30), ("MIB", 2**20), ("KIB", 2**10), ("GB", 10**9), ("MB", 10**6),
+          ("KB", 10**3), ("B", 1))
+
+
 def parse_size(text: str) -> int:
   """'5GB' / '500MB' / '1234' -> bytes (HF's max_shard_size spelling)."""
   t = text.strip().upper()
-  for unit, mult in (("GIB", 2**30), ("MIB", 2**20), ("KIB", 2**10), ("GB", 10**9),
-                     ("MB", 10**6), ("KB", 10**3), ("B", 1)):
-    if t.endswith(unit):
-      return int(float(t[:-len(unit)]) * mult)
-  return int(t)
+  unit, mult = next(((u, m) for u, m in _UNITS if t.endswith(u)), ("", 1))
+  try:
+    size = float(t.removesuffix(unit)) * mult
+  except ValueError:
+    size = 0.0
+  if not 1 <= size < 2**63:  # also NaN and inf
+    raise UserError(f"--max-shard-size {text}: not a size; write e.g. 5GB, 500MB, 2GiB or a "
+                    "byte count.")
+  return int(size)
 
 
 def main(argv=None) -> int:
@@ -77,25 +88,35 @@ def main(argv=None) -> int:
                  help="--to-hf tensor dtype (default float32, exact)")
   p.add_argument("--max-shard-size", default=None,
                  help="--to-hf: shard past this size, e.g. 5GB (default: one file)")
-  args = p.parse_args(argv)
-  try:
-    return _run(p, args)
-  except (ValueError, FileNotFoundError) as e:  # bad input: the message says what to fix
-    print(f"refine_jax.convert: error: {e}", file=sys.stderr)
-    return 2
+  return cli.guard("refine_jax.convert", _run, p.parse_args(argv))
 
 
-def _run(p, args) -> int:
+def _run(args) -> int:
   if args.from_hf:
-    if args.dtype or args.max_shard_size:
-      p.error("--dtype and --max-shard-size apply to --to-hf only")
+    _check_from_hf(args)
     out = from_hf(args.from_hf, args.out)
     print(f"converted {args.from_hf} -> {out} (load with refine_jax.load_pretrained)")
   else:
     size = parse_size(args.max_shard_size) if args.max_shard_size else None
+    cli.check_input("--to-hf", args.to_hf)
+    cli.check_output("--out", args.out, args.to_hf)
     files = to_hf(args.to_hf, args.out, dtype=args.dtype, max_shard_bytes=size)
     print(f"exported {args.to_hf} -> {args.out}: {', '.join(files)}")
   return 0
+
+
+HF_DIRS = "an FLA/HF checkpoint dir (config.json + model.safetensors) or a hub id owner/name"
+
+
+def _check_from_hf(args):
+  """Mistakes that need no loading, each naming its flag."""
+  from refine_jax.interop import hub
+  if args.dtype or args.max_shard_size:
+    raise UserError("--dtype and --max-shard-size apply to --to-hf only; drop them.")
+  if hub.parse(args.from_hf, bare=True) is None and not os.path.exists(args.from_hf):
+    raise FileNotFoundError(f"--from-hf {args.from_hf} does not exist; give {HF_DIRS}.")
+  cli.check_input("--from-hf", args.from_hf, HF_DIRS)
+  cli.check_output("--out", args.out, args.from_hf)
 
 
 if __name__ == "__main__":

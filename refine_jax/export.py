@@ -13,21 +13,31 @@ import argparse
 import os
 import sys
 
+from refine_jax import cli
+
 
 def export(src: str, out_dir: str, *, step: int | None = None) -> str:
   from refine_jax.interop import bundle
   from refine_jax.pretrained import load_pretrained
-  path = src
-  if step is not None:
-    path = os.path.join(src, "checkpoints", str(step))
-    if not os.path.isdir(path):
-      have = sorted(os.listdir(os.path.join(src, "checkpoints"))) if os.path.isdir(
-          os.path.join(src, "checkpoints")) else []
-      raise FileNotFoundError(f"--step {step}: {path} does not exist (steps here: {have}).")
+  path = src if step is None else _step_dir(src, step)
   model, config = load_pretrained(path)
   hf_cfg = bundle.read_hf_config_copy(src) if bundle.is_bundle(src) else None
   return bundle.save_bundle(out_dir, model, config, source=f"export:{os.path.abspath(path)}",
                             hf_config=hf_cfg)
+
+
+def _step_dir(src: str, step: int) -> str:
+  ckpts = os.path.join(src, "checkpoints")
+  if not os.path.isdir(ckpts):
+    raise FileNotFoundError(f"--step {step}: {src} has no checkpoints/ directory, so it is not a "
+                            "training run; drop --step, or give --run the run directory.")
+  path = os.path.join(ckpts, str(step))
+  if not os.path.isdir(path):
+    have = sorted((d for d in os.listdir(ckpts) if d.isdigit()), key=int)
+    raise FileNotFoundError(f"--step {step}: {path} does not exist (steps here: "
+                            f"{', '.join(have) or 'none'}); pick one, or drop --step for the "
+                            "newest.")
+  return path
 
 
 def main(argv=None) -> int:
@@ -37,12 +47,13 @@ def main(argv=None) -> int:
                  help="run dir (or any path load_pretrained takes)")
   p.add_argument("--out", required=True, metavar="DIR")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
-  args = p.parse_args(argv)
-  try:
-    out = export(args.run, args.out, step=args.step)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"refine_jax.export: error: {e}", file=sys.stderr)
-    return 2
+  return cli.guard("refine_jax.export", _run, p.parse_args(argv))
+
+
+def _run(args) -> int:
+  cli.check_input("--run", args.run)
+  cli.check_output("--out", args.out, args.run)
+  out = export(args.run, args.out, step=args.step)
   print(f"exported {args.run} -> {out}")
   return 0
 

@@ -19,6 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from refine_jax import cli
+from refine_jax.errors import UserError
+
 
 @nnx.jit(static_argnames=())
 def _forward(model, ids_BT, cache):
@@ -30,7 +33,7 @@ def _sample(logits_BV, key, temperature: float, top_k: int):
   if temperature <= 0:
     return jnp.argmax(logits_BV, -1)
   logits = logits_BV / temperature
-  if top_k > 0:
+  if 0 < top_k < logits.shape[-1]:  # k >= vocab keeps every token (as HF's top-k does)
     kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
     logits = jnp.where(logits < kth, -jnp.inf, logits)
   return jax.random.categorical(key, logits, -1)
@@ -62,11 +65,11 @@ def _ttt(model, config, prompt_ids, steps: int):
   try:
     from refine_jax.train import ttt
   except ImportError as e:
-    raise SystemExit(f"--ttt-steps needs the test-time-training stage (refine_jax.train.ttt), "
+    raise UserError(f"--ttt-steps needs the test-time-training stage (refine_jax.train.ttt), "
                      f"which is not available here ({e}); run without --ttt-steps.")
   adapt = getattr(ttt, "adapt", None)
   if adapt is None:
-    raise SystemExit("--ttt-steps: refine_jax.train.ttt has no adapt(model, config, "
+    raise UserError("--ttt-steps: refine_jax.train.ttt has no adapt(model, config, "
                      "prompt_ids, steps) -> model yet; run without --ttt-steps.")
   return adapt(model, config, prompt_ids, steps)
 
@@ -82,15 +85,25 @@ def main(argv=None) -> int:
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--ttt-steps", type=int, default=0,
                  help="test-time ReFINE steps on each prompt before answering (0 = off)")
-  args = p.parse_args(argv)
+  return cli.guard("refine_jax.generate", _run, p.parse_args(argv))
+
+
+def _check_args(args):
+  for flag, value, zero in (("--max-new-tokens", args.max_new_tokens, "generates nothing"),
+                            ("--temperature", args.temperature, "is greedy"),
+                            ("--top-k", args.top_k, "keeps every token"),
+                            ("--ttt-steps", args.ttt_steps, "skips test-time training")):
+    if not value >= 0:  # also NaN
+      raise UserError(f"{flag} {value}: must be >= 0 (0 {zero}).")
+  cli.check_input("--checkpoint", args.checkpoint)
+
+
+def _run(args) -> int:
   from refine_jax.data.tokenizers import get_tokenizer
   from refine_jax.pretrained import load_pretrained
-  try:
-    model, config = load_pretrained(args.checkpoint)
-    tok = get_tokenizer(config.data)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"refine_jax.generate: error: {e}", file=sys.stderr)
-    return 2
+  _check_args(args)  # before the model loads: a typo fails in a second
+  model, config = load_pretrained(args.checkpoint)
+  tok = get_tokenizer(config.data)
   add_bos = bool(config.data.get("add_bos", True))
   for i, prompt in enumerate(args.prompt):
     ids = ([tok.bos_id] if add_bos else []) + tok.encode(prompt)

@@ -50,6 +50,10 @@ CASES = [
     ("refine_jax.eval", ["--config=configs/eval_ruler.py", "--config.eval.taks=x"],
      ["--config.eval.taks", "no such config field"]),
     ("refine_jax.convert", ["--from-hf", "{tmp}/nothing", "--out", "{tmp}/o"], ["nothing"]),
+    ("refine_jax.export", ["--run", "{tmp}/afile", "--out", "{tmp}/o"],
+     ["--run", "afile is a file"]),
+    ("refine_jax.generate", ["--checkpoint", "{tmp}/nothing", "--prompt", "hi",
+                             "--max-new-tokens", "-1"], ["--max-new-tokens -1", ">= 0"]),
 ]
 
 
@@ -70,3 +74,57 @@ def test_user_mistakes_are_one_line(tmp_path, module, args, want):
   assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
   for w in want:
     assert w in errors[0], errors[0]
+
+
+def _model_dirs(tmp):
+  """Directories a user might point the argparse CLIs at by mistake (no model needed: each
+  mistake is caught before anything loads)."""
+  (tmp / "afile").write_text("not a checkpoint\n")
+  for name in ("empty", "notes/sub", "run/checkpoints/3", "badcfg", "badst"):
+    (tmp / name).mkdir(parents=True)
+  (tmp / "notes" / "readme.txt").write_text("x")
+  (tmp / "badcfg" / "config.json").write_text('{"model_type": "delta')
+  (tmp / "badst" / "config.json").write_text("{}")
+  (tmp / "badst" / "model.safetensors").write_bytes(b"\x00garbage")
+  return tmp
+
+
+CONVERT, EXPORT, GENERATE = "convert", "export", "generate"
+OUT = ["--out", "{tmp}/o"]
+IN_PROCESS = [
+    # (CLI, args, what the one line must say)
+    (CONVERT, ["--from-hf", "{tmp}/nothing"] + OUT, ["--from-hf", "does not exist", "hub id"]),
+    (CONVERT, ["--from-hf", "{tmp}/afile"] + OUT, ["--from-hf", "afile is a file"]),
+    (CONVERT, ["--from-hf", "{tmp}/empty"] + OUT, ["--from-hf", "empty directory"]),
+    (CONVERT, ["--from-hf", "{tmp}/badcfg"] + OUT, ["config.json is not a valid json file"]),
+    (CONVERT, ["--from-hf", "{tmp}/badst"] + OUT, ["model.safetensors is not a valid"]),
+    (CONVERT, ["--from-hf", "{tmp}/badst", "--dtype", "bfloat16"] + OUT, ["--to-hf only"]),
+    (CONVERT, ["--from-hf", "{tmp}/notes", "--out", "{tmp}/afile"], ["--out", "is a file"]),
+    (CONVERT, ["--to-hf", "{tmp}/notes"] + OUT, ["notes", "no config.json"]),
+    (CONVERT, ["--to-hf", "{tmp}/run", "--out", "{tmp}/run/"], ["is the input itself"]),
+    (CONVERT, ["--to-hf", "{tmp}/run", "--max-shard-size", "5XB"] + OUT,
+     ["--max-shard-size 5XB", "e.g. 5GB"]),
+    (CONVERT, ["--to-hf", "{tmp}/run", "--max-shard-size=-1GB"] + OUT, ["--max-shard-size -1GB"]),
+    (EXPORT, ["--run", "{tmp}/nothing"] + OUT, ["nothing", "does not exist"]),
+    (EXPORT, ["--run", "{tmp}/empty"] + OUT, ["--run", "empty directory"]),
+    (EXPORT, ["--run", "{tmp}/run", "--step", "9"] + OUT, ["--step 9", "steps here: 3"]),
+    (EXPORT, ["--run", "{tmp}/notes", "--step", "9"] + OUT, ["--step 9", "no checkpoints/"]),
+    (GENERATE, ["--checkpoint", "{tmp}/nothing", "--prompt", "x", "--temperature", "-1"],
+     ["--temperature -1.0", ">= 0", "greedy"]),
+    (GENERATE, ["--checkpoint", "{tmp}/nothing", "--prompt", "x", "--top-k", "-2"], ["--top-k -2"]),
+    (GENERATE, ["--checkpoint", "{tmp}/badst", "--prompt", "x"], ["--checkpoint", "badst"]),
+    (GENERATE, ["--checkpoint", "{tmp}/afile", "--prompt", "x"], ["--checkpoint", "is a file"]),
+]
+
+
+@pytest.mark.parametrize("cli,args,want", IN_PROCESS,
+                         ids=[f"{c}:{' '.join(a[:2] + a[3:4])}"[:60] for c, a, _ in IN_PROCESS])
+def test_argparse_cli_mistakes_in_process(tmp_path, capsys, cli, args, want):
+  import importlib
+  main = importlib.import_module(f"refine_jax.{cli}").main
+  tmp = _model_dirs(tmp_path)
+  assert main([a.replace("{tmp}", str(tmp)) for a in args]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and err.startswith(f"refine_jax.{cli}: error: "), err
+  for w in want:
+    assert w in err, err

@@ -76,3 +76,10 @@ def test_export_run_dir_then_generate_cli(tmp_path, capsys):
   assert generate.main(["--checkpoint", out, "--prompt", "Hi", "--max-new-tokens", "3"]) == 0
   text = capsys.readouterr().out
   assert text.startswith("### prompt 0: 'Hi'\nHi")
+
+
+def test_top_k_past_the_vocabulary_keeps_every_token():
+  logits = jnp.log(jnp.asarray([[0.1, 0.2, 0.3, 0.4]]))
+  key = jax.random.key(0)
+  # k >= vocab is no filter (HF clamps it too), not a jax.lax.top_k error.
+  assert generate._sample(logits, key, 1.0, 99) == generate._sample(logits, key, 1.0, 0)
