@@ -24,7 +24,8 @@ from flax import nnx
 
 from refine_jax import paths
 from refine_jax.refine import step as refine_step
-from refine_jax.train import loop, losses, metrics as metrics_lib, stages, warmup
+from refine_jax.train import loop, losses, metrics as metrics_lib, warmup
+from refine_jax.train.spec import StepSpec, lm_batch
 
 
 _ROW_FIELDS = ("tokens_Gk", "true_Gk", "old_logp_Gk")  # Collected fields with G rows per sequence
@@ -110,8 +111,8 @@ def step_spec(config):
   builder = None  # fused: loop.make_train_step accumulates microbatches itself
   if updates > 1:
     builder = make_ppo_step_builder(rcfg, int(config.train.get("microbatches", 1)))
-  return stages.StepSpec(refine_step.make_loss_fn(rcfg), builder, updates,
-                         stages.lm_batch(config.train.batch_size, config.data.seq_len))
+  return StepSpec(refine_step.make_loss_fn(rcfg), builder, updates,
+                  lm_batch(config.train.batch_size, config.data.seq_len))
 
 
 def _num(v):

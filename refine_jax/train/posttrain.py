@@ -32,7 +32,8 @@ import optax
 from flax import nnx
 
 from refine_jax import paths
-from refine_jax.train import loop, losses, midtrain, optim, qa_data, qa_eval, stages, warmup
+from refine_jax.train import loop, losses, midtrain, optim, qa_data, qa_eval, warmup
+from refine_jax.train.spec import StepSpec, lm_batch
 
 MODES = ("nested_refine", "nested_sft", "sft")
 
@@ -167,10 +168,10 @@ def step_spec(config, pad_id=None):
   if pad_id is None:
     from refine_jax.data.tokenizers import get_tokenizer  # pylint: disable=g-import-not-at-top
     pad_id = get_tokenizer(config.data).pad_id
-  batch = stages.lm_batch(config.train.batch_size, config.data.seq_len, "prompt_mask")
+  batch = lm_batch(config.train.batch_size, config.data.seq_len, "prompt_mask")
   batch["prompt_len"] = ((int(config.train.batch_size),), np.int32)
-  return stages.StepSpec(outer_loss, make_step_builder(config, pad_id),
-                         1 + inner_updates(config), batch, make_optimizer(config))
+  return StepSpec(outer_loss, make_step_builder(config, pad_id),
+                  1 + inner_updates(config), batch, make_optimizer(config))
 
 
 # ----------------------------------------------------------------------------- data

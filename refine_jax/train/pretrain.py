@@ -1,7 +1,8 @@
 """Pretrain stage: next-token prediction on the data pipeline (python -m refine_jax.main
 --config=configs/pretrain.py)."""
 
-from refine_jax.train import loop, losses, stages
+from refine_jax.train import loop, losses
+from refine_jax.train.spec import StepSpec, lm_batch
 
 
 def step_spec(config):
@@ -12,8 +13,8 @@ def step_spec(config):
   builder = None  # the loop's default step (accumulates train.microbatches itself)
   if epochs * mbs > 1:
     builder = loop.ntp_step_builder(epochs, mbs, int(tc.get("microbatches", 1)))
-  return stages.StepSpec(losses.ntp_loss, builder, epochs * mbs,
-                         stages.lm_batch(tc.batch_size, config.data.seq_len))
+  return StepSpec(losses.ntp_loss, builder, epochs * mbs,
+                  lm_batch(tc.batch_size, config.data.seq_len))
 
 
 def run(config, workdir):

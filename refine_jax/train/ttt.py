@@ -33,8 +33,8 @@ import optax
 from flax import nnx
 
 from refine_jax import paths
-from refine_jax.train import (loop, losses, midtrain, optim, posttrain, qa_data, qa_eval, stages,
-                              warmup)
+from refine_jax.train import loop, losses, midtrain, optim, posttrain, qa_data, qa_eval, warmup
+from refine_jax.train.spec import StepSpec, lm_batch
 
 MODES = ("refine", "sft")
 _STEPS: dict = {}  # (graphdef, config key) -> jitted update
@@ -153,10 +153,10 @@ def make_step(graphdef, config, tx):
 def step_spec(config):
   """The adaptation step on a ttt.batch_size x data.seq_len prompt batch (for the AOT check)."""
   config = resolve_config(config)
-  return stages.StepSpec(_loss_fn(config),
-                         lambda graphdef, loss_fn, tx: make_step(graphdef, config, tx), 1,
-                         stages.lm_batch(config.ttt.batch_size, config.data.seq_len),
-                         _optimizer(config))
+  return StepSpec(_loss_fn(config),
+                  lambda graphdef, loss_fn, tx: make_step(graphdef, config, tx), 1,
+                  lm_batch(config.ttt.batch_size, config.data.seq_len),
+                  _optimizer(config))
 
 
 def _update_fn(graphdef, config):

@@ -1,0 +1,26 @@
+"""StepSpec: what a stage's jitted train step is made of. Stage modules build one; the stage
+registry (stages.py) imports the stage modules, so this lives apart from it."""
+
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+
+
+class StepSpec(NamedTuple):
+  """What a stage's jitted train step is made of (loop.build_step + loop.jit_step), so the
+  ahead-of-time scale check compiles exactly the step the stage runs."""
+  loss_fn: Callable
+  step_builder: Callable | None   # None: loop.make_train_step(loss_fn, microbatches)
+  updates_per_step: int           # optimiser updates one step makes (lr schedule follows steps;
+                                  # a StepSpec with its own tx has accounted for them in it)
+  batch: dict                     # global batch: name -> (shape, numpy dtype)
+  tx: Any = None                  # optimiser; None: optim.make_optimizer(config.train, ...)
+
+
+def lm_batch(batch_size, seq_len, *extra_masks):
+  """The global batch spec of the LM data pipeline (+ float32 [B, T] masks, e.g. prompt_mask)."""
+  bt = (int(batch_size), int(seq_len))
+  spec = {"inputs": (bt, np.int32), "targets": (bt, np.int32), "loss_mask": (bt, np.float32),
+          "segment_ids": (bt, np.int32)}
+  spec.update({m: (bt, np.float32) for m in extra_masks})
+  return spec
