@@ -31,6 +31,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from pallas_kernels import fused_recurrent as fr  # noqa: E402
+from pallas_kernels import ops, reference  # noqa: E402
 
 
 def _time(fn, iters):
@@ -74,9 +75,16 @@ def _scan_timer(step, S, xs, steps, iters):
 
 
 def bench_jax(backend, q, k, v, beta, g, S, steps, iters):
+  """backend "xla": the XLA token recurrence (what the models run off GPU/TPU); a Pallas
+  backend name: the fused kernel for any T (the models take it for T == 1)."""
   def step(S, xs):
     q, k, v, beta, g = xs
-    o, S = fr.fused_recurrent(q, k, v, beta, g, initial_state=S, backend=backend)
+    if backend == "xla":
+      o, S = reference.recurrent(q, k, v, beta, g, initial_state=S)
+    else:
+      target, interpret = ops._PALLAS[backend]
+      o, S = fr.fused_recurrent(q, k, v, beta, g, S, scale=q.shape[-1] ** -0.5,
+                                target=target, interpret=interpret)
     return S, o
   return _scan_timer(step, S, (q, k, v, beta, g), steps, iters)
 

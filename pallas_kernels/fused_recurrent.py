@@ -1,24 +1,17 @@
-"""Fused token-by-token (gated) delta rule for decoding: one kernel per call, state on chip.
+"""Fused token-by-token (gated) delta rule: one kernel per call, state on chip (decoding).
 
-`fused_recurrent(q, k, v, beta, g=None, *, scale=None, initial_state=None, backend="auto")`
-computes exactly `reference.recurrent` (layout and semantics of `pallas_kernels.delta_rule`)
-for small T: T = 1 for a decode step, a few tokens for a short continuation. Per token
+`fused_recurrent(q, k, v, beta, g, initial_state, *, scale, target, interpret)` computes
+exactly `reference.recurrent` (layout and semantics of `pallas_kernels.delta_rule`) for small
+T; `ops.delta_rule_scan` runs it for every T == 1 call on a Pallas backend (a decode step).
+Per token
   S <- exp(g) S;  S <- S + beta k (v - S^T k)^T;  o = scale S^T q.
 The step is memory bound (about 8 flops per float32 state entry). The XLA path reads and
 writes the state from HBM in several ops; the kernels read it once, keep it on chip across
 the T tokens and write it once (in place: `input_output_aliases`). Pallas is imported only
 when a kernel runs, so importing this module stays cheap.
 
-Backends:
-  auto           pallas_gpu on GPU, pallas_tpu on TPU, xla elsewhere or when the kernel does
-                 not take the shapes (warns once; never a different result).
-  xla            einsum step (lax.scan over T if T > 1), as the models' decode path.
-  pallas_gpu, pallas_tpu         the kernels; an error if unsupported.
-  interpret_gpu, interpret_tpu   the kernels in Pallas interpret mode (CPU; tests).
-  ops' names are accepted too: xla_chunked / xla_recurrent = xla, interpret = interpret_tpu.
-
-Gradients (custom_vjp) recompute the recurrence in plain JAX (jax.vjp of the xla path): the
-step is tiny and memory bound, T is small, and rollouts differentiate it once per update
+Gradients (custom_vjp) recompute the recurrence in plain JAX (jax.vjp of reference.recurrent):
+the step is tiny and memory bound, T is small, and rollouts differentiate it once per update
 while decode-only generation never does, so a hand-written backward kernel would not pay.
 
 In-place state: the kernels alias the state input to the state output. Inside jit (a
@@ -34,24 +27,15 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels import ops as _ops
-from pallas_kernels import shard as _shard
+from pallas_kernels import pallas_math as pm
+from pallas_kernels import reference
 
 f32 = jnp.float32
-
-BACKENDS = ("auto", "xla", "pallas_gpu", "pallas_tpu", "interpret_gpu", "interpret_tpu")
-_ALIASES = {"xla_chunked": "xla", "xla_recurrent": "xla", "interpret": "interpret_tpu"}
-_PALLAS = {"pallas_gpu": ("gpu", False), "pallas_tpu": ("tpu", False),
-           "interpret_gpu": ("gpu", True), "interpret_tpu": ("tpu", True)}
 
 # GPU launch settings (benchmarks/decode_bench.py --tune overrides them). Small V-blocks give
 # B*H*V/BV programs: enough bytes in flight to saturate HBM even at B*H = 128.
 TUNING = dict(gpu_block_v=32, gpu_warps=4, gpu_stages=1)
 TPU_MAX_T = 64   # the TPU kernel unrolls the tokens; longer inputs take the xla path
-
-
-def _pow2(n):
-  return n > 0 and n & (n - 1) == 0
 
 
 def unsupported_reason(q_shape, v_shape, dtypes, target):
@@ -66,9 +50,9 @@ def unsupported_reason(q_shape, v_shape, dtypes, target):
       return f"dtype {jnp.dtype(dt).name} not supported; cast the inputs to one of {ok}"
   if target == "gpu":
     # Triton tensors need power-of-two sizes; the K x BV state block lives in registers.
-    if not (_pow2(K) and K <= 512):
+    if not (pm.pow2(K) and K <= 512):
       return f"K={K}: the GPU kernel needs a power of two <= 512"
-    if not _pow2(V):
+    if not pm.pow2(V):
       return f"V={V}: the GPU kernel needs a power of two"
   elif target == "tpu":
     if K % 8 or K > 512:
@@ -80,38 +64,6 @@ def unsupported_reason(q_shape, v_shape, dtypes, target):
   else:
     return f"target must be 'gpu' or 'tpu', got {target!r}"
   return None
-
-
-# ---------------------------------------------------------------------------------------------
-# XLA path (also the backward's recomputation).
-
-
-def _ein(spec, a, b):
-  # full float32 products (no TF32 on GPU): decode must agree with the chunked forward
-  return jnp.einsum(spec, a, b, precision=jax.lax.Precision.HIGHEST)
-
-
-def _step(S_BHKV, q_BHK, k_BHK, v_BHV, beta_BH, g_BH):
-  if g_BH is not None:
-    S_BHKV = S_BHKV * jnp.exp(g_BH)[..., None, None]
-  pred_BHV = _ein("bhk,bhkv->bhv", k_BHK, S_BHKV)
-  delta_BHV = beta_BH[..., None] * (v_BHV - pred_BHV)
-  S_BHKV = S_BHKV + _ein("bhk,bhv->bhkv", k_BHK, delta_BHV)
-  return S_BHKV, _ein("bhk,bhkv->bhv", q_BHK, S_BHKV)
-
-
-def _xla(q, k, v, beta, g, S0, scale):
-  B, T, H, K = q.shape
-  V = v.shape[-1]
-  S = jnp.zeros((B, H, K, V), f32) if S0 is None else S0.astype(f32)
-  xs = (q.astype(f32) * scale, k.astype(f32), v.astype(f32), beta.astype(f32),
-        None if g is None else g.astype(f32))
-  if T == 1:
-    S, o_BHV = _step(S, *(None if x is None else x[:, 0] for x in xs))
-    return o_BHV[:, None].astype(v.dtype), S
-  xs = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), xs)
-  S, o_TBHV = jax.lax.scan(lambda S, x: _step(S, *x), S, xs)
-  return jnp.moveaxis(o_TBHV, 0, 1).astype(v.dtype), S
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,7 +164,6 @@ class _Tok:
 
 
 def _tpu_kernel(*refs, T, scale, gated, has_s0):
-  from pallas_kernels import pallas_math as pm
   refs = list(refs)
   q_ref, k_ref, v_ref, b_ref = refs[:4]
   del refs[:4]
@@ -318,7 +269,8 @@ def _fused_fwd(q, k, v, beta, g, S0, opts):
 
 def _fused_bwd(opts, res, cts):
   # Recompute in plain JAX: cheap for small T (see the module docstring).
-  _, vjp = jax.vjp(lambda *a: _xla(*a, opts.scale), *res)
+  _, vjp = jax.vjp(lambda q, k, v, beta, g, S0: reference.recurrent(
+      q, k, v, beta, g, scale=opts.scale, initial_state=S0), *res)
   return vjp(cts)
 
 
@@ -326,52 +278,14 @@ _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
 # ---------------------------------------------------------------------------------------------
-# Public entry.
+# Entry (ops.delta_rule_scan checks the inputs and picks target / interpret).
 
 
-def _resolve(backend, q, v, dtypes):
-  """Returns None (the xla path) or (target, interpret)."""
-  if backend == "xla":
-    return None
-  if backend == "auto":
-    target = _ops._platform_target()
-    if target is None:
-      return None
-    reason = _ops.triton_reason(target) or unsupported_reason(q.shape, v.shape, dtypes, target)
-    if reason:
-      _ops._warn_once(f"pallas_kernels.fused_recurrent: Pallas {target} kernel unsupported "
-                      f"here ({reason}); using backend='xla'.")
-      return None
-    return target, False
-  target, interpret = _PALLAS[backend]
-  reason = ((None if interpret else _ops.triton_reason(target))
-            or unsupported_reason(q.shape, v.shape, dtypes, target))
-  if reason:
-    raise ValueError(f"fused_recurrent: backend={backend!r} does not support these inputs: "
-                     f"{reason}. Use backend='xla' (or 'auto', which falls back).")
-  return target, interpret
+def fused_recurrent(q, k, v, beta, g=None, initial_state=None, *, scale, target,
+                    interpret=False):
+  """The fused kernel on `target` ("gpu" | "tpu"); inputs as `reference.recurrent`.
 
-
-def fused_recurrent(q, k, v, beta, g=None, *, scale=None, initial_state=None, backend="auto"):
-  """Token-by-token (gated) delta rule in one fused kernel; for decoding and short T.
-
-  q, k [B,T,H,K]; v [B,T,H,V]; beta [B,T,H]; g [B,T,H] per-step log decay (<= 0) or None
-  (plain DeltaNet); initial_state [B,H,K,V] or None (zeros); scale a Python number, None =
-  K ** -0.5. Returns (o [B,T,H,V] in v.dtype, final_state [B,H,K,V] float32), equal to
-  reference.recurrent. Differentiable in q, k, v, beta, g and initial_state.
+  Returns (o [B,T,H,V] in v.dtype, final_state [B,H,K,V] float32). Differentiable in q, k,
+  v, beta, g and initial_state. Shapes must pass `unsupported_reason` (not re-checked).
   """
-  backend = _ALIASES.get(backend, backend)
-  if backend not in BACKENDS:
-    raise ValueError(f"fused_recurrent: unknown backend {backend!r}; use one of "
-                     f"{', '.join(BACKENDS)}.")
-  _ops._validate(q, k, v, beta, g, initial_state, 64, "auto")
-  scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-  dtypes = [x.dtype for x in (q, k, v, beta, g, initial_state) if x is not None]
-  pallas = _resolve(backend, q, v, dtypes)
-  if pallas is None:
-    return _xla(q, k, v, beta, g, initial_state, scale)
-  target, interpret = pallas
-  opts = _Opts(target, interpret, scale)
-  # Per device under a mesh context (shard.py says why).
-  return _shard.call(lambda *a: _fused(*a, opts), q, k, v, beta, g, initial_state,
-                     ("BTHV", "BHKV"))
+  return _fused(q, k, v, beta, g, initial_state, _Opts(target, bool(interpret), float(scale)))

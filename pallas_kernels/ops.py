@@ -1,17 +1,26 @@
-"""Public fast-weight ops and backend dispatch (WORKSPACE.md: Public contracts, pallas_kernels).
+"""The one fast-weight entry: every layer and public op dispatches here (WORKSPACE.md: Public
+contracts, pallas_kernels).
 
 Layout (flash-linear-attention): q, k [B, T, H, K]; v, o [B, T, H, V]; beta, g [B, T, H]
 (g = per-step log decay, must be <= 0: not checked, a traced value cannot be); states
 [B, H, K, V] float32. Math is float32 whatever the input dtype; o comes back in v's dtype.
 
-Backends:
-  auto           pallas_gpu on GPU, pallas_tpu on TPU, xla_chunked elsewhere. If the Pallas
-                 module is missing or rejects the shapes, falls back to xla_chunked (warns once).
-  xla_chunked    WY/UT chunked form, lax.scan over chunks (chunked.py).
-  xla_recurrent  lax.scan over tokens (reference.py); slow, the ground truth.
-  pallas_gpu, pallas_tpu   the Pallas kernels (pallas_entry.py); an error if unsupported.
-  interpret      the Pallas TPU kernel in interpret mode (runs on CPU; used by tests).
-  interpret_gpu, interpret_tpu   pick the interpreted kernel explicitly.
+`delta_rule_scan` picks the path from T and the backend:
+  T == 1 (a decode step)   the fused token kernel (fused_recurrent.py) on a Pallas backend,
+                           the token recurrence (reference.py) on an XLA one;
+  otherwise                the chunked Pallas kernels (pallas_entry.py) or, on XLA, the WY
+                           chunked form (chunked.py; "xla_recurrent": the token recurrence).
+`delta_rule` / `gated_delta_rule` (the public contract) and the models call it; so does
+`advance_state` 's backend vocabulary (it has only XLA forms: one chunk per row).
+
+Backends (one vocabulary for every path):
+  auto           Pallas on GPU / TPU, XLA elsewhere. If the Pallas kernel rejects the shapes
+                 or dtypes, falls back to XLA (warns once; never a different result).
+  xla_chunked    XLA: WY/UT chunked form (T > 1), token recurrence (T == 1).
+  xla_recurrent  XLA: lax.scan over tokens; slow, the ground truth.
+  pallas_gpu, pallas_tpu   the Pallas kernels; an error if they cannot take the inputs.
+  interpret_gpu, interpret_tpu   the kernels in Pallas interpret mode (runs on CPU; tests).
+  interpret      = interpret_tpu.
 Every backend is differentiable. Under a mesh context (jax.set_mesh) the Pallas backends run
 per device in shard_map (batch over data/fsdp, heads over tensor; see shard.py).
 """
@@ -24,6 +33,9 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels import chunked as _chunked
+from pallas_kernels import fused_recurrent as _fused
+from pallas_kernels import pallas_entry as _entry
+from pallas_kernels import pallas_math as _pm
 from pallas_kernels import reference as _reference
 from pallas_kernels import shard as _shard
 
@@ -66,7 +78,7 @@ def _check_shape(name, x, want, desc):
 
 def _check_chunk_size(chunk_size):
   if (not isinstance(chunk_size, numbers.Integral) or isinstance(chunk_size, bool)
-      or chunk_size < 1 or chunk_size & (chunk_size - 1)):
+      or not _pm.pow2(chunk_size)):
     raise ValueError(f"chunk_size must be a positive power of two (e.g. 64), got {chunk_size!r}.")
 
 
@@ -116,73 +128,85 @@ def triton_reason(target):
   """Why the (non-interpreted) GPU kernels cannot run with this jax, or None."""
   if target != "gpu":
     return None
-  from pallas_kernels import pallas_gpu
+  from pallas_kernels import pallas_gpu  # Pallas Triton: imported only when a GPU kernel may run
   return pallas_gpu.triton_reason()
 
 
-def _resolve(backend, q_shape, v_shape, dtype, chunk_size):
-  """Returns ("xla_chunked" | "xla_recurrent", None) or ("pallas", (entry, target, interpret))."""
+def _resolve(backend, reason):
+  """None (an XLA path) or (target, interpret) of the Pallas kernel to run.
+
+  reason(target) says why the kernel cannot take the inputs (None: it can)."""
   if backend in ("xla_chunked", "xla_recurrent"):
-    return backend, None
+    return None
   if backend == "auto":
     target = _platform_target()
     if target is None:
-      return "xla_chunked", None
-    try:
-      from pallas_kernels import pallas_entry
-    except ImportError as e:
-      _warn_once(f"pallas_kernels: Pallas {target} kernels unavailable ({e}); "
+      return None
+    why = triton_reason(target) or reason(target)
+    if why:
+      _warn_once(f"pallas_kernels: Pallas {target} kernel unsupported here ({why}); "
                  "using backend='xla_chunked'.")
-      return "xla_chunked", None
-    reason = (triton_reason(target)
-              or pallas_entry.unsupported_reason(q_shape, v_shape, dtype, chunk_size, target))
-    if reason:
-      _warn_once(f"pallas_kernels: Pallas {target} kernel unsupported here ({reason}); "
-                 "using backend='xla_chunked'.")
-      return "xla_chunked", None
-    return "pallas", (pallas_entry, target, False)
+      return None
+    return target, False
   target, interpret = _PALLAS[backend]
-  try:
-    from pallas_kernels import pallas_entry
-  except ImportError as e:
-    raise ImportError(f"backend={backend!r} needs pallas_kernels.pallas_entry, which failed "
-                      f"to import ({e}); use backend='xla_chunked' or 'auto'.") from e
-  reason = ((None if interpret else triton_reason(target))
-            or pallas_entry.unsupported_reason(q_shape, v_shape, dtype, chunk_size, target))
-  if reason:
-    raise ValueError(f"backend={backend!r} does not support these inputs: {reason}. "
+  why = (None if interpret else triton_reason(target)) or reason(target)
+  if why:
+    raise ValueError(f"backend={backend!r} does not support these inputs: {why}. "
                      "Use backend='xla_chunked' (or 'auto', which falls back).")
-  return "pallas", (pallas_entry, target, interpret)
+  return target, interpret
 
 
-def _run(q, k, v, beta, g, scale, initial_state, chunk_size, backend, chunk_states):
-  """Validated dispatch. Returns (o, final_state, chunk_states or None)."""
+def delta_rule_scan(q, k, v, beta, g=None, *, scale=None, initial_state=None, chunk_size=64,
+                    backend="auto", return_chunk_states=False):
+  """(Gated if g is given) delta rule on any path; the one entry the models call.
+
+  Returns (o [B,T,H,V] in v.dtype, final_state [B,H,K,V] float32, chunk_states or None).
+  return_chunk_states: also the state at every chunk boundary, [B, N, H, K, V] with
+  N = ceil(T / chunk_size) and chunk_states[:, c] the state after tokens [0, c*chunk_size)
+  (c = 0 is the initial state). Differentiable.
+  """
   _validate(q, k, v, beta, g, initial_state, chunk_size, backend)
-  scale = q.shape[-1] ** -0.5 if scale is None else scale
-  kind, pallas = _resolve(backend, q.shape, v.shape, q.dtype, chunk_size)
-  if kind == "xla_chunked":
-    o, S, cs = _chunked.chunked(q, k, v, beta, g, scale=scale, initial_state=initial_state,
-                                chunk_size=chunk_size)
-    return o, S, cs if chunk_states else None
-  if kind == "xla_recurrent":
-    if chunk_states:
+  scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+  if q.shape[1] == 1 and not return_chunk_states:
+    return _decode(q, k, v, beta, g, scale, initial_state, backend) + (None,)
+  cs = return_chunk_states
+  pallas = _resolve(backend, lambda t: _entry.unsupported_reason(q.shape, v.shape, q.dtype,
+                                                                 chunk_size, t))
+  if pallas is None and backend == "xla_recurrent":
+    if cs:
       return _reference.recurrent_chunk_states(q, k, v, beta, g, scale=scale,
                                                initial_state=initial_state,
                                                chunk_size=chunk_size)
-    o, S = _reference.recurrent(q, k, v, beta, g, scale=scale, initial_state=initial_state)
-    return o, S, None
-  entry, target, interpret = pallas
+    return _reference.recurrent(q, k, v, beta, g, scale=scale,
+                                initial_state=initial_state) + (None,)
+  if pallas is None:
+    o, S, states = _chunked.chunked(q, k, v, beta, g, scale=scale, initial_state=initial_state,
+                                    chunk_size=chunk_size)
+    return o, S, (states if cs else None)
+  target, interpret = pallas
 
   def kernel(q, k, v, beta, g, s0):
-    out = entry.pallas_delta_rule(q, k, v, beta, g, scale=scale, initial_state=s0,
-                                  chunk_size=chunk_size, target=target, interpret=interpret,
-                                  return_chunk_states=chunk_states)
-    return out if chunk_states else out[:2]
+    out = _entry.pallas_delta_rule(q, k, v, beta, g, scale=scale, initial_state=s0,
+                                   chunk_size=chunk_size, target=target, interpret=interpret,
+                                   return_chunk_states=cs)
+    return out if cs else out[:2]
 
   # Per device under a mesh context (shard.py says why).
-  outs = ("BTHV", "BHKV") + (("BNHKV",) if chunk_states else ())
-  out = _shard.call(kernel, q, k, v, beta, g, initial_state, outs)
-  return out[0], out[1], (out[2] if chunk_states else None)
+  out = _shard.call(kernel, q, k, v, beta, g, initial_state,
+                    ("BTHV", "BHKV") + (("BNHKV",) if cs else ()))
+  return out[0], out[1], (out[2] if cs else None)
+
+
+def _decode(q, k, v, beta, g, scale, initial_state, backend):
+  """T == 1: the state is read and written once; a chunk would be 63/64 padding."""
+  dtypes = [x.dtype for x in (q, k, v, beta, g, initial_state) if x is not None]
+  pallas = _resolve(backend, lambda t: _fused.unsupported_reason(q.shape, v.shape, dtypes, t))
+  if pallas is None:
+    return _reference.recurrent(q, k, v, beta, g, scale=scale, initial_state=initial_state)
+  target, interpret = pallas
+  fused = lambda *a: _fused.fused_recurrent(*a, scale=scale, target=target,
+                                            interpret=interpret)
+  return _shard.call(fused, q, k, v, beta, g, initial_state, ("BTHV", "BHKV"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,7 +221,8 @@ def delta_rule(q, k, v, beta, *, scale=None, initial_state=None, output_final_st
   scale None = K ** -0.5. Returns (o [B,T,H,V] in v.dtype, final_state [B,H,K,V] float32,
   or None when output_final_state=False). Any T; chunk_size must be a power of two.
   """
-  o, S, _ = _run(q, k, v, beta, None, scale, initial_state, chunk_size, backend, False)
+  o, S, _ = delta_rule_scan(q, k, v, beta, scale=scale, initial_state=initial_state,
+                            chunk_size=chunk_size, backend=backend)
   return o, (S if output_final_state else None)
 
 
@@ -211,26 +236,16 @@ def gated_delta_rule(q, k, v, g, beta, *, scale=None, initial_state=None,
   if g is None:
     raise ValueError("gated_delta_rule needs g [B, T, H] (log decay <= 0); "
                      "for no decay call delta_rule instead.")
-  o, S, _ = _run(q, k, v, beta, g, scale, initial_state, chunk_size, backend, False)
+  o, S, _ = delta_rule_scan(q, k, v, beta, g, scale=scale, initial_state=initial_state,
+                            chunk_size=chunk_size, backend=backend)
   return o, (S if output_final_state else None)
 
 
-def delta_rule_with_chunk_states(q, k, v, beta, g=None, *, scale=None, initial_state=None,
-                                 chunk_size=64, backend="auto"):
-  """(Gated if g is given) delta rule that also returns the state at every chunk boundary.
-
-  Returns (o [B,T,H,V], final_state [B,H,K,V], chunk_states [B,N,H,K,V]) with
-  N = ceil(T / chunk_size) and chunk_states[:, c] the state after tokens [0, c*chunk_size)
-  (c = 0 is the initial state). Differentiable.
-  """
-  return _run(q, k, v, beta, g, scale, initial_state, chunk_size, backend, True)
-
-
-def advance_state(state, k, v, beta, g=None, mask=None, *, chunk_size=64,
-                  backend="xla_chunked"):
+def advance_state(state, k, v, beta, g=None, mask=None, *, chunk_size=64, backend="auto"):
   """Applies tokens k [B,L,H,K], v [B,L,H,V], beta/g [B,L,H] to state [B,H,K,V] where
   mask [B,L] is 1 (mask None: all tokens). Masked tokens are exact no-ops. Returns the new
-  state [B,H,K,V] float32. backend: "xla_chunked" (WY form; default) or "xla_recurrent".
+  state [B,H,K,V] float32. backend: any of BACKENDS; "xla_recurrent" takes the token
+recurrence, every other name the WY chunked form (there is no Pallas kernel for this op).
 
   With L = chunk_size this turns a chunk-boundary state into the state at any position
   inside the chunk (mask = positions <= p). Differentiable.
@@ -254,9 +269,7 @@ def advance_state(state, k, v, beta, g=None, mask=None, *, chunk_size=64,
     if x is not None:
       _check_float(name, x)
   _check_chunk_size(chunk_size)
-  if backend == "xla_chunked":
-    return _chunked.chunked_advance(state, k, v, beta, g, mask, chunk_size=chunk_size)
+  _check_backend(backend)
   if backend == "xla_recurrent":
     return _reference.recurrent_advance(state, k, v, beta, g, mask)
-  raise ValueError(f"advance_state: unknown backend {backend!r}; use 'xla_chunked' or "
-                   "'xla_recurrent'.")
+  return _chunked.chunked_advance(state, k, v, beta, g, mask, chunk_size=chunk_size)

@@ -12,12 +12,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels import pallas_math as pm
+
 f32 = jnp.float32
 _DTYPES = ("float32", "bfloat16")
-
-
-def _pow2(n):
-  return n > 0 and n & (n - 1) == 0
 
 
 def unsupported_reason(q_shape, v_shape, dtype, chunk_size, target):
@@ -40,10 +38,10 @@ def unsupported_reason(q_shape, v_shape, dtype, chunk_size, target):
   if target == "gpu":
     # Triton dots need every dim >= 16 and power-of-two block shapes; the state block and the
     # per-chunk temporaries live in registers, so K and V are capped.
-    if not (_pow2(C) and 16 <= C <= 128):
+    if not (pm.pow2(C) and 16 <= C <= 128):
       return f"chunk_size={C}: the GPU kernel needs a power of two in [16, 128]"
     for name, d in (("K", K), ("V", V)):
-      if not (_pow2(d) and 16 <= d <= 256):
+      if not (pm.pow2(d) and 16 <= d <= 256):
         return f"{name}={d}: the GPU kernel needs a power of two in [16, 256]"
     if jnp.dtype(dtype) == jnp.float32 and max(K, V) > 64:
       # float32 dot operands: the backward needs ~290 KB of shared memory at K=V=128 (sm_90

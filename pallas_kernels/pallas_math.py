@@ -23,6 +23,11 @@ import jax.numpy as jnp
 f32 = jnp.float32
 
 
+def pow2(n) -> bool:
+  """n is a positive power of two (Triton block shapes, chunk sizes)."""
+  return n > 0 and n & (n - 1) == 0
+
+
 @dataclasses.dataclass(frozen=True)
 class MathCfg:
   precision: jax.lax.Precision   # HIGHEST for fp32 inputs, DEFAULT (TF32 / bf16 MXU) else

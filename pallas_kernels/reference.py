@@ -10,16 +10,20 @@ import jax
 import jax.numpy as jnp
 
 
+def _ein(spec, a, b):
+  # full float32 products (no TF32 on GPU): the XLA decode path must agree with the kernels
+  return jnp.einsum(spec, a, b, precision=jax.lax.Precision.HIGHEST)
+
+
 def _step(S_BHKV, q_BHK, k_BHK, v_BHV, beta_BH, g_BH):
   """One token of the (gated) delta rule. Returns the new state and the output."""
   if g_BH is not None:
     S_BHKV = S_BHKV * jnp.exp(g_BH)[..., None, None]
   # Delta rule: S <- S + beta k (v - S^T k)^T.
-  pred_BHV = jnp.einsum("bhk,bhkv->bhv", k_BHK, S_BHKV)
+  pred_BHV = _ein("bhk,bhkv->bhv", k_BHK, S_BHKV)
   delta_BHV = beta_BH[..., None] * (v_BHV - pred_BHV)
-  S_BHKV = S_BHKV + jnp.einsum("bhk,bhv->bhkv", k_BHK, delta_BHV)
-  o_BHV = jnp.einsum("bhk,bhkv->bhv", q_BHK, S_BHKV)
-  return S_BHKV, o_BHV
+  S_BHKV = S_BHKV + _ein("bhk,bhv->bhkv", k_BHK, delta_BHV)
+  return S_BHKV, _ein("bhk,bhkv->bhv", q_BHK, S_BHKV)
 
 
 def recurrent(q, k, v, beta, g=None, *, scale=None, initial_state=None):
@@ -31,6 +35,9 @@ def recurrent(q, k, v, beta, g=None, *, scale=None, initial_state=None):
   S0 = (jnp.zeros((B, H, K, V), jnp.float32) if initial_state is None
         else f32(initial_state))
   xs = (f32(q) * scale, f32(k), f32(v), f32(beta), None if g is None else f32(g))
+  if T == 1:  # a decode step: no scan around one token
+    S, o_BHV = _step(S0, *(None if x is None else x[:, 0] for x in xs))
+    return o_BHV[:, None].astype(v.dtype), S
   xs = jax.tree.map(lambda a: jnp.moveaxis(a, 1, 0), xs)
 
   def body(S, x):

@@ -128,7 +128,7 @@ def test_strong_decay_is_finite_and_exact():
 def test_chunk_states_equal_recurrent_states(gated):
   B, T, H, K, V, C = 2, 45, 2, 8, 4, 16
   args, _, _ = _inputs(6, B, T, H, K, V, gated, True)
-  with_states = jax.jit(pk.delta_rule_with_chunk_states,
+  with_states = jax.jit(functools.partial(pk.delta_rule_scan, return_chunk_states=True),
                         static_argnames=("chunk_size", "backend"))
   o, S, cs = with_states(args["q"], args["k"], args["v"], args["beta"], args["g"],
                          initial_state=args["initial_state"], chunk_size=C,
@@ -155,7 +155,8 @@ def test_chunk_states_gradient_matches_recurrent():
   ct = jax.random.normal(jax.random.PRNGKey(1), (B, 3, H, K, V))
 
   def loss(backend, arrs):
-    _, _, cs = pk.delta_rule_with_chunk_states(**arrs, chunk_size=C, backend=backend)
+    _, _, cs = pk.delta_rule_scan(**arrs, chunk_size=C, backend=backend,
+                                  return_chunk_states=True)
     return jnp.sum(cs * ct)
 
   g_c = jax.jit(jax.grad(lambda a: loss("xla_chunked", a)))(args)
@@ -204,7 +205,8 @@ def test_chunk_boundary_state_plus_advance_gives_state_at_any_position():
   """The ReFINE use: chunk_states[:, c] advanced by a masked chunk = the state at position p."""
   B, T, H, K, V, C = 1, 48, 2, 8, 8, 16
   args, _, _ = _inputs(10, B, T, H, K, V, True, False)
-  _, _, cs = jax.jit(functools.partial(pk.delta_rule_with_chunk_states, chunk_size=C))(
+  _, _, cs = jax.jit(functools.partial(pk.delta_rule_scan, chunk_size=C,
+                                       return_chunk_states=True))(
       args["q"], args["k"], args["v"], args["beta"], args["g"])
   p = 27  # state after tokens [0, p]
   c = p // C

@@ -1,6 +1,8 @@
 """Fused recurrent (decode) kernels against the naive recurrence: outputs, final state and
-every gradient, for the xla path and both Pallas kernels (interpreted on CPU, for real on a
-GPU / TPU), plus dispatch (fallback / errors), scan-of-steps use and lowering."""
+every gradient, for both Pallas kernels (interpreted on CPU, for real on a GPU / TPU): T == 1
+through the one entry (pallas_kernels.delta_rule_scan dispatches decode steps to them), short
+continuations through the kernel function; plus dispatch (fallback / errors), scan-of-steps
+use and lowering."""
 import functools
 import warnings
 
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import lower_text
+import pallas_kernels as pk
 from pallas_kernels import ops, reference
 from pallas_kernels import fused_recurrent as fr
 
@@ -19,8 +22,6 @@ _ON = "gpu" if _ON in ("gpu", "cuda", "rocm") else _ON
 
 
 def _backend(which):
-  if which == "xla":
-    return "xla"
   if _ON in ("gpu", "tpu") and which != _ON:
     pytest.skip(f"{which} interpreter check; the {_ON} kernel runs on this machine")
   return f"pallas_{which}" if _ON == which else f"interpret_{which}"
@@ -72,10 +73,20 @@ def _reference(B, T, H, K, V, dtype, gated, with_s0):
     return _loss_and_grads(ref, d, *_weights(B, T, H, K, V))
 
 
+def _fused(backend, q, k, v, beta, g=None, initial_state=None):
+  """T == 1: the public entry (checks its dispatch); T > 1: the kernel function itself."""
+  if q.shape[1] == 1:
+    return pk.delta_rule_scan(q, k, v, beta, g, initial_state=initial_state,
+                              backend=backend)[:2]
+  target, interpret = ops._PALLAS[backend]
+  return fr.fused_recurrent(q, k, v, beta, g, initial_state, scale=q.shape[-1] ** -0.5,
+                            target=target, interpret=interpret)
+
+
 def _check(backend, B, T, H, K, V, dtype, gated, with_s0, tol):
   d = _inputs(B, T, H, K, V, dtype, gated, with_s0)
-  ours = lambda d: fr.fused_recurrent(d["q"], d["k"], d["v"], d["beta"], d.get("g"),
-                                      initial_state=d.get("S0"), backend=backend)
+  ours = lambda d: _fused(backend, d["q"], d["k"], d["v"], d["beta"], d.get("g"),
+                          d.get("S0"))
   (_, (o1, S1)), g1 = _loss_and_grads(ours, d, *_weights(B, T, H, K, V))
   (_, (o2, S2)), g2 = _reference(B, T, H, K, V, dtype, gated, with_s0)
   assert o1.shape == (B, T, H, V) and o1.dtype == d["v"].dtype
@@ -95,14 +106,14 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("which", ["xla", "gpu", "tpu"])
+@pytest.mark.parametrize("which", ["gpu", "tpu"])
 @pytest.mark.parametrize("case", CASES)
 def test_matches_reference_fp32(which, case):
   B, T, H, K, V, gated, s0 = case
   _check(_backend(which), B, T, H, K, V, jnp.float32, gated, s0, 1e-5)
 
 
-@pytest.mark.parametrize("which", ["xla", "gpu", "tpu"])
+@pytest.mark.parametrize("which", ["gpu", "tpu"])
 def test_matches_reference_bf16(which):
   _check(_backend(which), 2, 3, 2, 16, 32, jnp.bfloat16, True, True, 1e-2)
 
@@ -126,8 +137,7 @@ def test_scan_of_decode_steps_matches_reference():
                       {n: d[n] for n in ("q", "k", "v", "beta", "g")})
 
     def body(S, x):
-      o, S = fr.fused_recurrent(x["q"], x["k"], x["v"], x["beta"], x["g"], initial_state=S,
-                                backend=backend)
+      o, S = _fused(backend, x["q"], x["k"], x["v"], x["beta"], x["g"], S)
       return S, o[:, 0]
     S, o = jax.lax.scan(body, d["S0"], xs)
     return jnp.moveaxis(o, 0, 1), S
@@ -155,8 +165,7 @@ def test_callers_state_is_not_overwritten(which):
   d = _inputs(1, 1, 1, 16, 16, jnp.float32, False, True)
   S0 = d["S0"]
   before = np.asarray(S0).copy()
-  o, S = fr.fused_recurrent(d["q"], d["k"], d["v"], d["beta"], initial_state=S0,
-                            backend=backend)
+  o, S = _fused(backend, d["q"], d["k"], d["v"], d["beta"], None, S0)
   jax.block_until_ready((o, S))
   np.testing.assert_array_equal(np.asarray(S0), before)
   assert _rel(S, before) > 1e-3   # the step did change the state
@@ -179,53 +188,45 @@ def test_unsupported_shapes_give_reasons():
 
 def test_explicit_pallas_backend_raises_on_unsupported():
   z = lambda *s: jnp.zeros(s, jnp.float32)
-  with pytest.raises(ValueError, match="K=48.*backend='xla'"):
-    fr.fused_recurrent(z(1, 1, 1, 48), z(1, 1, 1, 48), z(1, 1, 1, 16), z(1, 1, 1),
-                       backend="interpret_gpu")
-  with pytest.raises(ValueError, match="T=65"):
-    fr.fused_recurrent(z(1, 65, 1, 16), z(1, 65, 1, 16), z(1, 65, 1, 16), z(1, 65, 1),
-                       backend="pallas_tpu")
+  with pytest.raises(ValueError, match="K=48.*backend='xla_chunked'"):
+    pk.delta_rule(z(1, 1, 1, 48), z(1, 1, 1, 48), z(1, 1, 1, 16), z(1, 1, 1),
+                  backend="interpret_gpu")
 
 
 def test_auto_falls_back_with_one_warning(monkeypatch):
   """auto on an accelerator with a shape the kernel does not take: the xla path, same result,
   one warning; on CPU auto is the xla path without a warning."""
-  d = _inputs(1, 2, 1, 24, 16, jnp.float32, True, True)   # K = 24: not a power of two
+  d = _inputs(1, 1, 1, 24, 16, jnp.float32, True, True)   # K = 24: not a power of two
   args = (d["q"], d["k"], d["v"], d["beta"], d["g"])
   want = reference.recurrent(*args, initial_state=d["S0"])
   if _ON == "cpu":
     with warnings.catch_warnings():
       warnings.simplefilter("error")
-      got = fr.fused_recurrent(*args, initial_state=d["S0"])
+      got = pk.delta_rule_scan(*args, initial_state=d["S0"])
     assert _rel(got[0], want[0]) < 1e-5
   monkeypatch.setattr(ops, "_platform_target", lambda: "gpu")
   monkeypatch.setattr(ops, "_warned", set())
-  with pytest.warns(RuntimeWarning, match="K=24.*backend='xla'"):
-    got = fr.fused_recurrent(*args, initial_state=d["S0"])
+  with pytest.warns(RuntimeWarning, match="K=24.*backend='xla_chunked'"):
+    got = pk.delta_rule_scan(*args, initial_state=d["S0"])
   with warnings.catch_warnings():
     warnings.simplefilter("error")   # only once
-    fr.fused_recurrent(*args, initial_state=d["S0"])
+    pk.delta_rule_scan(*args, initial_state=d["S0"])
   assert _rel(got[0], want[0]) < 1e-5 and _rel(got[1], want[1]) < 1e-5
 
 
-def test_bad_inputs_give_one_clear_error():
+def test_bad_decode_inputs_give_one_clear_error():
   z = lambda *s: jnp.zeros(s, jnp.float32)
-  q, v, b = z(1, 2, 3, 16), z(1, 2, 3, 8), z(1, 2, 3)
-  with pytest.raises(ValueError, match="unknown backend 'cuda'"):
-    fr.fused_recurrent(q, q, v, b, backend="cuda")
+  q, v, b = z(1, 1, 3, 16), z(1, 1, 3, 8), z(1, 1, 3)
+  with pytest.raises(ValueError, match="Unknown backend 'cuda'"):
+    pk.delta_rule_scan(q, q, v, b, backend="cuda")
   with pytest.raises(ValueError, match="k has shape"):
-    fr.fused_recurrent(q, z(1, 2, 3, 8), v, b)
+    pk.delta_rule_scan(q, z(1, 1, 3, 8), v, b)
   with pytest.raises(ValueError, match="beta has shape"):
-    fr.fused_recurrent(q, q, v, z(1, 2))
+    pk.delta_rule_scan(q, q, v, z(1, 1))
   with pytest.raises(ValueError, match="initial_state has shape"):
-    fr.fused_recurrent(q, q, v, b, initial_state=z(1, 3, 8, 16))
+    pk.delta_rule_scan(q, q, v, b, initial_state=z(1, 3, 8, 16))
   with pytest.raises(TypeError, match="v must be a floating-point"):
-    fr.fused_recurrent(q, q, v.astype(jnp.int32), b)
-  # ops' backend names are accepted: the model passes its own backend setting through.
-  o, S = fr.fused_recurrent(q, q, v, b, backend="xla_chunked")
-  assert o.shape == (1, 2, 3, 8) and S.shape == (1, 3, 16, 8)
-
-
+    pk.delta_rule_scan(q, q, v.astype(jnp.int32), b)
 
 
 @pytest.mark.parametrize("T", [1, 5])

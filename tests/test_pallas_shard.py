@@ -29,9 +29,9 @@ _SCRIPT = textwrap.dedent(r"""
                 s0=0.5 * n(B, H, K, V))
 
   def loss(x, backend):
-    o, S, cs = pallas_kernels.delta_rule_with_chunk_states(
+    o, S, cs = pallas_kernels.delta_rule_scan(
         x["q"], x["k"], x["v"], x["beta"], x["g"], initial_state=x["s0"], chunk_size=16,
-        backend=backend)
+        backend=backend, return_chunk_states=True)
     w = jnp.cos(jnp.arange(o.size, dtype=jnp.float32)).reshape(o.shape)
     return jnp.sum(o * w) + jnp.sum(jnp.sin(S)) + jnp.sum(cs ** 2) * 0.1, (o, S, cs)
 
@@ -83,13 +83,12 @@ _SCRIPT = textwrap.dedent(r"""
                              ).lower(lowering_platforms=("cuda",)).as_text()
   assert "manual_computation" not in txt
 
-  # The fused decode kernel too (rollouts decode inside the sharded train step).
-  from pallas_kernels.fused_recurrent import fused_recurrent
+  # The fused decode kernel too (rollouts decode inside the sharded train step; T == 1).
   x = inputs(4, 1, 4, 16, 32, seed=3)
   sh = shardings(x, 4)
-  dec = jax.jit(lambda x: fused_recurrent(x["q"], x["k"], x["v"], x["beta"], x["g"],
-                                          initial_state=x["s0"], backend="interpret_gpu"),
-                in_shardings=(sh,))
+  dec = jax.jit(lambda x: pallas_kernels.delta_rule_scan(
+      x["q"], x["k"], x["v"], x["beta"], x["g"], initial_state=x["s0"],
+      backend="interpret_gpu")[:2], in_shardings=(sh,))
   want = dec(x)
   xs = jax.device_put(x, sh)
   with jax.set_mesh(mesh):

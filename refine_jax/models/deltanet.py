@@ -21,21 +21,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 import pallas_kernels
-from pallas_kernels.fused_recurrent import fused_recurrent
 from refine_jax.models import layers
 from refine_jax.models.config import delta_dims
-
-
-# ---- fast-weight ops (pallas_kernels dispatches on model.backend).
-
-def _rule(q, k, v, beta, g, *, initial_state, want_state, chunk_size, backend):
-  if g is None:
-    return pallas_kernels.delta_rule(q, k, v, beta, initial_state=initial_state,
-                                     output_final_state=want_state, chunk_size=chunk_size,
-                                     backend=backend)
-  return pallas_kernels.gated_delta_rule(q, k, v, g, beta, initial_state=initial_state,
-                                         output_final_state=want_state, chunk_size=chunk_size,
-                                         backend=backend)
 
 
 def _dt_bias_init(key, shape, dtype=jnp.float32):
@@ -160,18 +147,13 @@ class DeltaNet(nnx.Module):
     T = x_BTD.shape[1]
     (q, k, v, beta, g), pre_conv, new_conv = self._features(
         x_BTD, None if cache is None else cache["conv"])
+    # One entry for every path (pallas_kernels.ops: decode steps take the fused kernel).
+    o, S, chunk_states = pallas_kernels.delta_rule_scan(
+        q, k, v, beta, g, initial_state=None if cache is None else cache["state"],
+        chunk_size=self.chunk_size, backend=self.backend, return_chunk_states=capture)
     captured = None
-    if cache is not None and T == 1:  # decode: one fused kernel on GPU/TPU, einsums on CPU
-      o, S = fused_recurrent(q, k, v, beta, g, initial_state=cache["state"],
-                             backend=self.backend)
-    elif capture:
-      o, S, chunk_states = pallas_kernels.delta_rule_with_chunk_states(
-          q, k, v, beta, g, chunk_size=self.chunk_size, backend=self.backend)
+    if capture:
       captured = dict(chunk_states=chunk_states, k=k, v=v, beta=beta, g=g, pre_conv=pre_conv)
-    else:
-      o, S = _rule(q, k, v, beta, g, initial_state=None if cache is None else cache["state"],
-                   want_state=cache is not None, chunk_size=self.chunk_size,
-                   backend=self.backend)
     y = self._output(x_BTD, o)
     new_cache = None
     if cache is not None:
@@ -216,7 +198,8 @@ class DeltaNet(nnx.Module):
     g = captured["g"]
     S = pallas_kernels.advance_state(S0, chunk_of(captured["k"]), chunk_of(captured["v"]),
                                      chunk_of(captured["beta"]),
-                                     None if g is None else chunk_of(g), mask, chunk_size=C)
+                                     None if g is None else chunk_of(g), mask, chunk_size=C,
+                                     backend=self.backend)
     conv = ()
     if self.use_short_conv:
       W = self.conv_size
