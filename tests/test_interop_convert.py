@@ -203,6 +203,21 @@ def test_missing_shard_named_in_index(tmp_path):
     hf_checkpoint.load_hf(d)
 
 
+def test_corrupt_or_truncated_shard_and_index_are_named(tmp_path):
+  d, _, _ = _ckpt(tmp_path, shards=2)
+  shard = os.path.join(d, "model-00001-of-00002.safetensors")
+  blob = open(shard, "rb").read()
+  with open(shard, "wb") as f:   # a partial download
+    f.write(blob[:len(blob) // 2])
+  with pytest.raises(CheckpointFormatError, match=r"model-00001-of-00002\.safetensors is not a "
+                                                  r"valid safetensors file.*truncated"):
+    hf_checkpoint.load_hf(d)
+  with open(os.path.join(d, "model.safetensors.index.json"), "w") as f:
+    f.write("{not json")
+  with pytest.raises(CheckpointFormatError, match=r"index\.json is not a valid safetensors index"):
+    hf_checkpoint.load_hf(d)
+
+
 def test_missing_and_unexpected_keys(tmp_path):
   c = TINY_DELTANET
   t = random_fla_tensors(c)

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 from huggingface_hub import split_state_dict_into_shards_factory
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 SINGLE_FILE = "model.safetensors"
@@ -33,12 +33,20 @@ def _refuse_pickles(ckpt_dir: str) -> None:
          if pickles else "."))
 
 
+def _read_index(index_path: str):
+  try:
+    with open(index_path) as f:
+      return json.load(f).get("weight_map")
+  except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+    raise CheckpointFormatError(f"{index_path} is not a valid safetensors index ({e}); download "
+                                "it again.") from e
+
+
 def weight_files(ckpt_dir: str) -> list[str]:
   """The safetensors files of a checkpoint dir: the index's shards, else model.safetensors."""
   index_path = os.path.join(ckpt_dir, INDEX_FILE)
   if os.path.exists(index_path):
-    with open(index_path) as f:
-      weight_map = json.load(f).get("weight_map")
+    weight_map = _read_index(index_path)
     if not isinstance(weight_map, dict) or not weight_map:
       raise CheckpointFormatError(f"{index_path} has no 'weight_map' {{tensor name: shard file}}.")
     shards = sorted(set(weight_map.values()))
@@ -62,15 +70,19 @@ def read_tensors(ckpt_dir: str) -> dict[str, np.ndarray]:
   index_map = None
   index_path = os.path.join(ckpt_dir, INDEX_FILE)
   if os.path.exists(index_path):
-    with open(index_path) as f:
-      index_map = json.load(f).get("weight_map")
+    index_map = _read_index(index_path)
   tensors: dict[str, np.ndarray] = {}
   for path in weight_files(ckpt_dir):
-    with safe_open(path, framework="numpy") as f:
-      for name in f.keys():
-        if name in tensors:
-          raise CheckpointFormatError(f"tensor {name!r} appears in more than one shard ({path}).")
-        tensors[name] = f.get_tensor(name)
+    try:
+      with safe_open(path, framework="numpy") as f:
+        for name in f.keys():
+          if name in tensors:
+            raise CheckpointFormatError(
+                f"tensor {name!r} appears in more than one shard ({path}).")
+          tensors[name] = f.get_tensor(name)
+    except SafetensorError as e:  # garbage or a partial download
+      raise CheckpointFormatError(f"{path} is not a valid safetensors file ({e}); it is corrupt "
+                                  "or truncated: download or export it again.") from e
   if index_map is not None:
     # The index and the shards must agree, else a partial download would load silently.
     absent = sorted(set(index_map) - set(tensors))
