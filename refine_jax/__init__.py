@@ -8,6 +8,6 @@ stays cheap.
 
 def __getattr__(name):
   if name == "load_pretrained":
-    from refine_jax.pretrained import load_pretrained
+    from refine_jax.pretrained import load_pretrained  # lazy: `import refine_jax` stays cheap
     return load_pretrained
   raise AttributeError(f"module 'refine_jax' has no attribute {name!r}")

@@ -41,9 +41,12 @@ import time
 
 import ml_collections
 import numpy as np
+from absl import flags
+from ml_collections import config_flags
 
 from refine_jax import cli
 from refine_jax import paths as path_io
+from refine_jax.eval import gate as gate_lib
 from refine_jax.eval import report, stats
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -151,6 +154,7 @@ def stage_config(path: str, overrides: str, *, common: str, seed: int, steps: in
 
 
 def _run_stage(cfg, workdir):
+  # heavy (jax, train, data: ~3 s): imported on use so --help stays fast
   # pylint: disable-next=g-import-not-at-top
   from refine_jax.train import init_checkpoint, stages, validate
   cfg = init_checkpoint.resolve(cfg)  # a hub id / HF dir / bundle brings its model + tokenizer
@@ -166,6 +170,7 @@ def _evaluate(run_dir: str, ecfg, model=None, run_config=None, title="eval",
   out = path_io.join(run_dir, "eval")
   if path_io.isfile(path_io.join(out, report.RESULTS_JSON)):
     return report.load_results(out)
+  # heavy (jax, train, data: ~3 s): imported on use so --help stays fast
   from refine_jax.data.tokenizers import get_tokenizer  # pylint: disable=g-import-not-at-top
   from refine_jax.eval import runner  # pylint: disable=g-import-not-at-top
   if model is None or run_config is None:
@@ -187,6 +192,7 @@ def run_experiment(exp, workdir: str) -> dict:
   """Runs every arm x seed (training + eval), writes the summary; returns it. With the headroom
   gate on (exp.gate.enabled, no exp.checkpoint) a base outside the band makes the experiment
   void: experiment.json/.md say why and no arm is trained."""
+  # heavy (jax, train, data: ~3 s): imported on use so --help stays fast
   from refine_jax.train import validate  # pylint: disable=g-import-not-at-top
   t0 = time.time()
   validate.check_workdir(workdir)
@@ -242,7 +248,6 @@ def _pretrain_base(exp, workdir) -> tuple[str, dict | None]:
   """Pretrains the base in <workdir>/pretrain; with exp.gate.enabled, in increments of
   gate.check_every steps until held-out value accuracy is in [gate.lo, gate.hi] (at most the
   pretrain config's train.steps). Gate progress persists in pretrain/gate.json (resumable)."""
-  from refine_jax.eval import gate as gate_lib  # pylint: disable=g-import-not-at-top
   base = path_io.join(workdir, "pretrain")
   cfg = load_config_file(exp.pretrain_config)
   apply_overrides(cfg, exp.pretrain_overrides)
@@ -274,6 +279,7 @@ def _pretrain_base(exp, workdir) -> tuple[str, dict | None]:
     return _run_stage(c, base).model
 
   def measure(model, step):
+    # heavy (jax, train, data: ~3 s): imported on use so --help stays fast
     from refine_jax.eval import runner  # pylint: disable=g-import-not-at-top
     score = runner.recall_scores(model, cfg, gcfg, int(cfg.data.seq_len))[g.metric]
     print(f"experiment gate: step {step}: held-out {g.metric} {score:.1f} "
@@ -297,6 +303,7 @@ def _pretrain_base(exp, workdir) -> tuple[str, dict | None]:
 
 def arm_budget(exp, name: str) -> dict:
   """Rows and optimiser updates an arm trains with (its training stages, seed-independent)."""
+  # heavy (jax, train, data: ~3 s): imported on use so --help stays fast
   from refine_jax.train import stages  # pylint: disable=g-import-not-at-top
   out = {"batch_size": [], "steps": 0, "updates": 0, "updates_per_step": []}
   for path, ov in parse_arm(exp.arms[name]):
@@ -337,8 +344,7 @@ def _diagnostics(exp, arm_dir: str, run_dir: str | None, model_path: str) -> dic
     return json.loads(path_io.read_text(path))
   out = {}
   if run_dir is not None:
-    from refine_jax.train import metrics  # pylint: disable=g-import-not-at-top
-    rows = metrics.read_metrics(path_io.join(run_dir, "metrics.jsonl"))
+    rows = path_io.read_jsonl(path_io.join(run_dir, "metrics.jsonl"))
     for key in ("reward_mean", "reward_std", "clip_frac", "entropy_selected", "valid_frac"):
       vals = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
       if vals:
@@ -359,6 +365,7 @@ def _selection(exp, model_path: str) -> dict:
   first rollout token is a query value, on held-out recall rows; `sel_chance` is the same
   fraction under uniform selection, `sel_window_value` the fraction whose k-token window holds
   a value token."""
+  # heavy (jax, train, data: ~3 s): imported on use so --help stays fast
   import jax  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from refine_jax.data import recall  # pylint: disable=g-import-not-at-top
@@ -401,6 +408,7 @@ def _compilation_cache(exp, workdir):
   """Seeds of one arm compile the same programs; a persistent cache compiles them once."""
   if not exp.get("compilation_cache", True):
     return
+  # heavy (jax, train, data: ~3 s): imported on use so --help stays fast
   import jax  # pylint: disable=g-import-not-at-top
   try:
     if not jax.config.jax_compilation_cache_dir:
@@ -440,6 +448,7 @@ def _run_arm(exp, name: str, seed: int, base: str, workdir: str) -> tuple[dict, 
     model, cfg = _load(init)
   predict_fn = None
   if ttt_cfg is not None:
+    # heavy (jax, train, data: ~3 s): imported on use so --help stays fast
     from refine_jax.data.tokenizers import get_tokenizer  # pylint: disable=g-import-not-at-top
     from refine_jax.train import ttt  # pylint: disable=g-import-not-at-top
     tok = get_tokenizer(ttt_cfg.data)
@@ -449,6 +458,7 @@ def _run_arm(exp, name: str, seed: int, base: str, workdir: str) -> tuple[dict, 
 
 
 def _load(checkpoint):
+  # heavy (jax, train, data: ~3 s): imported on use so --help stays fast
   from refine_jax.pretrained import load_pretrained  # pylint: disable=g-import-not-at-top
   return load_pretrained(checkpoint)
 
@@ -554,9 +564,7 @@ def main(argv):
   run_experiment(exp, _WORKDIR.value or os.path.join("runs", "experiment"))
 
 
-if __name__ == "__main__":
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+if __name__ == "__main__":  # flags only for the command, not for library imports
   _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/experiment.py",
                                             lock_config=True)
   _WORKDIR = flags.DEFINE_string("workdir", None, "default runs/experiment")

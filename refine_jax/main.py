@@ -29,7 +29,9 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   if _CONFIG.value is None:
     raise app.UsageError("--config=configs/<stage>.py is required")
-  # Must precede any other JAX call on multi-process launches.
+  # Must precede any other JAX call on multi-process launches. Imported here, as train below:
+  # jax + train take ~3 s, which --help should not pay.
+  # pylint: disable-next=g-import-not-at-top
   from refine_jax.parallel import maybe_initialize_distributed
   try:
     maybe_initialize_distributed(float(_CONFIG.value.mesh.get("dist_timeout_s", 300)))

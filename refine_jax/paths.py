@@ -19,6 +19,7 @@ import uuid
 
 from absl import logging
 from etils import epath
+from etils.epath import backend
 
 REMOTE_SCHEMES = ("gs",)
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -179,7 +180,6 @@ def move_tree(src, dst):
 def _gcsfs(path):
   """epath's own gcsfs instance (so its listing cache is the one refreshed), also when epath
   reads through tf.io.gfile; None without gcsfs."""
-  from etils.epath import backend  # pylint: disable=g-import-not-at-top
   try:
     return backend.fsspec_backend.fs(os.fspath(path))
   except ImportError:

@@ -16,6 +16,9 @@ import json
 import os
 
 from refine_jax import paths
+from refine_jax.checkpoint import load_params
+from refine_jax.checkpoint.params import find_run_config
+from refine_jax.interop import bundle, hf_checkpoint, hub, modelio
 
 
 def load_pretrained(path: str, *, config=None):
@@ -23,7 +26,6 @@ def load_pretrained(path: str, *, config=None):
 
   config: only needed for a bare Orbax params checkpoint with no run config.json above it.
   """
-  from refine_jax.interop import bundle, hf_checkpoint, hub
   path = hub.local_dir(os.fspath(path), bare=True)
   if not paths.exists(path):  # local or gs://
     raise FileNotFoundError(
@@ -39,9 +41,6 @@ def load_pretrained(path: str, *, config=None):
 
 
 def _load_orbax(path: str, config):
-  from refine_jax.checkpoint import load_params
-  from refine_jax.checkpoint.params import find_run_config
-  from refine_jax.interop import bundle, modelio
   if config is None:
     cfg_path = find_run_config(path)
     if cfg_path is None:

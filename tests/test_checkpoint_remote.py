@@ -181,10 +181,10 @@ def test_midtrain_on_gs_resumes_after_kill_then_eval_and_load_pretrained(gcs, tm
   # config taken from the run, params-only loading).
   probe = _python(["-c", f"""
 import numpy as np, refine_jax
-from refine_jax.train import init_checkpoint, validate
+from refine_jax.train import init_checkpoint
 model, cfg = refine_jax.load_pretrained({RUN!r})
 print("logits", model(np.zeros((1, 8), np.int32)).logits.shape, cfg.model.hidden)
-validate._check_init_checkpoint({RUN!r})
+init_checkpoint.check_path({RUN!r})
 print("fields", init_checkpoint.checkpoint_fields({RUN!r})[0]["model.hidden"])
 """], env)
   assert "logits (1, 8, 259) 32" in probe.stdout and "fields 32" in probe.stdout

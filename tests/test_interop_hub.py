@@ -178,17 +178,15 @@ def test_missing_id_offline_is_one_clear_line(cached, capsys):
 @pytest.mark.parametrize("bad", ["hf://fla-hub", "hf://a/b/c", "hf://a--b/c", "hf://a b/c",
                                  "hf://owner/name@", "hf://"])
 def test_malformed_id_is_one_clear_line(bad):
-  from refine_jax.train import validate
   with pytest.raises(ValueError, match=r"^init_checkpoint=.*is not a hub id; write "
                      r"hf://owner/name or hf://owner/name@revision") as e:
     init_checkpoint.resolve(_pretrain_config(init_checkpoint=bad))
   assert "\n" not in str(e.value)
   with pytest.raises(ValueError, match="is not a hub id"):
-    validate._check_init_checkpoint(bad)  # pylint: disable=protected-access
+    init_checkpoint.check_path(bad)
 
 
 def test_id_syntax(tmp_path, monkeypatch):
-  from refine_jax.train import validate
   assert hub.parse("hf://fla-hub/delta_net-1.3B-100B") == ("fla-hub/delta_net-1.3B-100B", None)
   assert hub.parse("hf://o/n@refs/pr/1") == ("o/n", "refs/pr/1")
   assert hub.parse("fla-hub/x") is None  # bare ids only where asked for (not in configs)
@@ -196,10 +194,10 @@ def test_id_syntax(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   os.makedirs("runs/x")
   assert hub.parse("runs/x", bare=True) is None  # an existing local path is never an id
-  validate._check_init_checkpoint("hf://o/n")  # pylint: disable=protected-access
+  init_checkpoint.check_path("hf://o/n")
   with pytest.raises(ValueError, match=r"'o/n' does not exist \(a Hugging Face model is "
                      r"written hf://o/n\)"):
-    validate._check_init_checkpoint("o/n")  # pylint: disable=protected-access
+    init_checkpoint.check_path("o/n")
 
 
 _RUN = ["--config.data.seq_len=64", "--config.data.synthetic_weight=0",

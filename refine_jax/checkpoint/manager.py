@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from absl import logging
 from etils import epath
 
@@ -145,7 +146,6 @@ class Checkpointer:
         if paths.exists(src):
           paths.move_tree(src, dest / f"{step}-{int(time.time())}")
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices("refine_jax_checkpoint_quarantine")
     self._manager.reload()
 

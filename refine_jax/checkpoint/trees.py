@@ -10,6 +10,8 @@ here is what those cannot do: relayout between scanned ([L, ...] under layers.*)
 import jax
 from flax import nnx
 
+from refine_jax.models import lm
+
 
 def params_to_pure(state):
   """nnx.State -> nested dict {name: array} (the FLA-like parameter layout on disk)."""
@@ -44,7 +46,6 @@ def params_from_pure(template, pure):
 
 def _relayout(want, have):
   """`have` re-keyed to `want`'s layer layout (stack or split the per-layer params)."""
-  from refine_jax.models import lm  # pylint: disable=g-import-not-at-top
 
   def norm(path):  # ("layers", "3", ...) -> ("layers", 3, ...), as lm's per-layer paths
     path = tuple(path)

@@ -16,6 +16,11 @@ import lzma
 import os
 from typing import Sequence
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+from array_record.python.array_record_module import ArrayRecordReader
+from grain.sources import ArrayRecordDataSource
+
 from refine_jax.errors import UserError
 
 CORPUS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
@@ -83,8 +88,6 @@ def read_text(path: str, split: str = "file") -> list[str]:
 
 
 def read_parquet(path: str, text_field: str = "text") -> list[str]:
-  import pyarrow as pa
-  import pyarrow.parquet as pq
   try:
     table = pq.read_table(path, columns=[text_field])
   except (pa.ArrowInvalid, OSError) as e:
@@ -99,7 +102,6 @@ class ArrayRecordDocuments:
   """Random-access documents over ArrayRecord files (records: JSON objects or UTF-8 text)."""
 
   def __init__(self, paths: Sequence[str], text_field: str = "text"):
-    from grain.sources import ArrayRecordDataSource
     for p in paths:
       _check_array_record(p)
     self._source = ArrayRecordDataSource(list(paths))
@@ -125,7 +127,6 @@ class ArrayRecordDocuments:
 
 
 def _check_array_record(path: str) -> None:
-  from array_record.python.array_record_module import ArrayRecordReader
   try:
     reader = ArrayRecordReader(path)
     reader.num_records()

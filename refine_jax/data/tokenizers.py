@@ -11,6 +11,9 @@ import json
 import os
 from typing import Protocol, Sequence
 
+import sentencepiece as spm
+from tokenizers import Tokenizer as _HF
+
 
 class Tokenizer(Protocol):
   vocab_size: int
@@ -51,7 +54,6 @@ class SentencePieceTokenizer:
   """A sentencepiece `.model` file. pad falls back to eos when the model defines none."""
 
   def __init__(self, path: str):
-    import sentencepiece as spm
     _check_file(path, "data.tokenizer_path", "sentencepiece .model file")
     try:
       self._sp = spm.SentencePieceProcessor(model_file=path)
@@ -86,7 +88,6 @@ class HFTokenizer:
   tokenizer_config.json, then common names; bos and pad fall back to eos."""
 
   def __init__(self, path: str, *, bos: str = "", eos: str = "", pad: str = ""):
-    from tokenizers import Tokenizer as _HF
     config = {}
     if os.path.isdir(path):
       cfg_path = os.path.join(path, "tokenizer_config.json")

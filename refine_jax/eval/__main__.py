@@ -20,7 +20,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "e.g. configs/eval_rul
 
 def default_out_dir(checkpoint: str) -> str:
   """<run dir>/eval when the checkpoint sits in a run dir, else ./eval_<basename>."""
-  from refine_jax.checkpoint.params import find_run_config  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top  (orbax: ~2 s, kept off --help)
+  from refine_jax.checkpoint.params import find_run_config
   cfg = find_run_config(checkpoint)
   if cfg is not None and paths.isdir(os.path.join(os.path.dirname(cfg), "checkpoints")):
     return os.path.join(os.path.dirname(cfg), "eval")
@@ -29,9 +30,12 @@ def default_out_dir(checkpoint: str) -> str:
 
 def evaluate_checkpoint(cfg) -> dict:
   """Library form of the command: cfg has checkpoint, out_dir and eval.*."""
-  from refine_jax.data.tokenizers import get_tokenizer  # pylint: disable=g-import-not-at-top
-  from refine_jax.eval import report, runner  # pylint: disable=g-import-not-at-top
-  from refine_jax.pretrained import load_pretrained  # pylint: disable=g-import-not-at-top
+  # Heavy (jax, grain, orbax: ~2 s), so imported here and not on --help.
+  # pylint: disable=g-import-not-at-top
+  from refine_jax.data.tokenizers import get_tokenizer
+  from refine_jax.eval import report, runner
+  from refine_jax.pretrained import load_pretrained
+  # pylint: enable=g-import-not-at-top
   if not cfg.checkpoint:
     raise ValueError("checkpoint is empty: pass --config.checkpoint=RUN_DIR (or an Orbax "
                      "checkpoint, bundle or HF dir).")

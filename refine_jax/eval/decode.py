@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from tqdm.auto import tqdm
 
 
 @functools.lru_cache(maxsize=16)
@@ -72,7 +73,6 @@ def greedy_decode(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: in
   order = np.argsort(lens, kind="stable")
   bar = None
   if progress:
-    from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
     bar = tqdm(total=len(prompts), desc=desc, dynamic_ncols=True, leave=False)
   for idx in _batches(order, batch_size):
     for i, new in zip(idx, _decode_batch(dec, [prompts[i] for i in idx], max_new_tokens,

@@ -83,11 +83,18 @@ def markdown_table(results: Mapping, title: str | None = None) -> str:
   return "\n".join(lines) + "\n"
 
 
-def _plot(series: Mapping[str, Mapping], path: str, ylabel: str, title: str,
-          errors: Mapping[str, Mapping] | None = None):
+def _pyplot():
+  """matplotlib.pyplot on the Agg backend, imported on first plot: importing report must
+  neither pay matplotlib's import nor switch the backend of a notebook that imports it."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def _plot(series: Mapping[str, Mapping], path: str, ylabel: str, title: str,
+          errors: Mapping[str, Mapping] | None = None):
+  plt = _pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
   all_x, all_y = set(), []
   for j, (name, row) in enumerate(series.items()):
@@ -286,9 +293,7 @@ def plot_experiment(intervals_by_arm: Mapping[str, Mapping], path: str, *,
   none). Bottom row (with `paired`): per-seed differences arm - reference as bars with their
   t-interval, the seeds as dots, a zero line. intervals_by_arm: {arm: {task: {length:
   stats.t_interval dict}}}; paired: {arm: {task: {length: t_interval + diffs}}}."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = _pyplot()
   tasks = list(tasks or dict.fromkeys(t for a in intervals_by_arm.values() for t in a))
   rows = 2 if paired else 1
   fig, axes = plt.subplots(rows, len(tasks), figsize=(4.6 * len(tasks), 3.6 * rows),
@@ -315,7 +320,8 @@ def plot_experiment(intervals_by_arm: Mapping[str, Mapping], path: str, *,
       ax.set_ylim(-lim, lim)
       ax.set_title(f"{task}: arm - {reference} (per seed)", fontsize=9)
       ax.set_ylabel("difference")
-  handles = [matplotlib.patches.Patch(color=c, label=a) for a, c in arm_color.items()]
+  from matplotlib import patches  # pylint: disable=g-import-not-at-top  (as _pyplot: lazy)
+  handles = [patches.Patch(color=c, label=a) for a, c in arm_color.items()]
   fig.legend(handles=handles, loc="upper right", fontsize=8)
   fig.suptitle(title + "  (whiskers: 95% t-interval over seeds)", fontsize=10)
   fig.tight_layout(rect=(0, 0, 0.9, 0.95))
@@ -352,9 +358,7 @@ def plot_training_curves(rows: Sequence[Mapping], path: str, title: str = "train
   rows = [r for r in rows if "step" in r]
   if not rows:
     return None
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = _pyplot()
 
   def series(key):
     pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]

@@ -21,13 +21,19 @@ import json
 import os
 from typing import Callable, Sequence
 
+import jax
+import jax.numpy as jnp
 import ml_collections
-from absl import logging
 import numpy as np
+from absl import logging
+from flax import nnx
+from tqdm.auto import tqdm
 
 from refine_jax import paths
+from refine_jax.data import pipeline, recall
 from refine_jax.data import tasks as tasks_lib
-from refine_jax.eval import report, scoring
+from refine_jax.data.tokenizers import get_tokenizer
+from refine_jax.eval import decode, report, scoring
 from refine_jax.eval.nll import ntp_eval
 from refine_jax.refine.step import token_nll
 
@@ -100,7 +106,6 @@ def _haystack(ecfg, config):
     if config is None:
       raise ValueError("eval.haystack='held_out' needs the run config (data.*); pass config= "
                        "or use eval.haystack='noise'.")
-    from refine_jax.data import pipeline  # pylint: disable=g-import-not-at-top
     return pipeline.held_out_text(config)
   if not paths.isfile(h):
     raise FileNotFoundError(f"eval.haystack={h!r}: use 'noise', 'held_out' or a text file path.")
@@ -126,7 +131,6 @@ def task_samples(tokenizer, ecfg, task: str, length: int, haystack="noise"):
 
 def model_predictor(model, tokenizer, ecfg):
   """predict(prompts, max_new_tokens) -> answers, by greedy cached decoding of `model`."""
-  from refine_jax.eval import decode  # pylint: disable=g-import-not-at-top
 
   def predict(prompts, max_new_tokens):
     return decode.decode_text(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
@@ -151,11 +155,9 @@ def _score_text(task, samples, predictions):
 
 def mqar_score(model, ecfg, length: int) -> float:
   """MQAR accuracy (percent) of the model's argmax over one batch of held-out sequences."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   batch = tasks_lib.mqar_batch(int(ecfg.num_samples), split="eval", base_seed=int(ecfg.base_seed),
                                seq_len=length, num_kv_pairs=int(ecfg.mqar_kv_pairs),
                                vocab_size=int(ecfg.mqar_vocab))
-  from flax import nnx  # pylint: disable=g-import-not-at-top
   graphdef, state = nnx.split(model)
   pred = np.asarray(_argmax_fn(graphdef)(state, jnp.asarray(batch["inputs"])))
   return scoring.mqar_accuracy(pred, batch["targets"], batch["query_mask"])
@@ -167,10 +169,6 @@ def recall_scores(model, config, ecfg, length: int) -> dict[str, float]:
   prefix, which is exactly greedy decoding's exact match (greedy follows the true prefix until
   its first wrong token); recall_tf = percent of value tokens right; recall_nll / recall_value_nll
   = mean NLL (nats) over all tokens / value tokens."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  from refine_jax.data import recall  # pylint: disable=g-import-not-at-top
-  from refine_jax.data.tokenizers import get_tokenizer  # pylint: disable=g-import-not-at-top
   b = recall.batch(get_tokenizer(config.data), int(length), int(ecfg.num_samples),
                    base_seed=int(ecfg.base_seed), spec=recall.RecallSpec.of(config.data.recall),
                    add_bos=bool(config.data.add_bos))
@@ -201,8 +199,6 @@ def value_scores(pred_BT, nll_BT, targets_BT, value_mask_BT) -> dict[str, float]
 
 @functools.lru_cache(maxsize=8)
 def _pred_nll_fn(graphdef):
-  import jax  # pylint: disable=g-import-not-at-top
-  from flax import nnx  # pylint: disable=g-import-not-at-top
 
   def fn(state, ids_BT, targets_BT):
     logits_BTV = nnx.merge(graphdef, state)(ids_BT).logits
@@ -213,8 +209,6 @@ def _pred_nll_fn(graphdef):
 def teacher_forced_accuracy(model, tokenizer, samples, *, add_bos: bool = True) -> float:
   """Percent of target tokens (sample.target) that the model's argmax predicts given the
   prompt and the true target prefix; one right-padded forward (causal, so padding is inert)."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from flax import nnx  # pylint: disable=g-import-not-at-top
   rows = []
   for s in samples:
     prompt = ([tokenizer.bos_id] if add_bos else []) + tokenizer.encode(s.prompt)
@@ -235,23 +229,16 @@ def teacher_forced_accuracy(model, tokenizer, samples, *, add_bos: bool = True) 
 
 @functools.lru_cache(maxsize=8)
 def _argmax_fn(graphdef):
-  import jax  # pylint: disable=g-import-not-at-top
-  from flax import nnx  # pylint: disable=g-import-not-at-top
   return jax.jit(lambda state, ids: nnx.merge(graphdef, state)(ids).logits.argmax(-1))
 
 
 @functools.lru_cache(maxsize=8)
 def _nll_step(graphdef):
-  import jax  # pylint: disable=g-import-not-at-top
-  from flax import nnx  # pylint: disable=g-import-not-at-top
   return jax.jit(lambda state, batch: ntp_eval(nnx.merge(graphdef, state), batch))
 
 
 def perplexity_score(model, config, ecfg, length: int) -> float:
   """Held-out perplexity with sequences of `length` tokens (data.* from the run config)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  from refine_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   cfg = ml_collections.ConfigDict(config.to_dict())
   cfg.data.seq_len = int(length)
   batches = pipeline.make_eval_batches(cfg, int(ecfg.ppl_batches),
@@ -291,7 +278,6 @@ def stage_eval_config() -> ml_collections.ConfigDict:
 def eval_stage(config, workdir: str, model) -> dict:
   """The eval a training stage runs at its end: config.eval (or stage_eval_config()) on
   `model`, written to <workdir>/eval."""
-  from refine_jax.data.tokenizers import get_tokenizer  # pylint: disable=g-import-not-at-top
   ecfg = config.eval if "eval" in config else stage_eval_config()
   return run_eval(model, get_tokenizer(config.data), ecfg, paths.join(workdir, "eval"),
                   config=config, title=os.path.basename(paths.norm(workdir)))
@@ -329,7 +315,6 @@ def run_eval(model, tokenizer=None, eval_cfg=None, out_dir: str | None = None, /
   cells = [(t, n) for t in names for n in lengths]
   bar = None
   if ecfg.progress:
-    from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
     bar = tqdm(total=len(cells), desc=title, dynamic_ncols=True)
   cache: dict = {}  # qa and qa_f1 share predictions
   for task, length in cells:

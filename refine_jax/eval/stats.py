@@ -23,7 +23,8 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> dict:
   mean = float(v.mean())
   if n == 1:
     return {"n": 1, "mean": mean, "std": 0.0, "half": math.nan, "lo": math.nan, "hi": math.nan}
-  from scipy import stats  # pylint: disable=g-import-not-at-top (scipy comes with jax)
+  # pylint: disable-next=g-import-not-at-top  (scipy.stats: ~1 s; experiments' --help imports us)
+  from scipy import stats
   std = float(v.std(ddof=1))
   half = float(stats.t.ppf(0.5 + confidence / 2.0, n - 1)) * std / math.sqrt(n)
   return {"n": n, "mean": mean, "std": std, "half": half, "lo": mean - half, "hi": mean + half}

@@ -19,7 +19,12 @@ import shutil
 from typing import Any
 
 import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+from ml_collections import config_dict
 
+from refine_jax import config as config_lib
+from refine_jax.checkpoint import load_params, trees
 from refine_jax.interop import modelio
 
 FORMAT = "refine_jax.bundle/1"
@@ -35,9 +40,6 @@ def is_bundle(path: str) -> bool:
 def save_params(params_dir: str, model) -> None:
   """The model's params as an Orbax checkpoint in the training checkpoints' `params` layout
   (refine_jax.checkpoint.trees), so `init_checkpoint=<bundle dir>` loads it too."""
-  import orbax.checkpoint as ocp
-  from flax import nnx
-  from refine_jax.checkpoint import trees
   if os.path.exists(params_dir):
     shutil.rmtree(params_dir)
   with ocp.StandardCheckpointer() as ckptr:
@@ -46,7 +48,6 @@ def save_params(params_dir: str, model) -> None:
 
 def restore_model(bundle_dir: str, model_cfg):
   """The model `model_cfg` builds, with params restored from bundle_dir/params."""
-  from refine_jax.checkpoint import load_params
   _, abs_params, _ = modelio.abstract_state(model_cfg)
   params, _ = load_params(os.path.join(bundle_dir, "params"), abs_params)
   return modelio.model_from_state(model_cfg, params)
@@ -161,8 +162,7 @@ def _to_dict(config) -> dict:
 
 def base_config():
   """The base config (refine_jax.config), which a saved config is merged into."""
-  from refine_jax.config import base_config as base  # pylint: disable=g-import-not-at-top
-  return base()
+  return config_lib.base_config()
 
 
 def config_from_dict(raw: dict):
@@ -180,7 +180,6 @@ def config_from_dict(raw: dict):
 def merge(cfg, raw: dict) -> None:
   """Saved values (nested dicts) into the ConfigDict cfg (unlocked): lists become tuples where
   cfg has a tuple or a placeholder, a typed field taking another type is replaced."""
-  from ml_collections import config_dict
   for k, v in raw.items():
     cur = cfg.get(k, None) if k in cfg else None
     if isinstance(v, dict) and isinstance(cur, config_dict.ConfigDict):

@@ -5,10 +5,14 @@ import json
 import os
 from typing import Any
 
+import ml_dtypes  # numpy has no bfloat16; ml_dtypes ships with jax
 import numpy as np
 from absl import logging
 
-from refine_jax.interop import bundle, hf_config, hf_weights, modelio, safetensors_io
+from refine_jax.data.tokenizers import get_tokenizer
+from refine_jax.interop import bundle, hf_config, hf_weights, lact, modelio, safetensors_io
+from refine_jax.models import config as model_config
+from refine_jax.models.config import delta_dims
 
 
 def is_hf_dir(path: str) -> bool:
@@ -32,7 +36,6 @@ def is_hf_dir(path: str) -> bool:
 
 def hf_model_config(hf_cfg: dict[str, Any], base_model_cfg=None):
   """Our model ConfigDict for an FLA config.json dict (validated by the model's rules)."""
-  from refine_jax.models import config as model_config
   cfg = base_model_cfg if base_model_cfg is not None else model_config.default_model_config()
   cfg = cfg.copy_and_resolve_references()
   fields = hf_config.hf_to_model_fields(hf_cfg, dict(cfg.items()))
@@ -57,7 +60,6 @@ def load_hf(hf_dir: str, *, config=None):
   tensors = safetensors_io.read_tensors(hf_dir)
   is_lact = hf_cfg["model_type"] == hf_config.LACT_MODEL_TYPE
   if is_lact:
-    from refine_jax.interop import lact
     tensors = lact.from_lact_keys(tensors)
     known = lact.DEFAULTS
   else:
@@ -98,7 +100,6 @@ def save_hf(model, config, out_dir: str, *, hf_base: dict | None = None, dtype=N
   try:  # bos/eos/pad: the imported config.json's, else the tokenizer the data section names
     if hf_base is not None:
       raise LookupError
-    from refine_jax.data.tokenizers import get_tokenizer
     tok = get_tokenizer(config.data)
     token_ids = {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id,
                  "pad_token_id": tok.pad_id}
@@ -107,7 +108,6 @@ def save_hf(model, config, out_dir: str, *, hf_base: dict | None = None, dtype=N
   hf_cfg = hf_config.model_to_hf_config(fields, base=hf_base, token_ids=token_ids)
   np_dtype = None
   if dtype is not None:
-    import ml_dtypes  # numpy has no bfloat16; ml_dtypes ships with jax
     np_dtype = {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16,
                 "float32": np.float32}.get(str(dtype))
     if np_dtype is None:
@@ -117,7 +117,6 @@ def save_hf(model, config, out_dir: str, *, hf_base: dict | None = None, dtype=N
     hf_cfg["torch_dtype"] = "float32"
   tensors = hf_weights.params_to_hf(modelio.flat_params(model), dtype=np_dtype)
   if model_cfg.arch == "lact":
-    from refine_jax.interop import lact
     tensors = lact.to_lact_keys(tensors)
   if hf_cfg.get("tie_word_embeddings") and "lm_head.weight" in tensors:
     if not np.array_equal(tensors["lm_head.weight"], tensors["model.embeddings.weight"]):
@@ -138,7 +137,6 @@ def save_hf(model, config, out_dir: str, *, hf_base: dict | None = None, dtype=N
 
 def _resolved_sizes(model_cfg) -> dict[str, Any]:
   """FLA needs explicit sizes where our config leaves a placeholder (None = arch default)."""
-  from refine_jax.models.config import delta_dims
   arch = model_cfg.arch
   out: dict[str, Any] = {}
   if arch == "gated_deltanet":

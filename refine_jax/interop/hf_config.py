@@ -16,6 +16,7 @@ import os
 from typing import Any
 
 from refine_jax.interop.safetensors_io import CheckpointFormatError
+from refine_jax.interop import lact
 
 # model_type -> (our model.arch, FLA architectures[0])
 ARCHS = {
@@ -110,7 +111,6 @@ def resolved_fla_fields(hf_cfg: dict[str, Any]) -> dict[str, Any]:
   """Every FLA (or LaCT) field of this model_type: config.json value, else the default."""
   mt = model_type_of(hf_cfg)
   if mt == LACT_MODEL_TYPE:
-    from refine_jax.interop import lact
     return lact.resolved(hf_cfg)
   return {k: hf_cfg.get(k, d) for k, d in FLA_DEFAULTS[mt].items()}
 
@@ -123,7 +123,6 @@ def hf_to_model_fields(hf_cfg: dict[str, Any], model_fields: dict[str, Any]) -> 
   """
   mt = model_type_of(hf_cfg)
   if mt == LACT_MODEL_TYPE:
-    from refine_jax.interop import lact
     return lact.model_fields(hf_cfg, model_fields)
   fla = resolved_fla_fields(hf_cfg)
   out: dict[str, Any] = {"arch": ARCHS[mt][0]}
@@ -157,7 +156,6 @@ def model_to_hf_config(model_fields: dict[str, Any], *, base: dict[str, Any] | N
   """
   arch = model_fields.get("arch")
   if arch == "lact":
-    from refine_jax.interop import lact
     cfg = lact.to_hf_config(model_fields, base)
     for k, v in (token_ids or {}).items():
       if k in TOKEN_ID_FIELDS and v is not None:

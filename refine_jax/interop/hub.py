@@ -14,6 +14,9 @@ from __future__ import annotations
 import os
 import re
 
+import huggingface_hub as hfh
+from huggingface_hub import constants, errors  # errors: huggingface_hub >= 0.24 (requirements.txt)
+
 SCHEME = "hf://"
 ALLOW_PATTERNS = ("config.json", "*.safetensors", "model.safetensors.index.json",
                   "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -64,16 +67,6 @@ def snapshot(repo_id: str, revision: str | None = None) -> str:
 
   Raises FileNotFoundError with the fix when it is neither cached nor downloadable.
   """
-  try:
-    import huggingface_hub as hfh
-    from huggingface_hub import constants
-  except ImportError as e:
-    raise ValueError(f"hub id {repo_id}: huggingface_hub is not installed; "
-                     "`pip install huggingface_hub`, or give a local directory.") from e
-  try:
-    from huggingface_hub import errors  # huggingface_hub >= 0.24
-  except ImportError:
-    from huggingface_hub import utils as errors
   name = repo_id + (f"@{revision}" if revision else "")
   # Read the flag at call time: huggingface_hub reads HF_HUB_OFFLINE once, at import.
   offline = _truthy(os.environ.get("HF_HUB_OFFLINE")) or bool(constants.HF_HUB_OFFLINE)

@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 
 from refine_jax.models import lm
+from refine_jax.models import build_model
 
 
 def _get(var):  # flax >= 0.12 prefers get_value(); older ones only have .value
@@ -30,7 +31,6 @@ def _set(var, value):
 
 
 def _builder(model_cfg):
-  from refine_jax.models import build_model
   return lambda: build_model(model_cfg, rngs=nnx.Rngs(0))
 
 

@@ -67,6 +67,7 @@ def _slurm_coordinator():
   """JAX's own reading of the SLURM coordinator (first node of the step, port from the job id);
   only used to name it in error messages."""
   try:
+    # jax-private module (may move between versions): imported inside the try that covers it.
     from jax._src.clusters.slurm_cluster import SlurmCluster  # pylint: disable=g-import-not-at-top
     return SlurmCluster.get_coordinator_address(None, os.environ.get("JAX_COORDINATOR_PORT"))
   except Exception:  # pylint: disable=broad-except
@@ -135,6 +136,7 @@ def _check_counts_agree(spec, who, timeout_s):
   n, formed, me = spec["num_processes"], jax.process_count(), jax.process_index()
   counts = {me: n}
   try:
+    # jax-private module (may move between versions): imported inside the try that covers it.
     from jax._src import distributed  # pylint: disable=g-import-not-at-top
     client = distributed.global_state.client
     client.key_value_set(f"refine_jax/process_count/{me}", str(n))

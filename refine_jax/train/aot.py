@@ -18,8 +18,10 @@ import time
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import topologies
 
 from refine_jax import parallel
+from refine_jax.models import build_model
 from refine_jax.train import flops as flops_lib
 from refine_jax.train import loop, optim, stages, state as state_lib
 
@@ -68,7 +70,6 @@ def topology_devices(name: str):
   """Compile-only TPU devices of a named slice (e.g. "v5p-8"); needs libtpu."""
   if name not in TOPOLOGIES:
     raise ValueError(f"--topology={name!r} is unknown; use one of {sorted(TOPOLOGIES)}")
-  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   try:
     devices = topologies.get_topology_desc(TOPOLOGIES[name], "tpu").devices
@@ -98,7 +99,6 @@ def _abstract_batch(spec, mesh):
 
 def _build(config, mesh):
   """(jitted step, abstract args, step fn, StepSpec) exactly as run_training builds them."""
-  from refine_jax.models import build_model  # pylint: disable=g-import-not-at-top
   spec = stages.step_spec(config)
   ms = state_lib.abstract_model_state(
       lambda: build_model(config.model, rngs=nnx.Rngs(int(config.seed))), mesh)

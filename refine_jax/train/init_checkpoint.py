@@ -21,7 +21,17 @@ import json
 import os
 from typing import Iterable
 
+import jax
 from absl import logging
+from flax import nnx
+
+from refine_jax import checkpoint as ckpt_lib
+from refine_jax import paths
+from refine_jax.checkpoint import trees
+from refine_jax.checkpoint.params import find_run_config
+from refine_jax.data import tokenizers
+from refine_jax.interop import bundle, hf_checkpoint, hf_config, hub
+from refine_jax.models import default_model_config
 
 # model.* fields that do not change what the weights compute (kernels, layout, precision).
 RUNTIME_FIELDS = ("dtype", "backend", "chunk_size", "scan_layers", "remat", "initializer_range",
@@ -36,7 +46,6 @@ def resolve(config, explicit: Iterable[str] = ()):
   explicit: dotted names the user set (main.py: the --config.* overrides); every other field
   is a config-file default that the checkpoint replaces.
   """
-  from refine_jax.interop import hub  # pylint: disable=g-import-not-at-top
   source = config.get("init_checkpoint", "")
   if not source:
     return config
@@ -44,8 +53,7 @@ def resolve(config, explicit: Iterable[str] = ()):
     path = hub.local_dir(source)  # hf:// only: configs have one syntax for hub ids
   except (ValueError, FileNotFoundError) as e:
     raise type(e)(f"init_checkpoint={source}: {e}") from e
-  from refine_jax.train import validate  # pylint: disable=g-import-not-at-top
-  validate._check_init_checkpoint(path)  # pylint: disable=protected-access  (missing / a file)
+  check_path(path)  # missing / a file
   model_fields, data_fields = checkpoint_fields(path)
   explicit = set(explicit)
   conflicts = [(name, _get(config, name), value) for name, value in model_fields.items()
@@ -76,14 +84,27 @@ def resolve(config, explicit: Iterable[str] = ()):
   return config
 
 
+def check_path(path):
+  """ValueError unless init_checkpoint `path` is '', a hub id (hf://owner/name[@revision];
+  fetched by resolve) or an existing directory."""
+  if not path or hub.parse(path) is not None:  # parse: ValueError for a malformed hf:// id
+    return
+  paths.check(path, "init_checkpoint")
+  if not paths.exists(path):  # local or gs://
+    hint = (f" (a Hugging Face model is written hf://{path})"
+            if hub.parse(path, bare=True) is not None else "")
+    raise ValueError(f"init_checkpoint={path!r} does not exist{hint}; give a run directory, an "
+                     "Orbax checkpoint, a bundle, an HF/FLA directory or a hub id "
+                     "hf://owner/name[@revision], or '' for a fresh init.")
+  if not paths.isdir(path):
+    raise ValueError(f"init_checkpoint={path!r} is a file, not a checkpoint directory; give "
+                     "the run directory, its checkpoints/<step> directory, a bundle or an "
+                     "HF/FLA directory (config.json + *.safetensors).")
+
+
 def checkpoint_fields(path: str) -> tuple[dict, dict]:
   """({"model.<field>": value}, {"data.<field>": value}) that the checkpoint at `path` fixes;
   both empty when it carries no config (a bare Orbax params dir, a missing path)."""
-  from refine_jax.checkpoint.params import find_run_config  # pylint: disable=g-import-not-at-top
-  # pylint: disable-next=g-import-not-at-top
-  from refine_jax.interop import bundle, hf_checkpoint, hf_config
-  from refine_jax.models import default_model_config  # pylint: disable=g-import-not-at-top
-  from refine_jax import paths  # pylint: disable=g-import-not-at-top
   paths.check(path, "init_checkpoint")
   if not paths.isdir(path):  # a local dir or a gs:// run dir
     return {}, {}
@@ -114,11 +135,6 @@ def checkpoint_fields(path: str) -> tuple[dict, dict]:
 def load_params(path: str, abstract):
   """(params, source) for `abstract` (an nnx.State of ShapeDtypeStructs with shardings) from
   an HF/FLA dir, or anything checkpoint.load_params takes (run dir, step, bundle, params)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  from refine_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  from refine_jax.checkpoint import trees  # pylint: disable=g-import-not-at-top
-  from refine_jax.interop import bundle, hf_checkpoint  # pylint: disable=g-import-not-at-top
   if hf_checkpoint.is_hf_dir(path) and not bundle.is_bundle(path):
     model, _, _ = hf_checkpoint.load_hf(path)
     params = trees.params_from_pure(abstract, trees.params_to_pure(nnx.state(model, nnx.Param)))
@@ -129,7 +145,6 @@ def load_params(path: str, abstract):
 def _check_tokenizer_fits(config, source: str) -> None:
   """An HF dir without tokenizer files leaves the config file's tokenizer: say so if it cannot
   be this model's (validation would otherwise suggest changing model.vocab_size)."""
-  from refine_jax.data import tokenizers  # pylint: disable=g-import-not-at-top
   n = tokenizers.get_tokenizer(config.data).vocab_size
   if n > config.model.vocab_size:
     raise ValueError(
@@ -140,7 +155,6 @@ def _check_tokenizer_fits(config, source: str) -> None:
 
 
 def _is_main_process() -> bool:
-  import jax  # pylint: disable=g-import-not-at-top
   return jax.process_index() == 0
 
 
@@ -165,7 +179,6 @@ def _get(config, name: str):
 
 
 def _set(config, name: str, value) -> None:
-  from refine_jax.interop import bundle  # pylint: disable=g-import-not-at-top
   *parents, leaf = name.split(".")
   raw = {leaf: value}
   for p in reversed(parents):

@@ -21,11 +21,16 @@ import numpy as np
 import optax
 from absl import logging
 from flax import nnx
+from tqdm.auto import tqdm
 
 from refine_jax import checkpoint as ckpt_lib
+from refine_jax import data
 from refine_jax.errors import UserError
 from refine_jax import paths
 from refine_jax import parallel
+from refine_jax.data import pipeline
+from refine_jax.eval import report
+from refine_jax.models import build_model
 from refine_jax.train import init_checkpoint, losses, metrics as metrics_lib, optim
 from refine_jax.train import state as state_lib
 
@@ -182,7 +187,6 @@ def make_eval_step(graphdef, eval_fn):
 
 
 def default_model_fn(config):
-  from refine_jax.models import build_model  # pylint: disable=g-import-not-at-top
   return lambda: build_model(config.model, rngs=nnx.Rngs(int(config.seed)))
 
 
@@ -199,8 +203,6 @@ def host_split(config) -> str:
 
 
 def default_train_iter(config):
-  from refine_jax import data  # pylint: disable=g-import-not-at-top
-  from refine_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   make = getattr(data, "make_train_iterator", None) or pipeline.make_train_iterator
   if host_split(config) == "global":
     return make(config)
@@ -210,8 +212,6 @@ def default_train_iter(config):
 def default_eval_batches(config, num_batches):
   """The held-out batches, whole (global) on every process: eval is small, and a score that
   does not depend on the process count is worth the duplicate reads."""
-  from refine_jax import data  # pylint: disable=g-import-not-at-top
-  from refine_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   make = getattr(data, "make_eval_batches", None) or pipeline.make_eval_batches
   return make(config, num_batches)
 
@@ -405,7 +405,6 @@ def run_training(config, workdir, loss_fn, *, eval_fn=losses.ntp_eval,
                time.time() - t_start, last_saved)
   if jax.process_index() == 0 and start < steps:  # <workdir>/eval/training_curves.png
     try:
-      from refine_jax.eval import report  # pylint: disable=g-import-not-at-top
       report.write_training_curves(workdir)
     except Exception as e:  # pylint: disable=broad-except  (a plot never fails a run)
       logging.warning("training curves not plotted: %s", e)
@@ -473,9 +472,5 @@ def _snapshot(it, per_process):
 
 def _progress_bar(tc, start, steps):
   if not tc.get("progress_bar", True) or jax.process_index() != 0 or start >= steps:
-    return None
-  try:
-    from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-  except ImportError:
     return None
   return tqdm(total=steps, initial=start, desc="train", dynamic_ncols=True)

@@ -20,6 +20,11 @@ from absl import logging
 
 from refine_jax import paths
 
+try:
+  from tensorboardX import SummaryWriter, record_writer
+except ImportError:  # events are optional: summary_writer() then returns None
+  SummaryWriter = record_writer = None
+
 
 def _clean(v):
   if isinstance(v, (np.ndarray, np.generic, jax.Array)):
@@ -62,9 +67,7 @@ def summary_writer(logdir):
   """A tensorboardX SummaryWriter for `logdir`, or None without tensorboardX. For gs:// the
   event files go through refine_jax.paths (one compose per flush) rather than tensorboardX's own
   GCS writer, which re-uploads the whole file at every flush through a second client."""
-  try:
-    from tensorboardX import SummaryWriter, record_writer  # pylint: disable=g-import-not-at-top
-  except ImportError:
+  if SummaryWriter is None:
     logging.warning("tensorboardX not installed; TensorBoard events are skipped")
     return None
   if paths.is_remote(logdir):

@@ -23,6 +23,8 @@ from absl import logging
 from flax import nnx
 
 from refine_jax import paths
+from refine_jax.data import tokenizers
+from refine_jax.eval import runner
 from refine_jax.refine import step as refine_step
 from refine_jax.train import loop, losses, metrics as metrics_lib, warmup
 from refine_jax.train.spec import StepSpec, lm_batch
@@ -139,7 +141,6 @@ class RolloutLogger:
                   for k, v in batch.items()}
     self.tokenizer = None
     try:
-      from refine_jax.data import tokenizers  # pylint: disable=g-import-not-at-top
       self.tokenizer = tokenizers.get_tokenizer(config.data)
     except Exception as e:  # pylint: disable=broad-except
       logging.warning("no tokenizer for rollout text (%s); logging token ids", e)
@@ -211,7 +212,6 @@ def next_sequence_match(model, batches, rcfg, seed=0):
 
 def _eval_suite(config, model, workdir):
   """The eval suite (refine_jax.eval) on the final model, written to <workdir>/eval."""
-  from refine_jax.eval import runner  # pylint: disable=g-import-not-at-top
   return runner.eval_stage(config, workdir, model)
 
 

@@ -32,6 +32,8 @@ import optax
 from flax import nnx
 
 from refine_jax import paths
+from refine_jax.data.tokenizers import get_tokenizer
+from refine_jax.refine import step as refine_step
 from refine_jax.train import loop, losses, midtrain, optim, qa_data, qa_eval, warmup
 from refine_jax.train.spec import StepSpec, lm_batch
 
@@ -51,7 +53,6 @@ def validate(config):
       raise ValueError(f"posttrain.min_prompt_tokens={p.min_prompt_tokens} > data.seq_len - "
                        f"posttrain.answer_cap - 2 = {top}; lower it or raise data.seq_len.")
   if p.mode == "nested_refine":
-    from refine_jax.refine import step as refine_step  # pylint: disable=g-import-not-at-top
     refine_step.validate(config.refine, int(config.data.seq_len))
 
 
@@ -69,7 +70,6 @@ def inner_loss_fn(config, pad_id):
   if mode == "nested_sft":
     return lambda model, batch, rng: losses.ntp_loss(model, qa_data.prompt_only(batch, pad_id),
                                                      rng)
-  from refine_jax.refine import step as refine_step  # pylint: disable=g-import-not-at-top
   rcfg = config.refine
   return lambda model, batch, rng: refine_step.refine_loss(
       model, qa_data.prompt_only(batch, pad_id), rng, rcfg)
@@ -166,7 +166,6 @@ def make_step_builder(config, pad_id):
 def step_spec(config, pad_id=None):
   """Inner (prompt) + outer (answer) updates in one step; batches carry prompt masks."""
   if pad_id is None:
-    from refine_jax.data.tokenizers import get_tokenizer  # pylint: disable=g-import-not-at-top
     pad_id = get_tokenizer(config.data).pad_id
   batch = lm_batch(config.train.batch_size, config.data.seq_len, "prompt_mask")
   batch["prompt_len"] = ((int(config.train.batch_size),), np.int32)
@@ -257,7 +256,6 @@ def no_adaptation(config, out_dir, cells, tok, nll_batches, start_from, title):
 
 
 def run(config, workdir):
-  from refine_jax.data.tokenizers import get_tokenizer  # pylint: disable=g-import-not-at-top
   validate(config)
   workdir = paths.norm(workdir)
   paths.makedirs(workdir)

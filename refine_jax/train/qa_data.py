@@ -16,7 +16,9 @@ import json
 import os
 from typing import Callable, Sequence
 
+import jax.numpy as jnp
 import numpy as np
+import pyarrow.parquet as pq
 
 from refine_jax.data import tasks as tasks_lib
 
@@ -33,7 +35,6 @@ def _rows(path: str) -> list[dict]:
   if not os.path.exists(path):
     raise FileNotFoundError(f"QA file {path!r} not found (jsonl or parquet with {QA_FIELDS}).")
   if path.endswith(".parquet"):
-    import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
     return pq.read_table(path).to_pylist()
   rows = []
   with open(path, encoding="utf-8") as f:
@@ -137,7 +138,6 @@ def prompt_only(batch: dict, pad_id: int) -> dict:
   """The inner-update view of a batch (works under jit): answer tokens replaced by pad_id in
   inputs and targets, loss_mask = prompt_mask, lengths = prompt_len. Nothing of the answer
   reaches the inner loss."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   inputs, targets = jnp.asarray(batch["inputs"]), jnp.asarray(batch["targets"])
   pm = jnp.asarray(batch["prompt_mask"], jnp.float32)
   keep_BT = jnp.arange(inputs.shape[1])[None] < jnp.asarray(batch["prompt_len"])[:, None]

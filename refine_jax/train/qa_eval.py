@@ -11,13 +11,16 @@ from __future__ import annotations
 import json
 from typing import Callable, Sequence
 
+import jax
 import numpy as np
 from absl import logging
 from flax import nnx
 
 from refine_jax import paths
 from refine_jax.data import tasks as tasks_lib
-from refine_jax.eval import report, runner, scoring
+from refine_jax.eval import decode, report, runner, scoring
+from refine_jax.models import build_model
+from refine_jax.train import init_checkpoint
 
 Predict = Callable[[Sequence[tasks_lib.TaskSample], int], Sequence[str]]
 
@@ -64,7 +67,6 @@ def score_cells(cells: dict, predict: Predict, tokenizer, config, out_dir: str |
 
 
 def greedy_predictor(model, tokenizer, config) -> Predict:
-  from refine_jax.eval import decode  # pylint: disable=g-import-not-at-top
 
   def predict(samples, max_new):
     return decode.decode_text(model, tokenizer, [s.prompt for s in samples],
@@ -76,9 +78,6 @@ def greedy_predictor(model, tokenizer, config) -> Predict:
 def load_model(config, path: str = ""):
   """build_model(config.model) with params from `path` (a run dir / Orbax checkpoint / bundle /
   HF-FLA dir) if set."""
-  from refine_jax.models import build_model  # pylint: disable=g-import-not-at-top
-  from refine_jax.train import init_checkpoint  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
   model = build_model(config.model, rngs=nnx.Rngs(int(config.seed)))
   if path:
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)

@@ -33,6 +33,10 @@ import optax
 from flax import nnx
 
 from refine_jax import paths
+from refine_jax.data.tokenizers import get_tokenizer
+from refine_jax.eval import decode
+from refine_jax.refine import default_refine_config
+from refine_jax.refine import step as refine_step
 from refine_jax.train import loop, losses, midtrain, optim, posttrain, qa_data, qa_eval, warmup
 from refine_jax.train.spec import StepSpec, lm_batch
 
@@ -64,7 +68,6 @@ def resolve_config(config):
   0.4) on top of the refine defaults."""
   if config.get("stage") == "ttt" and "ttt" in config and "reward" in config.get("refine", {}):
     return config
-  from refine_jax.refine import default_refine_config  # pylint: disable=g-import-not-at-top
   c = ml_collections.ConfigDict(config.to_dict())
   ttt_cfg = default_ttt_config()
   ttt_cfg.update(c.get("ttt", {}))
@@ -86,7 +89,6 @@ def validate(config):
   if not float(t.lr) > 0:
     raise ValueError(f"ttt.lr={t.lr} must be > 0.")
   if t.mode == "refine":
-    from refine_jax.refine import step as refine_step  # pylint: disable=g-import-not-at-top
     refine_step.validate(config.refine, int(config.data.seq_len))
 
 
@@ -112,7 +114,6 @@ def prompt_batch(prompt_ids: Sequence[Sequence[int]], bucket: int, pad_id: int):
 def _loss_fn(config):
   if config.ttt.mode == "sft":
     return losses.ntp_loss
-  from refine_jax.refine import step as refine_step  # pylint: disable=g-import-not-at-top
   return refine_step.make_loss_fn(config.refine)
 
 
@@ -189,11 +190,9 @@ def adapt(model, config, prompt_ids, steps: int | None = None, *, return_metrics
   bucket = -(-bucket // chunk) * chunk
   pad = int(config.ttt.get("pad_id", -1))
   if pad < 0:
-    from refine_jax.data.tokenizers import get_tokenizer  # pylint: disable=g-import-not-at-top
     pad = get_tokenizer(config.data).pad_id
   batch = prompt_batch(prompt_ids, bucket, pad)
   if config.ttt.mode == "refine":
-    from refine_jax.refine import step as refine_step  # pylint: disable=g-import-not-at-top
     refine_step.validate(config.refine, batch["inputs"].shape[1])
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   params = jax.tree.map(jnp.copy, params)  # the caller's arrays are never donated or reused
@@ -218,7 +217,6 @@ class Session:
     self.last_adapted = None
 
   def answer(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
-    from refine_jax.eval import decode  # pylint: disable=g-import-not-at-top
     bos = [self.tok.bos_id] if bool(self.config.data.add_bos) else []
     ids = [bos + self.tok.encode(p) for p in prompts]
     adapted, rows = adapt(self.model, self.config, ids, return_metrics=True)
@@ -236,7 +234,6 @@ def answer_with_ttt(model, config, prompts: Sequence[str], *, tokenizer=None,
                     max_new_tokens: int = 32) -> list[str]:
   """Greedy answers to `prompts`, each batch of ttt.batch_size answered by a TTT copy."""
   if tokenizer is None:
-    from refine_jax.data.tokenizers import get_tokenizer  # pylint: disable=g-import-not-at-top
     tokenizer = get_tokenizer(config.data)
   session, bs, out = Session(model, config, tokenizer), int(config.ttt.batch_size), []
   for i in range(0, len(prompts), bs):
@@ -266,7 +263,6 @@ class _Progress:
 
 
 def run(config, workdir):
-  from refine_jax.data.tokenizers import get_tokenizer  # pylint: disable=g-import-not-at-top
   validate(config)
   workdir = paths.norm(workdir)
   eval_dir = paths.join(workdir, "eval")

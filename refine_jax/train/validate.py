@@ -2,15 +2,19 @@
 
 import math
 
+import jax
+
+from refine_jax import paths
+from refine_jax.data import tokenizers
+from refine_jax.models import config as model_config
 from refine_jax.parallel import mesh as mesh_lib
-from refine_jax.train import loop, optim, stages
+from refine_jax.train import init_checkpoint, loop, optim, stages
 
 
 def check_workdir(workdir):
   """A local path or a gs:// URL (refine_jax.paths), checked by writing and deleting a probe
   file: ValueError for another scheme or no gcsfs, FileNotFoundError for a missing bucket,
   PermissionError for missing credentials, each naming the URL and the fix."""
-  from refine_jax import paths  # pylint: disable=g-import-not-at-top
   paths.check_writable(workdir, "--workdir")
 
 
@@ -21,7 +25,6 @@ def _positive_int(value, name):
 
 def validate_config(config, *, num_devices=None, process_count=None):
   """Raises ValueError on the first problem. Device counts default to the live JAX ones."""
-  import jax  # pylint: disable=g-import-not-at-top
   num_devices = jax.device_count() if num_devices is None else num_devices
   process_count = jax.process_count() if process_count is None else process_count
 
@@ -31,7 +34,6 @@ def validate_config(config, *, num_devices=None, process_count=None):
     raise ValueError(f"seed={config.seed!r} must be an integer.")
 
   # Model: the models package owns the per-field checks.
-  from refine_jax.models import config as model_config  # pylint: disable=g-import-not-at-top
   model_config.validate(config.model)
 
   tc = config.train
@@ -110,33 +112,13 @@ def validate_config(config, *, num_devices=None, process_count=None):
   if ck.every_steps < 0 or ck.keep < 1:
     raise ValueError(f"checkpoint.every_steps={ck.every_steps} must be >= 0 (0 = only at the "
                      f"end) and checkpoint.keep={ck.keep} >= 1.")
-  _check_init_checkpoint(config.init_checkpoint)
+  init_checkpoint.check_path(config.init_checkpoint)
 
   _check_vocab(config)
 
 
-def _check_init_checkpoint(path):
-  """A hub id (hf://owner/name[@revision]; fetched by train.init_checkpoint.resolve) or a path."""
-  from refine_jax import paths  # pylint: disable=g-import-not-at-top
-  from refine_jax.interop import hub  # pylint: disable=g-import-not-at-top
-  if not path or hub.parse(path) is not None:  # parse: ValueError for a malformed hf:// id
-    return
-  paths.check(path, "init_checkpoint")
-  if not paths.exists(path):  # local or gs://
-    hint = (f" (a Hugging Face model is written hf://{path})"
-            if hub.parse(path, bare=True) is not None else "")
-    raise ValueError(f"init_checkpoint={path!r} does not exist{hint}; give a run directory, an "
-                     "Orbax checkpoint, a bundle, an HF/FLA directory or a hub id "
-                     "hf://owner/name[@revision], or '' for a fresh init.")
-  if not paths.isdir(path):
-    raise ValueError(f"init_checkpoint={path!r} is a file, not a checkpoint directory; give "
-                     "the run directory, its checkpoints/<step> directory, a bundle or an "
-                     "HF/FLA directory (config.json + *.safetensors).")
-
-
 def _check_vocab(config):
   try:
-    from refine_jax.data import tokenizers  # pylint: disable=g-import-not-at-top
     tok = tokenizers.get_tokenizer(config.data)
   except (ImportError, AttributeError):
     return
