@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Any
 
 import numpy as np
 import orbax.checkpoint as ocp

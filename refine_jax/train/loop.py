@@ -45,44 +45,49 @@ class TrainResult:
 
 
 def make_train_step(graphdef, loss_fn, tx, microbatches=1):
-  """Default step: grads of loss_fn (averaged over `microbatches`, see `accumulate`), optimiser
-  update. Custom steps keep this signature:
+  """Default step: one `updates` of loss_fn (grads averaged over `microbatches`, see
+  `accumulate`). Custom steps keep this signature:
   step(params, opt_state, rest, batch, rng) -> (params, opt_state, metrics incl. "loss")."""
 
   def step(params, opt_state, rest, batch, rng):
-    def objective(p, b, r):
-      return loss_fn(nnx.merge(graphdef, p, rest), b, r)
-
-    (loss, aux), grads = accumulate(jax.value_and_grad(objective, has_aux=True), params, batch,
-                                    microbatches, rng)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    out = dict(aux)
-    out.update(loss=loss, grad_norm=global_norm(grads))
-    return params, opt_state, out
+    return updates(model_grad(graphdef, loss_fn, rest), tx, params, opt_state, batch, rng=rng,
+                   microbatches=microbatches)
 
   return step
 
 
-def minibatch_updates(grad_fn, tx, params, opt_state, data, *, epochs, minibatches,
-                      microbatches, rng):
-  """epochs x minibatches optimiser updates in ONE lax.scan (one copy of the update in the
-  program): update i takes minibatch i % minibatches of `data` (split_microbatches: strided,
-  so each spans every device) and accumulates its grads over `microbatches`.
+def model_grad(graphdef, loss_fn, rest):
+  """value_and_grad w.r.t. the params of loss_fn(model, batch, rng) -> (loss, aux)."""
+  return jax.value_and_grad(lambda p, b, r: loss_fn(nnx.merge(graphdef, p, rest), b, r),
+                            has_aux=True)
+
+
+def updates(grad_fn, tx, params, opt_state, data, *, rng, epochs=1, minibatches=1,
+            microbatches=1):
+  """The one optimiser update every stage makes (plain NTP, PPO epochs x minibatches, nested
+  post-training's inner and outer updates, TTT): epochs x minibatches updates of `tx`; update i
+  takes minibatch i % minibatches of `data` (split_microbatches: strided, so each spans every
+  device) and accumulates its grads over `microbatches`. Several updates run in ONE lax.scan
+  (one copy of the update in the program); a single update is the plain call.
   grad_fn(params, sub, rng) -> ((loss, aux), grads), called with the same rng every update.
   Returns (params, opt_state, metrics averaged over updates with "loss" the last update's)."""
+
+  def update(params, opt_state, sub):
+    (loss, aux), grads = accumulate(grad_fn, params, sub, microbatches, rng)
+    delta, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, delta), opt_state,
+            dict(aux, loss=loss, grad_norm=global_norm(grads)))
+
+  if int(epochs) * int(minibatches) == 1:
+    return update(params, opt_state, data)
   subs = split_microbatches(data, minibatches)
 
-  def update(carry, i):
-    params, opt_state = carry
-    sub = jax.tree.map(lambda x: x[i % minibatches], subs)
-    (loss, aux), grads = accumulate(grad_fn, params, sub, microbatches, rng)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    return (params, opt_state), dict(aux, loss=loss, grad_norm=global_norm(grads))
+  def body(carry, i):
+    params, opt_state, row = update(*carry, jax.tree.map(lambda x: x[i % minibatches], subs))
+    return (params, opt_state), row
 
-  (params, opt_state), rows = jax.lax.scan(update, (params, opt_state),
-                                           jnp.arange(epochs * minibatches))
+  (params, opt_state), rows = jax.lax.scan(body, (params, opt_state),
+                                           jnp.arange(int(epochs) * int(minibatches)))
   out = {k: jnp.mean(v) for k, v in rows.items()}
   out["loss"] = rows["loss"][-1]
   return params, opt_state, out
@@ -93,11 +98,9 @@ def ntp_step_builder(epochs, minibatches, microbatches=1):
   stage's train.ntp_epochs / ntp_minibatches: an SFT baseline with ReFINE's update count)."""
   def builder(graphdef, loss_fn, tx):
     def step(params, opt_state, rest, batch, rng):
-      grad_fn = jax.value_and_grad(lambda p, b, r: loss_fn(nnx.merge(graphdef, p, rest), b, r),
-                                   has_aux=True)
-      return minibatch_updates(grad_fn, tx, params, opt_state, batch, epochs=int(epochs),
-                               minibatches=int(minibatches), microbatches=int(microbatches),
-                               rng=rng)
+      return updates(model_grad(graphdef, loss_fn, rest), tx, params, opt_state, batch,
+                     rng=rng, epochs=int(epochs), minibatches=int(minibatches),
+                     microbatches=int(microbatches))
     return step
 
   builder.microbatches = int(microbatches)  # run_training checks it

@@ -97,8 +97,8 @@ def make_ppo_step_builder(rcfg, microbatches=1):
       col = collect(params, rest, batch, rng)
       grad_fn = jax.value_and_grad(lambda p, sub, r: objective(p, rest, sub, r), has_aux=True)
       # PPO updates over strided (sequence, rollouts) minibatches: every one spans every device.
-      return loop.minibatch_updates(grad_fn, tx, params, opt_state, (batch, col), epochs=epochs,
-                                    minibatches=mbs, microbatches=M, rng=rng)
+      return loop.updates(grad_fn, tx, params, opt_state, (batch, col), rng=rng, epochs=epochs,
+                          minibatches=mbs, microbatches=M)
 
     return step
 

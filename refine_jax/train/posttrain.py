@@ -123,10 +123,6 @@ def make_step_builder(config, pad_id):
     if n_inner > 1:  # collect on the prompts once, then epochs x minibatches PPO updates
       ppo = midtrain.make_ppo_step_builder(config.refine, M)(graphdef, None, tx.inner)
 
-    def grad_of(fn, rest):  # value_and_grad of fn(model, batch, rng) w.r.t. the params
-      return jax.value_and_grad(lambda p, b, r: fn(nnx.merge(graphdef, p, rest), b, r),
-                                has_aux=True)
-
     def step(params, opt_state, rest, batch, rng):
       r_in, r_out = jax.random.split(rng)
       out = {}
@@ -136,21 +132,19 @@ def make_step_builder(config, pad_id):
         if ppo is not None:
           params, inner_state, aux = ppo(params, inner_state, rest,
                                          qa_data.prompt_only(batch, pad_id), r_in)
-          li, g_norm = aux.pop("loss"), aux.pop("grad_norm")
         else:
-          (li, aux), g = loop.accumulate(grad_of(inner, rest), params, batch, M, r_in)
-          updates, inner_state = tx.inner.update(g, inner_state, params)
-          params = optax.apply_updates(params, updates)
-          g_norm = loop.global_norm(g)
+          params, inner_state, aux = loop.updates(loop.model_grad(graphdef, inner, rest),
+                                                  tx.inner, params, inner_state, batch,
+                                                  rng=r_in, microbatches=M)
         out.update({f"inner_{k}": v for k, v in aux.items()})
-        out.update(inner_loss=li, inner_grad_norm=g_norm)
 
       outer_tx = tx.outer if inner is not None else tx
-      (lo, aux), g = loop.accumulate(grad_of(outer_loss, rest), params, batch, M, r_out)
-      updates, outer_state = outer_tx.update(g, outer_state, params)
-      params = optax.apply_updates(params, updates)
-      out.update({f"answer_{k}": v for k, v in aux.items() if k != "ntp_loss"})
-      out.update(loss=lo, grad_norm=loop.global_norm(g))
+      params, outer_state, aux = loop.updates(loop.model_grad(graphdef, outer_loss, rest),
+                                              outer_tx, params, outer_state, batch, rng=r_out,
+                                              microbatches=M)
+      out.update({f"answer_{k}": v for k, v in aux.items()
+                  if k not in ("ntp_loss", "loss", "grad_norm")})
+      out.update(loss=aux["loss"], grad_norm=aux["grad_norm"])
       if inner is not None:
         opt_state = {"inner": inner_state, "outer": outer_state}
       else:

@@ -29,7 +29,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from flax import nnx
 
 from refine_jax import paths
@@ -142,11 +141,8 @@ def make_step(graphdef, config, tx):
   loss_fn = _loss_fn(config)
 
   def step(params, opt_state, rest, batch, rng):
-    def objective(p):
-      return loss_fn(nnx.merge(graphdef, p, rest), batch, rng)
-    (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, dict(aux, loss=loss)
+    return loop.updates(loop.model_grad(graphdef, loss_fn, rest), tx, params, opt_state, batch,
+                        rng=rng)
 
   return step
 
