@@ -23,7 +23,6 @@ The train iterator is a grain DatasetIterator: `it.get_state()` is a small JSON-
 from __future__ import annotations
 
 import copy
-import json
 
 import grain
 import numpy as np
@@ -337,12 +336,3 @@ def make_eval_batches(config, num_batches: int, *, shard_index: int = 0, shard_c
   ds = docs.repeat().map(_doc_encoder(tokenizer, data)).to_iter_dataset(_read_options(data))
   it = iter(_pack_and_batch(ds, data.seq_len, size))
   return [next(it) for _ in range(num_batches)]
-
-
-def state_to_bytes(state) -> bytes:
-  """Iterator state as JSON bytes (for checkpoint formats that want bytes)."""
-  return json.dumps(state, sort_keys=True).encode("utf-8")
-
-
-def state_from_bytes(blob: bytes):
-  return json.loads(blob.decode("utf-8"))

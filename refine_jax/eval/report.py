@@ -200,24 +200,6 @@ def _mean_std(values) -> tuple[float, float]:
   return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
-def experiment_table(agg_by_arm: Mapping[str, Mapping], *, column: str | int = "avg",
-                     title: str | None = None) -> str:
-  """Paper-style markdown table: arms as rows, tasks as columns, `mean ± std` of `column`
-  (default the average over context lengths)."""
-  tasks = list(dict.fromkeys(t for agg in agg_by_arm.values() for t in agg))
-  lines = [f"### {title}", ""] if title else []
-  lines.append("| arm | " + " | ".join(tasks) + " |")
-  lines.append("|---" * (len(tasks) + 1) + "|")
-  for arm, agg in agg_by_arm.items():
-    cells = []
-    for t in tasks:
-      cell = agg.get(t, {}).get(column)
-      d = _digits(t)
-      cells.append("-" if cell is None else f"{cell[0]:.{d}f} ± {cell[1]:.{d}f}")
-    lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-  return "\n".join(lines) + "\n"
-
-
 def _iv(c: Mapping, d: int, with_std: bool = False) -> str:
   if c["n"] < 2 or math.isnan(c["half"]):
     return f"{c['mean']:.{d}f}"
