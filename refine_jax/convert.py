@@ -22,10 +22,11 @@ import sys
 
 from refine_jax import cli
 from refine_jax.errors import UserError
+from refine_jax.interop import bundle, hf_checkpoint, hf_config, hub
+from refine_jax.pretrained import load_pretrained
 
 
 def from_hf(hf_dir: str, out_dir: str) -> str:
-  from refine_jax.interop import bundle, hf_checkpoint, hub
   spec = hub.parse(hf_dir, bare=True)
   hf_dir = hub.local_dir(hf_dir, bare=True)
   model, config, hf_cfg = hf_checkpoint.load_hf(hf_dir)
@@ -37,14 +38,11 @@ def from_hf(hf_dir: str, out_dir: str) -> str:
 
 def to_hf(src: str, out_dir: str, *, dtype: str | None = None,
           max_shard_bytes: int | None = None) -> list[str]:
-  from refine_jax.interop import bundle, hf_checkpoint, hub
-  from refine_jax.pretrained import load_pretrained
   src = hub.local_dir(src, bare=True)  # a hub id: its snapshot keeps FLA-only config fields
   model, config = load_pretrained(src)
   hf_base = bundle.read_hf_config_copy(src) if bundle.is_bundle(src) else None
   if hf_base is None and hf_checkpoint.is_hf_dir(src):
-    from refine_jax.interop.hf_config import read_hf_config
-    hf_base = read_hf_config(src)
+    hf_base = hf_config.read_hf_config(src)
   return hf_checkpoint.save_hf(model, config, out_dir, hf_base=hf_base, dtype=dtype,
                                max_shard_bytes=max_shard_bytes,
                                tokenizer_dir=_tokenizer_dir(config))
@@ -110,7 +108,6 @@ HF_DIRS = "an FLA/HF checkpoint dir (config.json + model.safetensors) or a hub i
 
 def _check_from_hf(args):
   """Mistakes that need no loading, each naming its flag."""
-  from refine_jax.interop import hub
   if args.dtype or args.max_shard_size:
     raise UserError("--dtype and --max-shard-size apply to --to-hf only; drop them.")
   if hub.parse(args.from_hf, bare=True) is None and not os.path.exists(args.from_hf):

@@ -14,11 +14,11 @@ import os
 import sys
 
 from refine_jax import cli
+from refine_jax.interop import bundle
+from refine_jax.pretrained import load_pretrained
 
 
 def export(src: str, out_dir: str, *, step: int | None = None) -> str:
-  from refine_jax.interop import bundle
-  from refine_jax.pretrained import load_pretrained
   path = src if step is None else _step_dir(src, step)
   model, config = load_pretrained(path)
   hf_cfg = bundle.read_hf_config_copy(src) if bundle.is_bundle(src) else None

@@ -20,7 +20,10 @@ import numpy as np
 from flax import nnx
 
 from refine_jax import cli
+from refine_jax.data.tokenizers import get_tokenizer
 from refine_jax.errors import UserError
+from refine_jax.pretrained import load_pretrained
+from refine_jax.train import ttt
 
 
 @nnx.jit(static_argnames=())
@@ -61,19 +64,6 @@ def generate(model, prompt_ids, *, max_new_tokens: int, temperature: float = 0.0
   return out
 
 
-def _ttt(model, config, prompt_ids, steps: int):
-  try:
-    from refine_jax.train import ttt
-  except ImportError as e:
-    raise UserError(f"--ttt-steps needs the test-time-training stage (refine_jax.train.ttt), "
-                     f"which is not available here ({e}); run without --ttt-steps.")
-  adapt = getattr(ttt, "adapt", None)
-  if adapt is None:
-    raise UserError("--ttt-steps: refine_jax.train.ttt has no adapt(model, config, "
-                     "prompt_ids, steps) -> model yet; run without --ttt-steps.")
-  return adapt(model, config, prompt_ids, steps)
-
-
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m refine_jax.generate", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -99,15 +89,13 @@ def _check_args(args):
 
 
 def _run(args) -> int:
-  from refine_jax.data.tokenizers import get_tokenizer
-  from refine_jax.pretrained import load_pretrained
   _check_args(args)  # before the model loads: a typo fails in a second
   model, config = load_pretrained(args.checkpoint)
   tok = get_tokenizer(config.data)
   add_bos = bool(config.data.get("add_bos", True))
   for i, prompt in enumerate(args.prompt):
     ids = ([tok.bos_id] if add_bos else []) + tok.encode(prompt)
-    m = _ttt(nnx.clone(model), config, ids, args.ttt_steps) if args.ttt_steps > 0 else model
+    m = ttt.adapt(nnx.clone(model), config, ids, args.ttt_steps) if args.ttt_steps > 0 else model
     new = generate(m, ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                    top_k=args.top_k, eos_id=tok.eos_id, seed=args.seed + i)
     print(f"### prompt {i}: {prompt!r}\n{prompt}{tok.decode(new)}", flush=True)

@@ -14,21 +14,15 @@ import dataclasses
 
 from ml_collections import config_dict
 
+from refine_jax.models import attention, lact
+
 ARCHS = ("deltanet", "gated_deltanet", "transformer", "lact")
 
 
-def _defaults(module: str, name: str) -> config_dict.ConfigDict:
-  """Sub-section defaults exported by a sibling mixer module (empty if it does not exist).
-
-  None defaults become untyped placeholders so `--config.model.attention.window=2048` works
-  from the command line (config_flags cannot override a plain None field).
-  """
-  import importlib
-  try:
-    mod = importlib.import_module(f"refine_jax.models.{module}")
-  except ImportError:
-    return config_dict.ConfigDict()
-  fields = dict(getattr(mod, name, {}))
+def _defaults(fields: dict) -> config_dict.ConfigDict:
+  """A mixer module's sub-section defaults. None defaults become untyped placeholders so
+  `--config.model.attention.window=2048` works from the command line (config_flags cannot
+  override a plain None field)."""
   return config_dict.ConfigDict(
       {k: config_dict.placeholder(object) if v is None else v for k, v in fields.items()})
 
@@ -72,8 +66,8 @@ def default_model_config() -> config_dict.ConfigDict:
   # Per-block rematerialisation in the backward pass: none | full (keep only each block's
   # input) | dots (keep matmul outputs) | dots_no_batch (keep weight-matmul outputs only).
   c.remat = config_dict.FieldReference("none", field_type=object)  # bools: full / none
-  c.attention = _defaults("attention", "ATTENTION_DEFAULTS")
-  c.lact = _defaults("lact", "LACT_DEFAULTS")
+  c.attention = _defaults(attention.ATTENTION_DEFAULTS)
+  c.lact = _defaults(lact.LACT_DEFAULTS)
   return c
 
 

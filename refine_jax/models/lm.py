@@ -30,8 +30,9 @@ import numpy as np
 import jax.numpy as jnp
 from flax import nnx
 
-from refine_jax.models import layers
+from refine_jax.models import attention, lact, layers
 from refine_jax.models.config import layer_kinds, validate
+from refine_jax.models.deltanet import DeltaNet, GatedDeltaNet
 
 # model.remat -> jax.checkpoint policy applied per block (None: save only the block input).
 REMAT_POLICIES = {
@@ -83,30 +84,15 @@ class LMOutput(NamedTuple):
   captured: Any              # tuple of per-layer captures (capture=True), or None
 
 
+MIXERS = {"deltanet": DeltaNet, "gated_deltanet": GatedDeltaNet,
+          "attention": attention.Attention, "lact": lact.LaCT}
+
+
 def mixer_class(kind: str):
-  """Mixer class for a layer kind; attention / LaCT come from their own modules."""
-  if kind == "deltanet":
-    from refine_jax.models.deltanet import DeltaNet
-    return DeltaNet
-  if kind == "gated_deltanet":
-    from refine_jax.models.deltanet import GatedDeltaNet
-    return GatedDeltaNet
-  if kind == "attention":
-    from refine_jax.models import attention
-    return _find_mixer(attention, "attention")
-  if kind == "lact":
-    from refine_jax.models import lact
-    return _find_mixer(lact, "lact")
-  raise ValueError(f"unknown mixer kind {kind!r}")
-
-
-def _find_mixer(mod, kind):
-  for name in ("MIXER", "Attention", "LaCT", "Lact", "LaCTMixer"):
-    cls = getattr(mod, name, None)
-    if isinstance(cls, type):
-      return cls
-  raise ImportError(f"refine_jax.models.{mod.__name__.rsplit('.', 1)[-1]} exports no {kind} "
-                    "mixer class")
+  """The token-mixer class of a layer kind."""
+  if kind not in MIXERS:
+    raise ValueError(f"unknown mixer kind {kind!r}; use one of {sorted(MIXERS)}")
+  return MIXERS[kind]
 
 
 class Block(nnx.Module):
