@@ -46,8 +46,8 @@ def _load_orbax(path: str, config):
     if cfg_path is None:
       raise FileNotFoundError(
           f"load_pretrained: no config.json in {path!r} or its parent dirs, so the model "
-          "cannot be rebuilt; pass the run directory (it holds config.json), or call "
-          "load_pretrained(path, config=...) with the run's config.")
+          "cannot be rebuilt; give the run directory (it holds config.json) or an exported "
+          "bundle / HF dir (from Python, load_pretrained(path, config=...) also works).")
     config = bundle.config_from_dict(json.loads(paths.read_text(cfg_path)))
   _, abs_params, _ = modelio.abstract_state(config.model)
   params, _ = load_params(path, abs_params)

@@ -14,7 +14,7 @@ def candidate_param_dirs(path):
   """Orbax `params` item directories under `path`, newest step first."""
   root = paths.as_path(path)  # a local path made absolute, or a gs:// URL
   if not paths.exists(root):
-    raise FileNotFoundError(f"init_checkpoint={os.fspath(path)!r} does not exist; give a run "
+    raise FileNotFoundError(f"checkpoint {os.fspath(path)!r} does not exist; give a run "
                             "directory, its checkpoints/ directory, one step directory, or an "
                             "Orbax params checkpoint.")
   if (root / "checkpoints").is_dir():
@@ -55,6 +55,6 @@ def load_params(path, abstract_params):
       continue
     logging.info("init_checkpoint: loaded params from %s", item_dir)
     return trees.params_from_pure(abstract_params, pure), os.fspath(item_dir)
-  raise ValueError(f"init_checkpoint={os.fspath(path)!r}: no loadable params found. Tried:\n  " +
+  raise ValueError(f"checkpoint {os.fspath(path)!r}: no loadable params found. Tried:\n  " +
                    "\n  ".join(errors) + "\nThe checkpoint must come from a model with the same "
                    "model.* config.")
