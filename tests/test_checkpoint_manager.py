@@ -78,7 +78,7 @@ def test_load_params_from_each_path_form(tmp_path):
     got, src = load_params(path, target)
     _equal(got, params)
     assert src.endswith(os.path.join("4", "params"))
-  with pytest.raises(FileNotFoundError, match="init_checkpoint="):
+  with pytest.raises(FileNotFoundError, match="checkpoint .*missing.* does not exist"):
     load_params(tmp_path / "missing", target)
   with pytest.raises(ValueError, match="no loadable params"):
     load_params(tmp_path / "run", _abstract(_state(hidden=8)[0]))
