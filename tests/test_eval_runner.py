@@ -103,6 +103,18 @@ def test_files_have_the_right_structure(tmp_path):
   assert len(preds) == 2 * 2 * 3 and all(p["score"] == 100.0 for p in preds)
 
 
+def test_only_process_zero_draws_and_writes(tmp_path, monkeypatch, capsys):
+  """Multi-process runs: every process scores (the model is sharded over all of them), only
+  process 0 draws the bar and writes eval files; the scores are the same on every process."""
+  tok, cfg = ByteTokenizer(), _cfg(tasks="niah_single", context_lengths="800", progress=True)
+  want = runner.run_eval(None, tok, cfg, str(tmp_path / "p0"), predict_fn=_oracle(tok, cfg))
+  assert (tmp_path / "p0" / "results.json").exists() and "niah_single" in capsys.readouterr().err
+  monkeypatch.setattr(runner.jax, "process_index", lambda: 1)
+  got = runner.run_eval(None, tok, cfg, str(tmp_path / "p1"), predict_fn=_oracle(tok, cfg))
+  assert got == want
+  assert not (tmp_path / "p1").exists() and capsys.readouterr().err == ""
+
+
 def test_bad_config_errors():
   tok = ByteTokenizer()
   with pytest.raises(ValueError, match="eval.tasks"):

@@ -313,8 +313,10 @@ def run_eval(model, tokenizer=None, eval_cfg=None, out_dir: str | None = None, /
   results: dict = {}
   records = []
   cells = [(t, n) for t in names for n in lengths]
+  # Every process computes (the model is sharded over all of them); one draws and writes.
+  primary = jax.process_index() == 0
   bar = None
-  if ecfg.progress:
+  if ecfg.progress and primary:
     bar = tqdm(total=len(cells), desc=title, dynamic_ncols=True)
   cache: dict = {}  # qa and qa_f1 share predictions
   for task, length in cells:
@@ -366,7 +368,7 @@ def run_eval(model, tokenizer=None, eval_cfg=None, out_dir: str | None = None, /
       bar.update(1)
   if bar is not None:
     bar.close()
-  if out_dir:
+  if out_dir and primary:
     report.write_results(results, out_dir, title=title, plots=bool(ecfg.plots))
     if ecfg.save_predictions and records:
       paths.write_text(paths.join(out_dir, "predictions.jsonl"),

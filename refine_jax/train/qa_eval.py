@@ -59,7 +59,7 @@ def score_cells(cells: dict, predict: Predict, tokenizer, config, out_dir: str |
     records += [{"task": task, "context_len": length, "index": i, "prompt_tail": s.prompt[-80:],
                  "prediction": p, "answers": list(s.answers), "score": float(sc)}
                 for i, (s, p, sc) in enumerate(zip(samples, preds, per))]
-  if out_dir:
+  if out_dir and jax.process_index() == 0:  # every process scored; one writes
     report.write_results(results, out_dir, title=title, plots=bool(config.eval.plots))
     paths.write_text(paths.join(out_dir, "predictions.jsonl"),
                      "".join(json.dumps(r) + "\n" for r in records))
