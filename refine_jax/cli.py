@@ -12,7 +12,7 @@ import re
 import struct
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from refine_jax.errors import UserError
 
@@ -61,6 +61,8 @@ def parse_flags(argv):
 def run(main):
   """app.run(main) with parse_flags, and a mistake (MISTAKES) -> one line."""
   def guarded(argv):
+    if not flags.FLAGS["verbosity"].present:  # library INFO logs (Orbax) would drown the output
+      logging.set_verbosity(logging.WARNING)
     try:
       return main(argv)
     except MISTAKES as e:

@@ -6,7 +6,7 @@ local path or a gs://BUCKET/PATH URL (checkpoints, metrics, events and eval/ all
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from ml_collections import config_flags
 
@@ -25,8 +25,6 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; overrides look like "
                          "--config.train.steps=100")
-  if not flags.FLAGS["verbosity"].present:  # library INFO logs (Orbax) would drown the bar
-    logging.set_verbosity(logging.WARNING)
   if _CONFIG.value is None:
     raise app.UsageError("--config=configs/<stage>.py is required")
   # Must precede any other JAX call on multi-process launches. Imported here, as train below:
