@@ -11,6 +11,7 @@ import pytest
 from flax import nnx
 
 from refine_jax.checkpoint import Checkpointer, load_params
+from refine_jax.errors import UserError
 
 import tiny as T
 
@@ -59,8 +60,11 @@ def test_model_mismatch_is_an_error_not_a_fallback(tmp_path):
   ck.save(1, params, opt)
   ck.save(2, params, opt)
   small_params, small_opt = _state(hidden=8)
-  with pytest.raises(RuntimeError, match="no checkpoint .* could be restored"):
+  with pytest.raises(UserError, match="no checkpoint .* could be restored.*new --workdir"):
     ck.restore_latest(_abstract(small_params), _abstract(small_opt))
+  # Same params, another optimiser-state layout (e.g. posttrain's {inner, outer} states).
+  with pytest.raises(UserError, match="no checkpoint .* could be restored"):
+    ck.restore_latest(_abstract(params), _abstract({"inner": opt, "outer": opt}))
   ck.close()
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2"]  # nothing moved aside
   assert not os.path.exists(str(tmp_path / "checkpoints") + ".corrupt")

@@ -21,6 +21,7 @@ from absl import logging
 from etils import epath
 
 from refine_jax import paths
+from refine_jax.errors import UserError
 from refine_jax.checkpoint import data_state, trees
 
 
@@ -78,10 +79,13 @@ class Checkpointer:
                         step, bad, self._quarantine_dir())
       return restored
     if first_error is not None:
-      raise RuntimeError(f"no checkpoint in {self.directory} could be restored (steps {steps}); "
-                         f"the newest failed with: {first_error}. If the model or optimiser config "
-                         "changed, use a new --workdir (or init_checkpoint to load params only).") \
-          from first_error
+      # Every step failing with the same target is a config change (model or optimiser layout,
+      # e.g. a run saved by an older version), not damage: nothing is moved aside.
+      raise UserError(f"no checkpoint in {self.directory} could be restored (steps {steps}); "
+                      f"the newest failed with: {' '.join(str(first_error).split())[:400]}. If "
+                      "the model or optimiser config changed (or an older refine_jax wrote the "
+                      "run), use a new --workdir, with init_checkpoint=<this run> to start from "
+                      "its weights.") from first_error
     return None
 
   def params_shape_mismatch(self, abstract_params):
