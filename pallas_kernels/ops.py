@@ -10,8 +10,8 @@ Layout (flash-linear-attention): q, k [B, T, H, K]; v, o [B, T, H, V]; beta, g [
                            the token recurrence (reference.py) on an XLA one;
   otherwise                the chunked Pallas kernels (pallas_entry.py) or, on XLA, the WY
                            chunked form (chunked.py; "xla_recurrent": the token recurrence).
-`delta_rule` / `gated_delta_rule` (the public contract) and the models call it; so does
-`advance_state` 's backend vocabulary (it has only XLA forms: one chunk per row).
+`delta_rule` / `gated_delta_rule` (the public contract) and the models call it.
+`advance_state` takes the same backend names (it has XLA forms only: one chunk per row).
 
 Backends (one vocabulary for every path):
   auto           Pallas on GPU / TPU, XLA elsewhere. If the Pallas kernel rejects the shapes
