@@ -9,10 +9,10 @@ names its path). Anything else is a bug and keeps its traceback."""
 import json
 import os
 import re
-import struct
 import sys
 
 from absl import app, flags, logging
+from safetensors import SafetensorError, safe_open
 
 from refine_jax.errors import UserError
 
@@ -102,18 +102,15 @@ def check_input(flag: str, path: str, want: str = MODEL_DIRS):
 
 def _readable(path: str, kind: str) -> bool:
   try:
-    with open(path, "rb") as f:
-      if kind == "json":
+    if kind == "json":
+      with open(path, "rb") as f:
         json.load(f)
-        return True
-      # safetensors: an 8-byte little-endian header length, a JSON header, then the tensors.
-      n = struct.unpack("<Q", f.read(8))[0]
-      size = os.path.getsize(path) - 8
-      head = json.loads(f.read(n)) if n <= size else None
-      ends = [v["data_offsets"][1] for k, v in head.items() if k != "__metadata__"]
-      return n + max(ends, default=0) == size
-  except (ValueError, struct.error, AttributeError, TypeError, KeyError, IndexError):
-    return False  # (JSONDecodeError, UnicodeDecodeError are ValueErrors; the rest: bad header)
+    else:  # opening checks the header and that the tensors cover the file (a partial download)
+      with safe_open(path, framework="numpy"):
+        pass
+    return True
+  except (ValueError, SafetensorError):  # JSONDecodeError / UnicodeDecodeError are ValueErrors
+    return False
 
 
 def check_output(flag: str, path: str, src: str | None = None):

@@ -6,7 +6,9 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from safetensors.numpy import save_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -80,12 +82,17 @@ def _model_dirs(tmp):
   """Directories a user might point the argparse CLIs at by mistake (no model needed: each
   mistake is caught before anything loads)."""
   (tmp / "afile").write_text("not a checkpoint\n")
-  for name in ("empty", "notes/sub", "run/checkpoints/3", "badcfg", "badst"):
+  for name in ("empty", "notes/sub", "run/checkpoints/3", "badcfg", "badst", "cutst"):
     (tmp / name).mkdir(parents=True)
   (tmp / "notes" / "readme.txt").write_text("x")
   (tmp / "badcfg" / "config.json").write_text('{"model_type": "delta')
   (tmp / "badst" / "config.json").write_text("{}")
   (tmp / "badst" / "model.safetensors").write_bytes(b"\x00garbage")
+  # A real file cut short, as a partial download leaves it.
+  save_file({"w": np.ones((64, 64), np.float32)}, str(tmp / "cutst" / "model.safetensors"))
+  blob = (tmp / "cutst" / "model.safetensors").read_bytes()
+  (tmp / "cutst" / "model.safetensors").write_bytes(blob[:len(blob) - 100])
+  (tmp / "cutst" / "config.json").write_text("{}")
   return tmp
 
 
@@ -98,6 +105,8 @@ IN_PROCESS = [
     (CONVERT, ["--from-hf", "{tmp}/empty"] + OUT, ["--from-hf", "empty directory"]),
     (CONVERT, ["--from-hf", "{tmp}/badcfg"] + OUT, ["config.json is not a valid json file"]),
     (CONVERT, ["--from-hf", "{tmp}/badst"] + OUT, ["model.safetensors is not a valid"]),
+    (CONVERT, ["--from-hf", "{tmp}/cutst"] + OUT, ["model.safetensors is not a valid",
+                                                   "truncated"]),
     (CONVERT, ["--from-hf", "{tmp}/badst", "--dtype", "bfloat16"] + OUT, ["--to-hf only"]),
     (CONVERT, ["--from-hf", "{tmp}/notes", "--out", "{tmp}/afile"], ["--out", "is a file"]),
     (CONVERT, ["--to-hf", "{tmp}/notes"] + OUT, ["notes", "no config.json"]),
