@@ -29,9 +29,9 @@ from refine_jax.errors import UserError
 from refine_jax import paths
 from refine_jax import parallel
 from refine_jax.data import pipeline
-from refine_jax.eval import report
+from refine_jax.eval import nll, report
 from refine_jax.models import build_model
-from refine_jax.train import init_checkpoint, losses, metrics as metrics_lib, optim
+from refine_jax.train import init_checkpoint, metrics as metrics_lib, optim
 from refine_jax.train import state as state_lib
 
 
@@ -250,7 +250,7 @@ def write_config(config, workdir):
   paths.write_text(path, text)
 
 
-def run_training(config, workdir, loss_fn, *, eval_fn=losses.ntp_eval,
+def run_training(config, workdir, loss_fn, *, eval_fn=nll.ntp_eval,
                  model_fn: Callable | None = None, train_iter=None, eval_batches=None,
                  step_builder: Callable | None = None, updates_per_step: int = 1,
                  tx=None, on_step: Callable | None = None,

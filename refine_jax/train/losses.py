@@ -1,10 +1,10 @@
-"""Next-token prediction loss (the pretrain stage's loss_fn); held-out NLL sums are eval's."""
+"""Next-token prediction loss (the pretrain stage's loss_fn); held-out NLL sums are eval's
+(eval/nll.py)."""
 
 import jax.numpy as jnp
 
-from refine_jax.eval.nll import loss_mask, ntp_eval  # pylint: disable=unused-import (re-export)
+from refine_jax.eval.nll import loss_mask
 from refine_jax.refine.step import ntp_loss as _ntp_from_logits
-from refine_jax.refine.step import token_nll  # pylint: disable=unused-import (re-export)
 
 
 def ntp_loss(model, batch, rng):

@@ -24,9 +24,9 @@ from flax import nnx
 
 from refine_jax import paths
 from refine_jax.data import tokenizers
-from refine_jax.eval import runner
+from refine_jax.eval import nll, runner
 from refine_jax.refine import step as refine_step
-from refine_jax.train import loop, losses, metrics as metrics_lib, warmup
+from refine_jax.train import loop, metrics as metrics_lib, warmup
 from refine_jax.train.spec import StepSpec, lm_batch
 
 
@@ -262,7 +262,7 @@ def run(config, workdir):
 
   spec = step_spec(config)
   result = loop.run_training(
-      config, workdir, spec.loss_fn, eval_fn=losses.ntp_eval,
+      config, workdir, spec.loss_fn, eval_fn=nll.ntp_eval,
       eval_batches=eval_batches, step_builder=spec.step_builder,
       updates_per_step=spec.updates_per_step, on_step=on_step, stage="midtrain")
   m = result.metrics

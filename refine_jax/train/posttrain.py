@@ -34,6 +34,7 @@ from flax import nnx
 from refine_jax import paths
 from refine_jax.data.tokenizers import get_tokenizer
 from refine_jax.refine import step as refine_step
+from refine_jax.eval import nll
 from refine_jax.train import loop, losses, midtrain, optim, qa_data, qa_eval, warmup
 from refine_jax.train.spec import StepSpec, lm_batch
 
@@ -227,7 +228,7 @@ def answer_scores(model, batches):
   """Held-out teacher-forced answer scores: {"answer_nll": per token, "answer_token_acc":
   fraction of answer tokens that are the argmax} (finer-grained than exact-match accuracy)."""
   graphdef, state = nnx.split(model)
-  f = jax.jit(lambda s, b: losses.ntp_eval(nnx.merge(graphdef, s), b))
+  f = jax.jit(lambda s, b: nll.ntp_eval(nnx.merge(graphdef, s), b))
   nll = tok = correct = 0.0
   for b in batches:
     o = jax.device_get(f(state, {k: np.asarray(v) for k, v in b.items()}))
@@ -273,7 +274,7 @@ def run(config, workdir):
                         nll_batches, start_from, "no adaptation")
 
   spec = step_spec(config, tok.pad_id)
-  result = loop.run_training(config, workdir, spec.loss_fn, eval_fn=losses.ntp_eval,
+  result = loop.run_training(config, workdir, spec.loss_fn, eval_fn=nll.ntp_eval,
                              train_iter=make_iterator(config, tok),
                              eval_batches=nll_batches if int(config.train.eval_every) else [],
                              step_builder=spec.step_builder,

@@ -1,6 +1,7 @@
 """Pretrain stage: next-token prediction on the data pipeline (python -m refine_jax.main
 --config=configs/pretrain.py)."""
 
+from refine_jax.eval import nll
 from refine_jax.train import loop, losses
 from refine_jax.train.spec import StepSpec, lm_batch
 
@@ -19,7 +20,7 @@ def step_spec(config):
 
 def run(config, workdir):
   spec = step_spec(config)
-  result = loop.run_training(config, workdir, spec.loss_fn, eval_fn=losses.ntp_eval,
+  result = loop.run_training(config, workdir, spec.loss_fn, eval_fn=nll.ntp_eval,
                              step_builder=spec.step_builder,
                              updates_per_step=spec.updates_per_step, stage="pretrain")
   print(f"pretrain done: step {result.step}, loss {result.metrics.get('loss')}, "

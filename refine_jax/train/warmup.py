@@ -5,6 +5,7 @@ that already knows the byte statistics."""
 import copy
 
 from refine_jax import paths
+from refine_jax.eval import nll
 from refine_jax.train import loop, losses
 
 
@@ -29,5 +30,5 @@ def ntp_warmup(config, workdir, *, steps, lr, stage, schedule=None, eval_batches
     if schedule is not None:
       wc.train.schedule = schedule
   print(f"{stage}: no init_checkpoint -> NTP warm-up ({steps} steps) in {wdir}")
-  return loop.run_training(wc, wdir, losses.ntp_loss, eval_fn=losses.ntp_eval,
+  return loop.run_training(wc, wdir, losses.ntp_loss, eval_fn=nll.ntp_eval,
                            eval_batches=eval_batches, stage=f"{stage}-warmup")
