@@ -7,13 +7,11 @@ Check it before renting the slice (CPU host, libtpu):
   python benchmarks/scale_check.py --config=configs/paper/lact_760m_posttrain.py
 
 Measured by benchmarks/scale_check.py (libtpu 0.0.42.1, AOT for v5p-8 = 4 chips, mesh data x fsdp
-  x tensor = 1x2x2, 0.80B params):
-  peak HBM 58.9 / 95 GiB per chip (62%), fits; compile 476 s on a 2-core CPU host;
-  11,539 TFLOP per chip per step (matmuls), 2,097,152 tokens per step;
-  step 62.8 s at 40% of bf16 peak (25.1 s at 100%), 33,368 tokens/s at 40%.
-  Measured while the inner and outer updates shared one AdamW state; separate states (now)
-  add one more mu + nu, 8 B per parameter over the chips that shard it: about +1.5 GiB per chip
-  (fsdp x tensor = 4; at most +3.0 GiB; DeltaNet-1.3B measured 34.7 -> 38.2 GiB).
+  x tensor = 1x2x2, 0.80B params; inner and outer updates with separate AdamW states):
+  peak HBM 60.3 / 95 GiB per chip (63%), fits; compile 145 s on a 2-core CPU host;
+  11,539 TFLOP per chip per step (matmuls; 9,313 with every lax.cond's cheapest branch),
+  2,097,152 tokens per step; step 62.8 s at 40% of bf16 peak (25.1 s at 100%), 33,368 tokens/s
+  at 40%. (With one shared AdamW state it was 58.9 GiB: the inner state adds 1.4 GiB per chip.)
 """
 
 import os
