@@ -435,8 +435,8 @@ def _evaluate(jeval, ms, eval_batches):
       sums[k] = sums.get(k, 0.0) + float(v)
   out = {}
   if sums.get("tokens", 0) > 0 and "nll_sum" in sums:
-    nll = sums["nll_sum"] / sums["tokens"]
-    out.update({"eval_loss": nll, "eval_ppl": math.exp(min(nll, 50.0))})
+    mean_nll = sums["nll_sum"] / sums["tokens"]
+    out.update({"eval_loss": mean_nll, "eval_ppl": math.exp(min(mean_nll, 50.0))})
     if "correct" in sums:
       out["eval_accuracy"] = sums["correct"] / sums["tokens"]
   out.update({f"eval_{k}": v for k, v in sums.items() if k not in ("nll_sum", "tokens",

@@ -229,12 +229,12 @@ def answer_scores(model, batches):
   fraction of answer tokens that are the argmax} (finer-grained than exact-match accuracy)."""
   graphdef, state = nnx.split(model)
   f = jax.jit(lambda s, b: nll.ntp_eval(nnx.merge(graphdef, s), b))
-  nll = tok = correct = 0.0
+  nll_sum = tok = correct = 0.0
   for b in batches:
     o = jax.device_get(f(state, {k: np.asarray(v) for k, v in b.items()}))
-    nll, tok = nll + float(o["nll_sum"]), tok + float(o["tokens"])
+    nll_sum, tok = nll_sum + float(o["nll_sum"]), tok + float(o["tokens"])
     correct += float(o["correct"])
-  return {"answer_nll": nll / max(tok, 1.0), "answer_token_acc": correct / max(tok, 1.0)}
+  return {"answer_nll": nll_sum / max(tok, 1.0), "answer_token_acc": correct / max(tok, 1.0)}
 
 
 def no_adaptation(config, out_dir, cells, tok, nll_batches, start_from, title):
