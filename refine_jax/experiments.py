@@ -39,15 +39,22 @@ import os
 import sys
 import time
 
+import jax
 import ml_collections
 import numpy as np
 from absl import flags
+from flax import nnx
 from ml_collections import config_flags
 
 from refine_jax import cli
 from refine_jax import paths as path_io
+from refine_jax.data import recall
+from refine_jax.data.tokenizers import get_tokenizer
 from refine_jax.eval import gate as gate_lib
-from refine_jax.eval import report, stats
+from refine_jax.eval import report, runner, stats
+from refine_jax.pretrained import load_pretrained
+from refine_jax.refine import step as refine_step
+from refine_jax.train import init_checkpoint, stages, ttt, validate
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -154,9 +161,6 @@ def stage_config(path: str, overrides: str, *, common: str, seed: int, steps: in
 
 
 def _run_stage(cfg, workdir):
-  # heavy (jax, train, data: ~3 s): imported on use so --help stays fast
-  # pylint: disable-next=g-import-not-at-top
-  from refine_jax.train import init_checkpoint, stages, validate
   cfg = init_checkpoint.resolve(cfg)  # a hub id / HF dir / bundle brings its model + tokenizer
   validate.validate_config(cfg)
   print(f"experiment: stage {cfg.stage} -> {workdir}", flush=True)
@@ -170,9 +174,6 @@ def _evaluate(run_dir: str, ecfg, model=None, run_config=None, title="eval",
   out = path_io.join(run_dir, "eval")
   if path_io.isfile(path_io.join(out, report.RESULTS_JSON)):
     return report.load_results(out)
-  # heavy (jax, train, data: ~3 s): imported on use so --help stays fast
-  from refine_jax.data.tokenizers import get_tokenizer  # pylint: disable=g-import-not-at-top
-  from refine_jax.eval import runner  # pylint: disable=g-import-not-at-top
   if model is None or run_config is None:
     model, run_config = _load(source)
   return runner.run_eval(model, get_tokenizer(run_config.data), ecfg, out, config=run_config,
@@ -192,8 +193,6 @@ def run_experiment(exp, workdir: str) -> dict:
   """Runs every arm x seed (training + eval), writes the summary; returns it. With the headroom
   gate on (exp.gate.enabled, no exp.checkpoint) a base outside the band makes the experiment
   void: experiment.json/.md say why and no arm is trained."""
-  # heavy (jax, train, data: ~3 s): imported on use so --help stays fast
-  from refine_jax.train import validate  # pylint: disable=g-import-not-at-top
   t0 = time.time()
   validate.check_workdir(workdir)
   workdir = path_io.norm(workdir)
@@ -279,8 +278,6 @@ def _pretrain_base(exp, workdir) -> tuple[str, dict | None]:
     return _run_stage(c, base).model
 
   def measure(model, step):
-    # heavy (jax, train, data: ~3 s): imported on use so --help stays fast
-    from refine_jax.eval import runner  # pylint: disable=g-import-not-at-top
     score = runner.recall_scores(model, cfg, gcfg, int(cfg.data.seq_len))[g.metric]
     print(f"experiment gate: step {step}: held-out {g.metric} {score:.1f} "
           f"(band [{g.lo}, {g.hi}])", flush=True)
@@ -303,8 +300,6 @@ def _pretrain_base(exp, workdir) -> tuple[str, dict | None]:
 
 def arm_budget(exp, name: str) -> dict:
   """Rows and optimiser updates an arm trains with (its training stages, seed-independent)."""
-  # heavy (jax, train, data: ~3 s): imported on use so --help stays fast
-  from refine_jax.train import stages  # pylint: disable=g-import-not-at-top
   out = {"batch_size": [], "steps": 0, "updates": 0, "updates_per_step": []}
   for path, ov in parse_arm(exp.arms[name]):
     cfg = stage_config(path, ov, common=exp.overrides, seed=0, steps=int(exp.steps), init="")
@@ -365,12 +360,6 @@ def _selection(exp, model_path: str) -> dict:
   first rollout token is a query value, on held-out recall rows; `sel_chance` is the same
   fraction under uniform selection, `sel_window_value` the fraction whose k-token window holds
   a value token."""
-  # heavy (jax, train, data: ~3 s): imported on use so --help stays fast
-  import jax  # pylint: disable=g-import-not-at-top
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  from refine_jax.data import recall  # pylint: disable=g-import-not-at-top
-  from refine_jax.data.tokenizers import get_tokenizer  # pylint: disable=g-import-not-at-top
-  from refine_jax.refine import step as refine_step  # pylint: disable=g-import-not-at-top
   model, cfg = _load(model_path)
   if "refine" not in cfg or "num_chunks" not in cfg.refine or cfg.data.source != "recall":
     return {}
@@ -408,8 +397,6 @@ def _compilation_cache(exp, workdir):
   """Seeds of one arm compile the same programs; a persistent cache compiles them once."""
   if not exp.get("compilation_cache", True):
     return
-  # heavy (jax, train, data: ~3 s): imported on use so --help stays fast
-  import jax  # pylint: disable=g-import-not-at-top
   try:
     if not jax.config.jax_compilation_cache_dir:
       jax.config.update("jax_compilation_cache_dir", path_io.join(workdir, ".jax_cache"))
@@ -448,9 +435,6 @@ def _run_arm(exp, name: str, seed: int, base: str, workdir: str) -> tuple[dict, 
     model, cfg = _load(init)
   predict_fn = None
   if ttt_cfg is not None:
-    # heavy (jax, train, data: ~3 s): imported on use so --help stays fast
-    from refine_jax.data.tokenizers import get_tokenizer  # pylint: disable=g-import-not-at-top
-    from refine_jax.train import ttt  # pylint: disable=g-import-not-at-top
     tok = get_tokenizer(ttt_cfg.data)
     predict_fn = lambda prompts, n: ttt.answer_with_ttt(model, ttt_cfg, list(prompts),
                                                         tokenizer=tok, max_new_tokens=n)
@@ -458,8 +442,6 @@ def _run_arm(exp, name: str, seed: int, base: str, workdir: str) -> tuple[dict, 
 
 
 def _load(checkpoint):
-  # heavy (jax, train, data: ~3 s): imported on use so --help stays fast
-  from refine_jax.pretrained import load_pretrained  # pylint: disable=g-import-not-at-top
   return load_pretrained(checkpoint)
 
 

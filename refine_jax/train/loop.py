@@ -24,7 +24,6 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from refine_jax import checkpoint as ckpt_lib
-from refine_jax import data
 from refine_jax.errors import UserError
 from refine_jax import paths
 from refine_jax import parallel
@@ -206,17 +205,16 @@ def host_split(config) -> str:
 
 
 def default_train_iter(config):
-  make = getattr(data, "make_train_iterator", None) or pipeline.make_train_iterator
   if host_split(config) == "global":
-    return make(config)
-  return make(config, shard_index=jax.process_index(), shard_count=jax.process_count())
+    return pipeline.make_train_iterator(config)
+  return pipeline.make_train_iterator(config, shard_index=jax.process_index(),
+                                      shard_count=jax.process_count())
 
 
 def default_eval_batches(config, num_batches):
   """The held-out batches, whole (global) on every process: eval is small, and a score that
   does not depend on the process count is worth the duplicate reads."""
-  make = getattr(data, "make_eval_batches", None) or pipeline.make_eval_batches
-  return make(config, num_batches)
+  return pipeline.make_eval_batches(config, num_batches)
 
 
 def _global_batch(batch, sharding, *, per_process=False):
