@@ -11,6 +11,7 @@ import math
 from typing import Mapping, Sequence
 
 import numpy as np
+from scipy import stats
 
 
 def t_interval(values: Sequence[float], confidence: float = 0.95) -> dict:
@@ -23,8 +24,6 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> dict:
   mean = float(v.mean())
   if n == 1:
     return {"n": 1, "mean": mean, "std": 0.0, "half": math.nan, "lo": math.nan, "hi": math.nan}
-  # pylint: disable-next=g-import-not-at-top  (scipy.stats: ~1 s; experiments' --help imports us)
-  from scipy import stats
   std = float(v.std(ddof=1))
   half = float(stats.t.ppf(0.5 + confidence / 2.0, n - 1)) * std / math.sqrt(n)
   return {"n": n, "mean": mean, "std": std, "half": half, "lo": mean - half, "hi": mean + half}
