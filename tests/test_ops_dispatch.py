@@ -107,6 +107,26 @@ def test_explicit_pallas_backends(fake_entry, backend, target, interpret):
   assert o.shape == (B, T, H, V) and S.shape == (B, H, K, V)
 
 
+def test_one_token_calls_take_the_fused_decode_kernel(fake_entry, monkeypatch):
+  """T == 1 (a decode step) goes to fused_recurrent's kernel, never to the chunked entry; with
+  chunk states asked for it stays on the chunked path."""
+  entry = fake_entry(_FakeEntry())
+  calls = []
+  real = ops._fused.fused_recurrent
+  monkeypatch.setattr(ops._fused, "fused_recurrent",
+                      lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+  q, k, v, beta, g = (x[:, :1] for x in _args())
+  q, k, v = (jnp.tile(x, (1, 1, 1, 4)) for x in (q, k, v))  # K = 16, V = 12 -> 16 below
+  v = jnp.concatenate([v, v[..., :4]], -1)
+  o, S = pk.gated_delta_rule(q, k, v, g, beta, scale=0.5, backend="interpret_gpu")
+  assert entry.calls == [] and calls == [dict(scale=0.5, target="gpu", interpret=True)]
+  want = pk.gated_delta_rule(q, k, v, g, beta, scale=0.5, backend="xla_recurrent")
+  np.testing.assert_allclose(o, want[0], rtol=1e-5, atol=1e-6)
+  pk.delta_rule_scan(q, k, v, beta, g, chunk_size=8, backend="interpret_gpu",
+                     return_chunk_states=True)
+  assert len(entry.calls) == 1 and len(calls) == 1
+
+
 def test_explicit_pallas_backend_errors(fake_entry):
   q, k, v, beta, _ = _args()
   fake_entry(_FakeEntry(reason="T too short"))
