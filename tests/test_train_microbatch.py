@@ -1,5 +1,8 @@
 """train.microbatches: gradient accumulation inside one jitted step equals the un-accumulated
 step (NTP, the fused ReFINE step, the PPO builder), runs as a loop, and bad splits are refused.
+Ragged masks included: every term is divided once by its weight in the whole update batch
+(refine_jax.losses), so microbatches never change the objective (tests/test_losses_weighting.py
+covers every stage and the minibatch splits).
 
 The optimiser here is plain SGD: its update is linear in the grads, so a step that summed
 instead of averaging the microbatch grads would move the params M times as far (Adam's first
@@ -42,9 +45,15 @@ def _assert_same_update(p0, p1, pm):
   assert diff <= 1e-3 * moved + 1e-7, (diff, moved)
 
 
-def _ntp_batch(B=8, T_=16, seed=0):
+def _ntp_batch(B=8, T_=16, seed=0, ragged=True):
+  """Rows with very different token counts (row i keeps its first 2 + 13 * (i % 2) targets,
+  so strided microbatches of 4 hold 8 vs 60 tokens): a mean of microbatch means is then
+  far from the token mean."""
   x = np.random.default_rng(seed).integers(0, V, (B, T_)).astype(np.int32)
-  return {"inputs": x, "targets": (x * 3 + 1) % V, "loss_mask": np.ones(x.shape, np.float32)}
+  mask = np.ones(x.shape, np.float32)
+  if ragged:
+    mask = (np.arange(T_)[None] < (2 + 13 * (np.arange(B) % 2))[:, None]).astype(np.float32)
+  return {"inputs": x, "targets": (x * 3 + 1) % V, "loss_mask": mask}
 
 
 @pytest.mark.parametrize("microbatches", [2, 4])
@@ -58,7 +67,13 @@ def test_ntp_step_equals_unaccumulated(microbatches):
                           tx, rest, batch)
   np.testing.assert_allclose(float(outm["loss"]), float(out1["loss"]), rtol=1e-5)
   np.testing.assert_allclose(float(outm["grad_norm"]), float(out1["grad_norm"]), rtol=1e-4)
+  np.testing.assert_allclose(float(outm["accuracy"]), float(out1["accuracy"]), rtol=1e-5)
   _assert_same_update(p0, p1, pm)
+  # The test can fail: the equal-weight mean of microbatch means is far from the token mean.
+  mbs = [{k: v[i::microbatches] for k, v in batch.items()} for i in range(microbatches)]
+  model = nnx.merge(graphdef, p0, rest)
+  old = np.mean([float(losses.ntp_loss(model, mb, None)[0]) for mb in mbs])
+  assert abs(old - float(out1["loss"])) > 100 * 1e-5 * float(out1["loss"]), (old, out1["loss"])
 
 
 @pytest.mark.parametrize("microbatches", [1, 2])
@@ -74,13 +89,16 @@ def test_ntp_epochs_x_minibatches_equal_sequential_updates(microbatches):
   loss_grad = jax.jit(jax.value_and_grad(
       lambda p, b: losses.ntp_loss(nnx.merge(graphdef, p, rest), b, None)[0]))
   p, o = p0, tx.init(p0)
+  nll = tokens = 0.0
   for i in range(4):
     mb = {k: v[i % 2::2] for k, v in batch.items()}
     loss, g = loss_grad(p, mb)
+    nll, tokens = nll + float(loss) * mb["loss_mask"].sum(), tokens + mb["loss_mask"].sum()
     u, o = tx.update(g, o, p)
     p = optax.apply_updates(p, u)
   _assert_same_update(p0, p, got)
-  np.testing.assert_allclose(float(out["loss"]), float(loss), rtol=1e-5)  # the last update's
+  # The logged loss weights every update's tokens: sum of NLL over all updates / their tokens.
+  np.testing.assert_allclose(float(out["loss"]), nll / tokens, rtol=1e-5)
   c = pretrain.get_config()
   c.train.ntp_minibatches = 3
   with pytest.raises(ValueError, match="train.ntp_minibatches=3"):

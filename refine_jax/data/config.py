@@ -52,6 +52,11 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.recall.value_len = 3     # digits per value (a rollout of refine.rollout_len >= it holds one)
   c.recall.power_a = 0.1     # p(query offset o) ∝ (o + 1)^(power_a - 1): small = short gaps
   c.recall.eval_seed = 1
+  # Packed rows hold several documents; segment_ids (1, 2, ... per document, 0 = padding) make
+  # every mixer start each document from a fresh state (fast weights, short convolutions,
+  # attention), as if it were alone, and keep ReFINE's rollouts inside one document. False
+  # drops segment_ids from the batches: each row runs as one stream across documents.
+  c.reset_at_documents = True
   # Order: documents are shuffled (and reshuffled every epoch) from this seed.
   c.shuffle_seed = 0
   # Packed rows are shuffled in a window of this many sequences (0 = off), so one long

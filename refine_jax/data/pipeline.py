@@ -242,9 +242,18 @@ class _JsonSafeIterator(grain.DatasetIterator):
     self._parent.set_state(state)
 
 
+def _without_segments(row):
+  """data.reset_at_documents=False: rows carry no segment_ids, so the model runs each packed
+  row as one stream (state, convolutions and attention cross document boundaries)."""
+  return {k: v for k, v in row.items() if k != "segment_ids"}
+
+
 def _pack_and_batch(ds: grain.IterDataset, seq_len: int, batch_size: int, *,
-                    shuffle_window: int = 0, seed: int = 0) -> grain.IterDataset:
+                    shuffle_window: int = 0, seed: int = 0,
+                    segments: bool = True) -> grain.IterDataset:
   ds = _JsonSafePacker(ds, seq_len + 1).map(_to_batch_row)
+  if not segments:
+    ds = ds.map(_without_segments)
   if shuffle_window > 1:
     ds = WindowShuffle(ds, window=shuffle_window, seed=seed)
   return ds.batch(batch_size, drop_remainder=True)
@@ -302,7 +311,8 @@ def make_train_dataset(config, *, shard_index: int = 0, shard_count: int = 1,
     w = _document_weight(float(data.synthetic_weight), docs.shuffle(seed=seed), encode, synth)
     ds = grain.MapDataset.mix([ds, synth], weights=[1.0 - w, w])
   return _pack_and_batch(ds.to_iter_dataset(_read_options(data)), data.seq_len, size,
-                         shuffle_window=int(data.shuffle_window), seed=seed)
+                         shuffle_window=int(data.shuffle_window), seed=seed,
+                         segments=bool(data.get("reset_at_documents", True)))
 
 
 def make_train_iterator(config, *, shard_index: int = 0, shard_count: int = 1,
@@ -334,5 +344,6 @@ def make_eval_batches(config, num_batches: int, *, shard_index: int = 0, shard_c
     raise ValueError(f"shard {shard_index}/{shard_count} has no held-out documents; lower "
                      "data.holdout_every or give data.eval_path.")
   ds = docs.repeat().map(_doc_encoder(tokenizer, data)).to_iter_dataset(_read_options(data))
-  it = iter(_pack_and_batch(ds, data.seq_len, size))
+  it = iter(_pack_and_batch(ds, data.seq_len, size,
+                            segments=bool(data.get("reset_at_documents", True))))
   return [next(it) for _ in range(num_batches)]

@@ -1,18 +1,13 @@
-"""Held-out next-token NLL sums (perplexity) and the loss mask they share with training.
+"""Held-out next-token NLL sums (perplexity).
 
-Eval owns these so it never imports train (train.losses builds the training loss on them).
-"""
+Eval owns these so it never imports train; the token NLL and the loss mask are
+refine_jax.losses' (the training losses use the same ones)."""
 
 import jax.numpy as jnp
 
-from refine_jax.refine.step import token_nll
+from refine_jax.losses import loss_mask, token_nll
 
-
-def loss_mask(batch):
-  """float32 [B, T] loss_mask of an LM batch (all ones when the batch has none)."""
-  if "loss_mask" in batch:
-    return batch["loss_mask"].astype(jnp.float32)
-  return jnp.ones(batch["targets"].shape, jnp.float32)
+__all__ = ["loss_mask", "ntp_eval", "token_nll"]
 
 
 def ntp_eval(model, batch):

@@ -35,7 +35,7 @@ from refine_jax.data import tasks as tasks_lib
 from refine_jax.data.tokenizers import get_tokenizer
 from refine_jax.eval import decode, report, scoring
 from refine_jax.eval.nll import ntp_eval
-from refine_jax.refine.step import token_nll
+from refine_jax.losses import token_nll
 
 TEXT_TASKS = tasks_lib.TASK_NAMES + ("qa", "qa_f1")
 MODEL_TASKS = ("mqar", "perplexity", "recall")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from refine_jax import losses
+
 AGGREGATIONS = ("token-mean", "seq-mean")
 
 
@@ -28,23 +30,29 @@ def group_advantages(rewards_BG, valid_BG=None, eps=1e-6):
   return jnp.where((n_B1 >= 2) & (w > 0), adv, 0.0)
 
 
-def aggregate(x_BGk, mask_BGk, mode):
-  """token-mean: mean over all valid tokens; seq-mean: mean over rollouts of each rollout's
-  token mean (rollouts with no valid tokens are skipped)."""
+def aggregate(x_BGk, mask_BGk, mode) -> losses.Term:
+  """The loss Term of per-token values. token-mean: (sum over valid tokens, their count);
+  seq-mean: (sum over rollouts of each rollout's token mean, the count of rollouts with a valid
+  token). Either way the mean over a whole update batch is the Terms' sums over its
+  microbatches divided once by their summed weight (refine_jax.losses)."""
   m = mask_BGk.astype(jnp.float32)
   if mode == "token-mean":
-    return jnp.sum(x_BGk * m) / jnp.maximum(jnp.sum(m), 1.0)
+    return losses.masked(x_BGk, m)
   if mode == "seq-mean":
     n_BG = jnp.sum(m, axis=-1)
     per_seq = jnp.sum(x_BGk * m, axis=-1) / jnp.maximum(n_BG, 1.0)
-    has = (n_BG > 0).astype(jnp.float32)
-    return jnp.sum(per_seq * has) / jnp.maximum(jnp.sum(has), 1.0)
+    return losses.masked(per_seq, (n_BG > 0).astype(jnp.float32))
   raise ValueError(f"refine.aggregation={mode!r}; choose one of {AGGREGATIONS}.")
+
+
+def weight(mask_BGk, mode):
+  """The weight `aggregate` gives a batch with this mask (no values needed)."""
+  return aggregate(jnp.zeros(mask_BGk.shape, jnp.float32), mask_BGk, mode).weight
 
 
 def ppo_loss(logp_BGk, old_logp_BGk, adv_BG, mask_BGk, *, clip_eps=0.2, dual_clip=3.0,
              aggregation="token-mean"):
-  """PPO clipped surrogate with dual clip; returns (loss, clip_fraction).
+  """PPO clipped surrogate with dual clip; returns (loss Term, clip-fraction Term over tokens).
 
   ratio = exp(logp - old); l1 = -A ratio; l2 = -A clip(ratio, 1-eps, 1+eps); l = max(l1, l2);
   for A < 0 the loss is additionally capped at -A * dual_clip (dual clip keeps a huge ratio on
@@ -59,11 +67,12 @@ def ppo_loss(logp_BGk, old_logp_BGk, adv_BG, mask_BGk, *, clip_eps=0.2, dual_cli
     l3 = -adv * dual_clip
     clipped = jnp.where(adv < 0, jnp.minimum(l3, clipped), clipped)
   loss = aggregate(clipped, mask_BGk, aggregation)
-  clip_frac = aggregate((l2 > l1).astype(jnp.float32), mask_BGk, "token-mean")
+  clip_frac = losses.masked((l2 > l1).astype(jnp.float32), mask_BGk)
   return loss, clip_frac
 
 
 def kl_penalty(logp_BGk, ref_logp_BGk, mask_BGk, aggregation="token-mean"):
-  """k3 estimator of KL(policy || ref): exp(ref - logp) - (ref - logp) - 1 (>= 0, low variance)."""
+  """k3 estimator of KL(policy || ref): exp(ref - logp) - (ref - logp) - 1 (>= 0, low variance),
+  as a Term like `aggregate`."""
   d = jax.lax.stop_gradient(ref_logp_BGk) - logp_BGk
   return aggregate(jnp.exp(d) - d - 1.0, mask_BGk, aggregation)

@@ -48,13 +48,29 @@ def filter_logits(logits_GV, *, top_k=0, top_p=1.0):
   return logits_GV
 
 
+def fold_in(rng, data):
+  """jax.random.fold_in for one key or an array of keys (one per row)."""
+  if jnp.ndim(rng) == 0:
+    return jax.random.fold_in(rng, data)
+  return jax.vmap(lambda r: jax.random.fold_in(r, data))(rng)
+
+
+def row_keys(rng, row_ids):
+  """One key per row: fold_in(rng, row id). A row's draws then depend on its id in the whole
+  batch only, not on how the batch is cut into microbatches or minibatches."""
+  return jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.asarray(row_ids, jnp.int32))
+
+
 def sample_tokens(rng, logits_GV, *, temperature=1.0, top_k=0, top_p=1.0):
-  """Samples one token per row (greedy when temperature <= 0). No gradient."""
+  """Samples one token per row (greedy when temperature <= 0). No gradient. rng: one key, or
+  [G] keys (one per row)."""
   logits = jax.lax.stop_gradient(tempered_logits(logits_GV, temperature))
   if temperature <= 0:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
   logits = filter_logits(logits, top_k=top_k, top_p=top_p)
-  return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+  if jnp.ndim(rng) == 0:
+    return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+  return jax.vmap(lambda r, l: jax.random.categorical(r, l))(rng, logits).astype(jnp.int32)
 
 
 def token_logprob(logits_GV, tokens_G, temperature=1.0):
@@ -81,13 +97,13 @@ def rollout_from_cache(model, cache, first_logits_GV, rng, *, length, temperatur
   samples token j from the current logits, then feeds it to get the next logits and its
   hidden state. The log-probs stay differentiable w.r.t. the model parameters and the cache
   (sampling itself is stop_gradient), so one scan serves both behaviour and first-epoch
-  policy log-probs. Step j draws with jax.random.fold_in(rng, j).
+  policy log-probs. Step j draws with fold_in(rng, j) (rng: one key, or [G] row keys).
   """
   graphdef, state = nnx.split(model)
 
   def step(carry, j):
     cache, logits_GV = carry
-    tok_G = sample_tokens(jax.random.fold_in(rng, j), logits_GV, temperature=temperature,
+    tok_G = sample_tokens(fold_in(rng, j), logits_GV, temperature=temperature,
                           top_k=top_k, top_p=top_p)
     logp_G = token_logprob(logits_GV, tok_G, temperature)
     out = nnx.merge(graphdef, state)(tok_G[:, None], cache=cache)

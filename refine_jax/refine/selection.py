@@ -54,12 +54,31 @@ def _in_chunk(T, num_chunks, lengths_B=None):
   return ids_BT[:, None, :] == c_c1[None]
 
 
-def valid_positions(T, rollout_len, margin, loss_mask_BT=None):
+def document_start(segment_ids_BT):
+  """[B, T] int32: the index where each position's document starts (a new document begins at
+  every change of segment id; see data.pipeline)."""
+  seg = jnp.asarray(segment_ids_BT)
+  T = seg.shape[1]
+  new_BT = jnp.concatenate([jnp.ones_like(seg[:, :1], bool), seg[:, 1:] != seg[:, :-1]], axis=1)
+  return jax.lax.cummax(jnp.where(new_BT, jnp.arange(T)[None], 0), axis=1).astype(jnp.int32)
+
+
+def valid_positions(T, rollout_len, margin, loss_mask_BT=None, segment_ids_BT=None):
   """[B or 1, T] bool: positions whose k-token true continuation exists (p + k <= T),
   that leave at least `margin` tokens of prefix (p >= margin), and (with a loss mask) whose
-  k continuation targets are all real training targets (no document boundary / padding)."""
+  k continuation targets are all real training targets (no document boundary / padding).
+  With segment_ids (packed documents that the model keeps apart) the margin counts from the
+  position's own document start, and the continuation must stay inside that document."""
   t_T = jnp.arange(T)
   ok_1T = ((t_T + rollout_len <= T) & (t_T >= margin))[None]
+  if segment_ids_BT is not None:
+    seg = jnp.asarray(segment_ids_BT)
+    start_BT = document_start(seg)
+    # input p + j must be in p's document for j < k (target p + k - 1 is input p + k: the loss
+    # mask covers that last step, which the pipeline zeroes across documents).
+    last = jnp.minimum(t_T + rollout_len - 1, T - 1)
+    same_BT = start_BT[:, last] == start_BT
+    ok_1T = ok_1T & (t_T[None] - start_BT >= margin) & same_BT
   if loss_mask_BT is None:
     return ok_1T
   # window_sum[p] = sum(mask[p : p+k]); all-ones means the whole continuation is trained on.
@@ -70,9 +89,28 @@ def valid_positions(T, rollout_len, margin, loss_mask_BT=None):
   return ok_1T & (window_BT == rollout_len)
 
 
+def allowed(B, T, *, num_chunks, rollout_len, margin=0, loss_mask_BT=None, lengths_B=None,
+            segment_ids_BT=None):
+  """[B, c, T] bool: position t may be chosen for chunk j of row b. A chunk is valid
+  (`.any(-1)`) iff it has such a position: this depends on the masks only, so the GRPO term's
+  weight is known before the forward pass (refine.step.objective's weights)."""
+  ok_BT = jnp.broadcast_to(valid_positions(T, rollout_len, margin, loss_mask_BT,
+                                           segment_ids_BT), (B, T))
+  return ok_BT[:, None, :] & _in_chunk(T, num_chunks, lengths_B)
+
+
+def _categorical(rng, logits_BcT):
+  """One draw per (row, chunk); rng is one key or one key per row ([B] keys: each row's draw
+  then depends on its own key only, whatever batch it sits in)."""
+  if jnp.ndim(rng) == 0:
+    return jax.random.categorical(rng, logits_BcT, axis=-1)
+  return jax.vmap(lambda r, l: jax.random.categorical(r, l, axis=-1))(rng, logits_BcT)
+
+
 def select_positions(rng, entropy_BT, *, num_chunks, rollout_len, mode="entropy", tau=1.0,
-                     smooth_kernel=None, margin=0, loss_mask_BT=None, lengths_B=None):
-  """One position per chunk per sequence.
+                     smooth_kernel=None, margin=0, loss_mask_BT=None, lengths_B=None,
+                     segment_ids_BT=None):
+  """One position per chunk per sequence. rng: one key, or [B] keys (one per row).
 
   lengths_B: each row's real length in a right-padded batch (post-training prompts, TTT); the
   c chunks then split [0, length) of each row, not the padded T (else a 200-token prompt in a
@@ -89,8 +127,9 @@ def select_positions(rng, entropy_BT, *, num_chunks, rollout_len, mode="entropy"
   if smooth_kernel is None:
     smooth_kernel = rollout_len + (1 - rollout_len % 2)
   score_BT = smooth(jax.lax.stop_gradient(entropy_BT).astype(jnp.float32), smooth_kernel)
-  ok_BT = jnp.broadcast_to(valid_positions(T, rollout_len, margin, loss_mask_BT), (B, T))
-  allowed_BcT = ok_BT[:, None, :] & _in_chunk(T, num_chunks, lengths_B)
+  allowed_BcT = allowed(B, T, num_chunks=num_chunks, rollout_len=rollout_len, margin=margin,
+                        loss_mask_BT=loss_mask_BT, lengths_B=lengths_B,
+                        segment_ids_BT=segment_ids_BT)
   if mode == "entropy":
     logits_BcT = jnp.broadcast_to((score_BT / tau)[:, None, :], allowed_BcT.shape)
   elif mode == "uniform":
@@ -101,7 +140,7 @@ def select_positions(rng, entropy_BT, *, num_chunks, rollout_len, mode="entropy"
     logits_BcT = jnp.broadcast_to(-score_BT[:, None, :], allowed_BcT.shape)
   logits_BcT = jnp.where(allowed_BcT, logits_BcT, -jnp.inf)
   if mode in ("entropy", "uniform"):
-    pos_Bc = jax.random.categorical(rng, jnp.where(allowed_BcT, logits_BcT, -1e30), axis=-1)
+    pos_Bc = _categorical(rng, jnp.where(allowed_BcT, logits_BcT, -1e30))
   else:
     pos_Bc = jnp.argmax(logits_BcT, axis=-1)
   valid_Bc = jnp.any(allowed_BcT, axis=-1)

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from refine_jax import losses
 from refine_jax.refine import grpo, reward, rollout, selection
 
 
@@ -119,35 +120,57 @@ def validate(rcfg, seq_len):
   reward.get(rcfg.reward)
 
 
-def token_nll(logits_BTV, targets_BT):
-  """-log p(target) per position, float32."""
-  logp_BTV = jax.nn.log_softmax(logits_BTV.astype(jnp.float32), axis=-1)
-  return -jnp.take_along_axis(logp_BTV, targets_BT[..., None].astype(jnp.int32), axis=-1)[..., 0]
-
-
-def ntp_loss(logits_BTV, targets_BT, mask_BT):
-  """THE next-token cross-entropy: mean over tokens with mask > 0 (train.losses.ntp_loss, the
-  NTP stages' loss_fn, is this on the model's logits)."""
-  m = mask_BT.astype(jnp.float32)
-  return jnp.sum(token_nll(logits_BTV, targets_BT) * m) / jnp.maximum(jnp.sum(m), 1.0)
+# The one token NLL and NTP loss live in refine_jax.losses (below refine/ and eval/).
+token_nll = losses.token_nll
+ntp_loss = losses.ntp_loss
 
 
 def _batch_arrays(batch):
   inputs = jnp.asarray(batch["inputs"])
   targets = jnp.asarray(batch["targets"])
-  mask = batch.get("loss_mask")
-  mask = jnp.ones(inputs.shape, jnp.float32) if mask is None else jnp.asarray(mask, jnp.float32)
-  return inputs, targets, mask
+  return inputs, targets, losses.loss_mask(batch)
 
 
-def _select(rng, logits_BTV, mask_BT, rcfg, lengths_B=None):
+segments = losses.segments
+forward = losses.forward
+
+
+def row_ids(batch):
+  """Each row's index in the update's whole batch (loop adds "row_ids" before cutting it into
+  microbatches / minibatches; a whole batch without them counts from 0)."""
+  if batch.get("row_ids") is not None:
+    return jnp.asarray(batch["row_ids"], jnp.int32)
+  return jnp.arange(jnp.shape(batch["inputs"])[0], dtype=jnp.int32)
+
+
+def _select(rng, logits_BTV, mask_BT, rcfg, lengths_B=None, segment_ids_BT=None):
   ent_BT = selection.token_entropy(jax.lax.stop_gradient(logits_BTV))
   pos_Bc, valid_Bc, _ = selection.select_positions(
       rng, ent_BT, num_chunks=rcfg.num_chunks, rollout_len=rcfg.rollout_len,
       mode=rcfg.selection, tau=rcfg.tau, smooth_kernel=rcfg.smooth_kernel or None,
-      margin=rcfg.margin, loss_mask_BT=mask_BT, lengths_B=lengths_B)
+      margin=rcfg.margin, loss_mask_BT=mask_BT, lengths_B=lengths_B,
+      segment_ids_BT=segment_ids_BT)
   ent_Bc = jnp.take_along_axis(ent_BT, pos_Bc, axis=1)
   return pos_Bc, valid_Bc, ent_Bc
+
+
+def valid_chunks(batch, rcfg):
+  """[B, c] bool: which selected positions will be valid, from the batch's masks alone (the
+  same test `_select` applies), so the GRPO term's weight is known before the forward pass."""
+  B, T = jnp.shape(batch["inputs"])
+  return selection.allowed(B, T, num_chunks=rcfg.num_chunks, rollout_len=rcfg.rollout_len,
+                           margin=rcfg.margin, loss_mask_BT=losses.loss_mask(batch),
+                           lengths_B=batch.get("lengths"),
+                           segment_ids_BT=segments(batch)).any(-1)
+
+
+def rl_weight(valid_Bc, rcfg):
+  """The GRPO term's weight for these valid positions (refine.aggregation's denominator)."""
+  B, c = valid_Bc.shape
+  valid_BG = jnp.repeat(valid_Bc, rcfg.rollouts_per_position, axis=1)
+  return grpo.weight(jnp.broadcast_to(valid_BG[..., None], (B, valid_BG.shape[1],
+                                                              rcfg.rollout_len)),
+                     rcfg.aggregation)
 
 
 def _rewards(model, rcfg, cache_Bc, roll, true_Bck):
@@ -185,90 +208,108 @@ def policy_logprobs(model, out, positions_Bc, tokens_Gk, rcfg, cache_Bc=None):
 
 
 def _rl_terms(rcfg, B, logp_Gk, old_logp_Gk, adv_BG, valid_BG, ref_logp_Gk=None):
+  """(pg Term, kl Term, clip-fraction Term) of the clipped GRPO surrogate."""
   k = rcfg.rollout_len
   G = adv_BG.shape[1]
   mask_BGk = jnp.broadcast_to(valid_BG[..., None], (B, G, k))
   pg, clip_frac = grpo.ppo_loss(logp_Gk.reshape(B, G, k), old_logp_Gk.reshape(B, G, k), adv_BG,
                                 mask_BGk, clip_eps=rcfg.clip_eps, dual_clip=rcfg.dual_clip,
                                 aggregation=rcfg.aggregation)
-  kl = jnp.zeros(())
+  kl = losses.Term(jnp.zeros(()), pg.weight)
   if ref_logp_Gk is not None:
     kl = grpo.kl_penalty(logp_Gk.reshape(B, G, k), ref_logp_Gk.reshape(B, G, k), mask_BGk,
                          rcfg.aggregation)
-  return pg + rcfg.kl_coef * kl, {"clip_frac": clip_frac, "kl": kl, "pg_loss": pg}
+  return pg, kl, clip_frac
 
 
-def _ref_logprobs(ref_model, inputs_BT, positions_Bc, tokens_Gk, rcfg):
+def _ref_logprobs(ref_model, inputs_BT, seg_BT, positions_Bc, tokens_Gk, rcfg):
   if ref_model is None:
     return None
-  out = ref_model(inputs_BT, capture=True)
+  out = forward(ref_model, inputs_BT, seg_BT, capture=True)
   return jax.lax.stop_gradient(policy_logprobs(ref_model, out, positions_Bc, tokens_Gk, rcfg))
 
 
-def _masked_mean(x, w):
-  w = w.astype(jnp.float32)
-  return jnp.sum(x * w) / jnp.maximum(jnp.sum(w), 1.0)
+def _terms(rcfg, ntp, pg, kl, clip_frac, rewards_BG, valid_BG, ent_Bc, valid_Bc):
+  """The ReFINE objective's Terms and metric Terms (all sums over this (micro)batch)."""
+  terms = {"ntp_loss": ntp, "pg_loss": pg, "kl": kl}
+  r = rewards_BG.astype(jnp.float32)
+  metrics = {"rl_loss": losses.Term(pg.sum + rcfg.kl_coef * kl.sum, pg.weight),
+             "clip_frac": clip_frac,
+             "reward_mean": losses.masked(r, valid_BG), "reward_sq": losses.masked(r * r, valid_BG),
+             "entropy_selected": losses.masked(ent_Bc, valid_Bc),
+             "valid_frac": losses.masked(valid_Bc.astype(jnp.float32), 1.0)}
+  return terms, metrics
 
 
-def _reward_metrics(rewards_BG, valid_BG, ent_Bc, valid_Bc):
-  mean = _masked_mean(rewards_BG, valid_BG)
-  std = jnp.sqrt(_masked_mean((rewards_BG - mean) ** 2, valid_BG))
-  return {"reward_mean": mean, "reward_std": std,
-          "entropy_selected": _masked_mean(ent_Bc, valid_Bc),
-          "valid_frac": jnp.mean(valid_Bc.astype(jnp.float32))}
+def _coefs(rcfg):
+  """loss = lambda_ntp * NTP + lambda_rl * (GRPO + kl_coef * KL)."""
+  return {"ntp_loss": float(rcfg.lambda_ntp), "pg_loss": float(rcfg.lambda_rl),
+          "kl": float(rcfg.lambda_rl) * float(rcfg.kl_coef)}
 
 
-def _sample_and_score(model, out, targets_BT, mask_BT, rng, rcfg, lengths_B=None):
+def _sample_and_score(model, out, batch, rng, rcfg):
   """Selection, rollouts from the captured states, rewards and group advantages: the part
-  shared by the fused loss and `collect`. Rollout log-probs stay differentiable."""
-  B, T = targets_BT.shape
+  shared by the fused loss and `collect`. Rollout log-probs stay differentiable.
+
+  Every random draw of row b uses keys derived from (rng, its row id) only, so a row's
+  positions and rollouts do not depend on the microbatch or minibatch it is computed in."""
+  _, targets, mask = _batch_arrays(batch)
+  B, T = targets.shape
   n, k, c = rcfg.rollouts_per_position, rcfg.rollout_len, rcfg.num_chunks
   r_sel, r_roll = jax.random.split(rng)
-  pos_Bc, valid_Bc, ent_Bc = _select(r_sel, out.logits, mask_BT, rcfg, lengths_B)
+  rows_B = row_ids(batch)
+  pos_Bc, valid_Bc, ent_Bc = _select(rollout.row_keys(r_sel, rows_B), out.logits, mask, rcfg,
+                                     batch.get("lengths"), segments(batch))
+  keys_BG = jax.vmap(lambda key: rollout.row_keys(key, jnp.arange(c * n)))(
+      rollout.row_keys(r_roll, rows_B))
   roll, cache_Bc = rollout.rollouts_from_capture(
-      model, out, pos_Bc, r_roll, n=n, length=k, max_len=T + k, temperature=rcfg.temperature,
-      top_k=rcfg.top_k, top_p=rcfg.top_p)
-  true_Bck = rollout.continuation_at(targets_BT, pos_Bc, k)
+      model, out, pos_Bc, keys_BG.reshape(B * c * n), n=n, length=k, max_len=T + k,
+      temperature=rcfg.temperature, top_k=rcfg.top_k, top_p=rcfg.top_p)
+  true_Bck = rollout.continuation_at(targets, pos_Bc, k)
   rewards_BG = _rewards(model, rcfg, cache_Bc, roll, true_Bck).reshape(B, c * n)
   valid_BG = jnp.repeat(valid_Bc, n, axis=1)
   adv_BG = advantages(rewards_BG, valid_BG, rcfg)
   return pos_Bc, valid_Bc, ent_Bc, roll, true_Bck, rewards_BG, valid_BG, adv_BG
 
 
-def refine_loss(model, batch, rng, rcfg, ref_model=None):
-  """The fused one-epoch step (ppo_epochs = 1): returns (loss, metrics).
+def objective(rcfg, ref_model=None) -> losses.Objective:
+  """The fused one-epoch ReFINE objective (ppo_epochs = ppo_minibatches = 1).
 
   The sampling scan's log-probs are differentiable, so they are both the behaviour log-probs
   (stop-gradient copy) and the policy log-probs: the first PPO epoch's ratio is exactly 1 with
-  the right gradient, and no second rollout-length pass is needed.
+  the right gradient, and no second rollout-length pass is needed. ref_model: the frozen
+  reference policy for refine.kl_coef > 0 (its weights are constants of the jitted step).
   """
-  inputs, targets, mask = _batch_arrays(batch)
-  B = inputs.shape[0]
-  out = model(inputs, capture=True)
-  ntp = ntp_loss(out.logits, targets, mask)
-  pos_Bc, valid_Bc, ent_Bc, roll, _, rewards_BG, valid_BG, adv_BG = _sample_and_score(
-      model, out, targets, mask, rng, rcfg, batch.get("lengths"))
-  ref_lp = (_ref_logprobs(ref_model, inputs, pos_Bc, roll.tokens_Gk, rcfg)
-            if rcfg.kl_coef > 0 else None)
-  rl, rl_metrics = _rl_terms(rcfg, B, roll.logp_Gk, jax.lax.stop_gradient(roll.logp_Gk),
-                             adv_BG, valid_BG, ref_lp)
-  loss = rcfg.lambda_rl * rl + rcfg.lambda_ntp * ntp
-  metrics = {"ntp_loss": ntp, "rl_loss": rl, **rl_metrics,
-             **_reward_metrics(rewards_BG, valid_BG, ent_Bc, valid_Bc)}
-  return loss, metrics
-
-
-def make_loss_fn(rcfg, ref_model=None):
-  """loss_fn(model, batch, rng) -> (loss, metrics) for the training loop (jit it there).
-  ref_model: the frozen reference policy for refine.kl_coef > 0 (its weights are closed over,
-  i.e. constants of the jitted step)."""
   if rcfg.kl_coef > 0 and ref_model is None:
     raise ValueError(f"refine.kl_coef={rcfg.kl_coef} needs a frozen reference model: pass "
                      "make_loss_fn(rcfg, ref_model=...) or set refine.kl_coef=0.")
 
-  def loss_fn(model, batch, rng):
-    return refine_loss(model, batch, rng, rcfg, ref_model)
-  return loss_fn
+  def terms(model, batch, rng):
+    inputs, targets, mask = _batch_arrays(batch)
+    seg = segments(batch)
+    out = forward(model, inputs, seg, capture=True)
+    ntp, _ = losses.ntp_terms(out.logits, targets, mask)
+    pos_Bc, valid_Bc, ent_Bc, roll, _, rewards_BG, valid_BG, adv_BG = _sample_and_score(
+        model, out, batch, rng, rcfg)
+    ref_lp = (_ref_logprobs(ref_model, inputs, seg, pos_Bc, roll.tokens_Gk, rcfg)
+              if rcfg.kl_coef > 0 else None)
+    pg, kl, clip = _rl_terms(rcfg, inputs.shape[0], roll.logp_Gk,
+                             jax.lax.stop_gradient(roll.logp_Gk), adv_BG, valid_BG, ref_lp)
+    return _terms(rcfg, ntp, pg, kl, clip, rewards_BG, valid_BG, ent_Bc, valid_Bc)
+
+  def weights(batch):
+    w = rl_weight(valid_chunks(batch, rcfg), rcfg)
+    return {"ntp_loss": jnp.sum(losses.loss_mask(batch)), "pg_loss": w, "kl": w}
+
+  return losses.Objective(terms, _coefs(rcfg), weights)
+
+
+make_loss_fn = objective  # the stages' name for it
+
+
+def refine_loss(model, batch, rng, rcfg, ref_model=None):
+  """(loss, metrics) of the fused ReFINE objective on one whole batch."""
+  return objective(rcfg, ref_model)(model, batch, rng)
 
 
 class Collected(NamedTuple):
@@ -285,31 +326,45 @@ class Collected(NamedTuple):
 
 def collect(model, batch, rng, rcfg) -> Collected:
   """Selection + rollouts + rewards + advantages with the current weights (no gradient)."""
-  inputs, targets, mask = _batch_arrays(batch)
-  out = model(inputs, capture=True)
+  inputs, _, _ = _batch_arrays(batch)
+  out = forward(model, inputs, segments(batch), capture=True)
   pos_Bc, valid_Bc, ent_Bc, roll, true_Bck, rewards_BG, _, adv_BG = _sample_and_score(
-      model, out, targets, mask, rng, rcfg, batch.get("lengths"))
+      model, out, batch, rng, rcfg)
   col = Collected(pos_Bc, valid_Bc, roll.tokens_Gk,
                   rollout.repeat_rows(true_Bck, rcfg.rollouts_per_position),
                   roll.logp_Gk, rewards_BG, adv_BG, ent_Bc)
   return jax.tree.map(jax.lax.stop_gradient, col)
 
 
+def policy_objective(rcfg, ref_model=None) -> losses.Objective:
+  """The PPO objective of stored rollouts under the current weights, on (batch, Collected)
+  pairs holding the same sequences (slice both by sequence for minibatches)."""
+
+  def terms(model, data, rng):
+    del rng  # the policy loss of stored rollouts is deterministic
+    batch, col = data
+    inputs, targets, mask = _batch_arrays(batch)
+    seg = segments(batch)
+    n = rcfg.rollouts_per_position
+    out = forward(model, inputs, seg, capture=True)
+    ntp, _ = losses.ntp_terms(out.logits, targets, mask)
+    logp_Gk = policy_logprobs(model, out, col.positions_Bc, col.tokens_Gk, rcfg)
+    valid_BG = jnp.repeat(col.valid_Bc, n, axis=1)
+    ref_lp = (_ref_logprobs(ref_model, inputs, seg, col.positions_Bc, col.tokens_Gk, rcfg)
+              if rcfg.kl_coef > 0 else None)
+    pg, kl, clip = _rl_terms(rcfg, inputs.shape[0], logp_Gk, col.old_logp_Gk,
+                             col.advantages_BG, valid_BG, ref_lp)
+    return _terms(rcfg, ntp, pg, kl, clip, col.rewards_BG, valid_BG, col.entropy_Bc,
+                  col.valid_Bc)
+
+  def weights(data):
+    batch, col = data
+    w = rl_weight(col.valid_Bc, rcfg)
+    return {"ntp_loss": jnp.sum(losses.loss_mask(batch)), "pg_loss": w, "kl": w}
+
+  return losses.Objective(terms, _coefs(rcfg), weights)
+
+
 def policy_loss(model, batch, col: Collected, rcfg, ref_model=None):
-  """Differentiable loss of stored rollouts under the current weights: (loss, metrics).
-  `batch` and `col` must hold the same sequences (slice both by sequence for minibatches)."""
-  inputs, targets, mask = _batch_arrays(batch)
-  B = inputs.shape[0]
-  n = rcfg.rollouts_per_position
-  out = model(inputs, capture=True)
-  ntp = ntp_loss(out.logits, targets, mask)
-  logp_Gk = policy_logprobs(model, out, col.positions_Bc, col.tokens_Gk, rcfg)
-  valid_BG = jnp.repeat(col.valid_Bc, n, axis=1)
-  ref_lp = (_ref_logprobs(ref_model, inputs, col.positions_Bc, col.tokens_Gk, rcfg)
-            if rcfg.kl_coef > 0 else None)
-  rl, rl_metrics = _rl_terms(rcfg, B, logp_Gk, col.old_logp_Gk, col.advantages_BG, valid_BG,
-                             ref_lp)
-  loss = rcfg.lambda_rl * rl + rcfg.lambda_ntp * ntp
-  metrics = {"ntp_loss": ntp, "rl_loss": rl, **rl_metrics,
-             **_reward_metrics(col.rewards_BG, valid_BG, col.entropy_Bc, col.valid_Bc)}
-  return loss, metrics
+  """(loss, metrics) of stored rollouts on one whole batch (policy_objective)."""
+  return policy_objective(rcfg, ref_model)(model, (batch, col), None)

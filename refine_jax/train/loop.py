@@ -1,6 +1,8 @@
 """The training loop shared by every stage.
 
-A stage gives a `loss_fn(model, batch, rng) -> (loss, metrics)`; the loop owns the mesh, the
+A stage gives its objective (a refine_jax.losses.Objective: (sum, weight) Terms, divided once
+per optimiser update by their total weight, so microbatches never change it; a plain
+`loss_fn(model, batch, rng) -> (loss, metrics)` counts as a per-row mean); the loop owns the mesh, the
 sharded model/optimiser state, ONE jitted train step with explicit in/out shardings, Orbax
 checkpoints (resume, init_checkpoint), metrics, held-out perplexity and the NaN guard.
 A stage may also replace the whole step with `step_builder` (see `make_train_step`).
@@ -13,7 +15,7 @@ import dataclasses
 import json
 import math
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +26,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from refine_jax import checkpoint as ckpt_lib
+from refine_jax import losses
 from refine_jax.errors import UserError
 from refine_jax import paths
 from refine_jax import parallel
@@ -44,8 +47,9 @@ class TrainResult:
 
 
 def make_train_step(graphdef, loss_fn, tx, microbatches=1):
-  """Default step: one `updates` of loss_fn (grads averaged over `microbatches`, see
-  `accumulate`). Custom steps keep this signature:
+  """Default step: one `updates` of loss_fn (an Objective, or a plain per-row-mean
+  loss_fn(model, batch, rng) -> (loss, metrics)), its gradient accumulated over `microbatches`.
+  Custom steps keep this signature:
   step(params, opt_state, rest, batch, rng) -> (params, opt_state, metrics incl. "loss")."""
 
   def step(params, opt_state, rest, batch, rng):
@@ -55,41 +59,84 @@ def make_train_step(graphdef, loss_fn, tx, microbatches=1):
   return step
 
 
-def model_grad(graphdef, loss_fn, rest):
-  """value_and_grad w.r.t. the params of loss_fn(model, batch, rng) -> (loss, aux)."""
-  return jax.value_and_grad(lambda p, b, r: loss_fn(nnx.merge(graphdef, p, rest), b, r),
-                            has_aux=True)
+class GradFn(NamedTuple):
+  """grad(params, batch, rng, norms) -> ((loss, (terms, metrics)), grads) of `objective`, with
+  each term's sum divided by norms[term] (its total weight in the whole update)."""
+  grad: Callable
+  objective: losses.Objective
 
 
-def updates(grad_fn, tx, params, opt_state, data, *, rng, epochs=1, minibatches=1,
+def model_grad(graphdef, loss_fn, rest) -> GradFn:
+  """The one value_and_grad over a model's params of an Objective (losses.as_objective)."""
+  obj = losses.as_objective(loss_fn)
+
+  def f(params, batch, rng, norms):
+    terms, metrics = obj.terms(nnx.merge(graphdef, params, rest), batch, rng)
+    return losses.combine(terms, obj.coefs, norms), (terms, metrics)
+
+  return GradFn(jax.value_and_grad(f, has_aux=True), obj)
+
+
+def with_row_ids(data):
+  """Adds "row_ids" (each row's index in the whole batch) to a batch dict, or to the batch of a
+  (batch, collected) pair, before it is cut into minibatches / microbatches: per-row random
+  draws (refine.step) key on it, so they do not depend on the cut."""
+  if isinstance(data, dict):
+    if "row_ids" in data:
+      return data
+    rows = jax.tree.leaves(data)[0].shape[0]
+    return dict(data, row_ids=jnp.arange(rows, dtype=jnp.int32))
+  if isinstance(data, tuple) and data and isinstance(data[0], dict):
+    return (with_row_ids(data[0]),) + tuple(data[1:])
+  return data
+
+
+def updates(grad_fn: GradFn, tx, params, opt_state, data, *, rng, epochs=1, minibatches=1,
             microbatches=1):
   """The one optimiser update every stage makes (plain NTP, PPO epochs x minibatches, nested
   post-training's inner and outer updates, TTT): epochs x minibatches updates of `tx`; update i
   takes minibatch i % minibatches of `data` (split_microbatches: strided, so each spans every
-  device) and accumulates its grads over `microbatches`. Several updates run in ONE lax.scan
-  (one copy of the update in the program); a single update is the plain call.
-  grad_fn(params, sub, rng) -> ((loss, aux), grads), called with the same rng every update.
-  Returns (params, opt_state, metrics averaged over updates with "loss" the last update's)."""
+  device) and accumulates its grads over `microbatches`.
+
+  Each update optimises its objective over the update's WHOLE (mini)batch: every term's sum is
+  divided once by the term's total weight there (objective.weights), so the loss and gradient
+  are the same for any `microbatches`, device or process count. Several updates run in ONE
+  lax.scan (one copy of the update in the program); a single update is the plain call.
+  Returns (params, opt_state, metrics): every metric and "loss" weighted over all the step's
+  updates the same way (with a zero lr, the same numbers for any minibatch split), grad_norm the
+  mean over updates."""
+  data = with_row_ids(data)
+  coefs = grad_fn.objective.coefs
 
   def update(params, opt_state, sub):
-    (loss, aux), grads = accumulate(grad_fn, params, sub, microbatches, rng)
+    norms = grad_fn.objective.weights(sub)
+    (_, (terms, metrics)), grads = accumulate(grad_fn.grad, params, sub, microbatches, rng,
+                                              norms)
     delta, opt_state = tx.update(grads, opt_state, params)
-    return (optax.apply_updates(params, delta), opt_state,
-            dict(aux, loss=loss, grad_norm=global_norm(grads)))
+    return optax.apply_updates(params, delta), opt_state, (terms, metrics, global_norm(grads))
 
   if int(epochs) * int(minibatches) == 1:
-    return update(params, opt_state, data)
+    params, opt_state, (terms, metrics, gnorm) = update(params, opt_state, data)
+    return params, opt_state, _report(terms, metrics, gnorm, coefs)
   subs = split_microbatches(data, minibatches)
 
   def body(carry, i):
     params, opt_state, row = update(*carry, jax.tree.map(lambda x: x[i % minibatches], subs))
     return (params, opt_state), row
 
-  (params, opt_state), rows = jax.lax.scan(body, (params, opt_state),
-                                           jnp.arange(int(epochs) * int(minibatches)))
-  out = {k: jnp.mean(v) for k, v in rows.items()}
-  out["loss"] = rows["loss"][-1]
-  return params, opt_state, out
+  n = int(epochs) * int(minibatches)
+  (params, opt_state), (terms, metrics, gnorm) = jax.lax.scan(body, (params, opt_state),
+                                                              jnp.arange(n))
+  total = lambda tree: jax.tree.map(lambda x: jnp.sum(x, axis=0), tree)
+  metrics = {k: total(v) if isinstance(v, losses.Term) else jnp.mean(v, axis=0)
+             for k, v in metrics.items()}
+  return params, opt_state, _report(total(terms), metrics, jnp.mean(gnorm), coefs)
+
+
+def _report(terms, metrics, grad_norm, coefs):
+  """Logged metrics of accumulated Terms; "loss" = sum_t coef_t * mean_t."""
+  loss = losses.combine(terms, coefs, {n: t.weight for n, t in terms.items()})
+  return dict(losses.finalize(terms, metrics, coefs, loss), grad_norm=grad_norm)
 
 
 def ntp_step_builder(epochs, minibatches, microbatches=1):
@@ -126,36 +173,34 @@ def merge_microbatches(tree_M):
   return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:]), tree_M)
 
 
-def accumulate(value_and_grad_fn, params, batch, microbatches, rng):
-  """Gradient accumulation: ((loss, aux), grads) of value_and_grad_fn(params, batch, rng) computed
-  as `microbatches` sequential microbatches of `batch` (split_microbatches) in a lax.scan, so the
-  compiled body and the activation memory are those of one microbatch whatever M is.
+def accumulate(value_and_grad_fn, params, batch, microbatches, rng, norms):
+  """Gradient accumulation: ((loss, aux), grads) of value_and_grad_fn(params, batch, rng, norms)
+  computed as `microbatches` sequential microbatches of `batch` (split_microbatches) in a
+  lax.scan, so the compiled body and the activation memory are those of one microbatch
+  whatever M is.
 
-  Loss, aux metrics and grads are the equal-weight mean over microbatches, summed in float32
-  (grads come back in their own dtype, aux as float32). That equals the full-batch value when the
-  loss is a per-row mean and every microbatch carries the same weight, e.g. the same token count
-  as in packed LM batches (all-ones loss_mask); with ragged masks it is the mean of microbatch
-  means. Microbatch i uses fold_in(rng, i); microbatches == 1 is exactly the plain call (same
-  rng, same graph)."""
+  Everything is SUMMED over microbatches in float32 (grads come back in their own dtype): the
+  loss divides each term by its total weight in the whole batch (`norms`, see losses), so the
+  sum of microbatch losses and gradients is the whole-batch loss and gradient, ragged masks
+  included. Every microbatch gets the same rng (random draws key on each row's id, not on
+  the microbatch); microbatches == 1 is exactly the plain call."""
   M = int(microbatches)
   if M < 1:
     raise ValueError(f"train.microbatches={microbatches} must be >= 1.")
   if M == 1:
-    return value_and_grad_fn(params, batch, rng)
+    return value_and_grad_fn(params, batch, rng, norms)
   batch_M = split_microbatches(batch, M)
 
-  def one(i, mb):
-    return value_and_grad_fn(params, mb, jax.random.fold_in(rng, i))
+  def one(mb):
+    return value_and_grad_fn(params, mb, rng, norms)
 
-  shapes = jax.eval_shape(one, 0, jax.tree.map(lambda x: x[0], batch_M))
+  shapes = jax.eval_shape(one, jax.tree.map(lambda x: x[0], batch_M))
   zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), shapes)
 
-  def body(acc, xs):
-    out = one(*xs)
-    return jax.tree.map(lambda a, x: a + x.astype(jnp.float32), acc, out), None
+  def body(acc, mb):
+    return jax.tree.map(lambda a, x: a + x.astype(jnp.float32), acc, one(mb)), None
 
-  total, _ = jax.lax.scan(body, zeros, (jnp.arange(M), batch_M))
-  (loss, aux), grads = jax.tree.map(lambda t: t / M, total)
+  (loss, aux), grads = jax.lax.scan(body, zeros, batch_M)[0]
   grads = jax.tree.map(lambda g, s: g.astype(s.dtype), grads, shapes[1])
   return (loss, aux), grads
 

@@ -1,20 +1,21 @@
-"""Next-token prediction loss (the pretrain stage's loss_fn); held-out NLL sums are eval's
-(eval/nll.py)."""
+"""The next-token objective of the NTP stages (pretrain, warm-ups, SFT, post-training's answer
+update): a refine_jax.losses.Objective, so microbatches and minibatches never change it."""
 
-import jax.numpy as jnp
-
-from refine_jax.eval.nll import loss_mask
-from refine_jax.refine.step import ntp_loss as _ntp_from_logits
+from refine_jax import losses
 
 
-def ntp_loss(model, batch, rng):
-  """Mean next-token cross-entropy over loss_mask positions (mask zeroes document boundaries
-  and padding). Returns (loss, metrics)."""
+def _terms(model, batch, rng):
   del rng
-  logits_BTV = model(batch["inputs"]).logits
-  mask_BT = loss_mask(batch)
-  tokens = mask_BT.sum()
-  loss = _ntp_from_logits(logits_BTV, batch["targets"], mask_BT)
-  correct = (jnp.argmax(logits_BTV, -1) == batch["targets"]).astype(jnp.float32)
-  accuracy = (correct * mask_BT).sum() / jnp.maximum(tokens, 1.0)
-  return loss, {"ntp_loss": loss, "accuracy": accuracy, "loss_tokens": tokens}
+  logits_BTV = losses.forward(model, batch["inputs"], losses.segments(batch)).logits
+  mask_BT = losses.loss_mask(batch)
+  nll, correct = losses.ntp_terms(logits_BTV, batch["targets"], mask_BT)
+  return {"ntp_loss": nll}, {"accuracy": correct, "loss_tokens": correct.weight}
+
+
+def _weights(batch):
+  return {"ntp_loss": losses.loss_mask(batch).sum()}
+
+
+# Mean next-token cross-entropy over loss_mask positions (the mask zeroes document boundaries
+# and padding); called on a whole batch it returns (loss, metrics).
+ntp_loss = losses.Objective(_terms, {"ntp_loss": 1.0}, _weights)

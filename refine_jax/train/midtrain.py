@@ -17,12 +17,11 @@ import json
 import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from flax import nnx
 
-from refine_jax import paths
+from refine_jax import losses, paths
 from refine_jax.data import tokenizers
 from refine_jax.eval import nll, runner
 from refine_jax.refine import step as refine_step
@@ -63,8 +62,9 @@ def make_ppo_step_builder(rcfg, microbatches=1):
   * NTP (as the official code's per-minibatch loss): with E epochs the NTP term is applied E
   times per sequence, like any E-epoch pass (tests/test_train_microbatch.py checks it).
   microbatches > 1: the collect pass runs in ppo_minibatches * microbatches parts (the size of an
-  update's microbatch: its captured states are the largest ReFINE buffer) with fold_in(rng, i),
-  and each update accumulates its minibatch's grads over microbatches (loop.accumulate)."""
+  update's microbatch: its captured states are the largest ReFINE buffer), and each update
+  accumulates its minibatch's grads over microbatches (loop.accumulate); every update's terms
+  are divided by their weight in its whole minibatch (refine_jax.losses)."""
   epochs, mbs, M = int(rcfg.ppo_epochs), int(rcfg.ppo_minibatches), int(microbatches)
   G = int(rcfg.num_chunks) * int(rcfg.rollouts_per_position)
 
@@ -72,33 +72,28 @@ def make_ppo_step_builder(rcfg, microbatches=1):
     del loss_fn
 
     def collect(params, rest, batch, rng):
-      """Collected for the whole batch, per-sequence layout (_by_sequence)."""
-      def one(i, mb):
-        key = rng if M == 1 else jax.random.fold_in(rng, i)
-        col = refine_step.collect(nnx.merge(graphdef, params, rest), mb, key, rcfg)
+      """Collected for the whole batch, per-sequence layout (_by_sequence). Rows draw with
+      their own keys (refine.step), so the parts give the whole batch's rollouts."""
+      def one(mb):
+        col = refine_step.collect(nnx.merge(graphdef, params, rest), mb, rng, rcfg)
         return _by_sequence(col, G)
 
       if M == 1:
-        return one(0, batch)
+        return one(batch)
       # lax.map: rollouts of one update-microbatch of sequences at a time, one compiled body.
       parts = M * mbs
-      col_M = jax.lax.map(lambda xs: one(*xs),
-                          (jnp.arange(parts), loop.split_microbatches(batch, parts)))
-      return loop.merge_microbatches(col_M)
+      return loop.merge_microbatches(jax.lax.map(one, loop.split_microbatches(batch, parts)))
 
-    def objective(p, rest, sub, rng):
-      del rng  # the policy loss of stored rollouts is deterministic
-      sub_batch, sub_col = sub
-      return refine_step.policy_loss(nnx.merge(graphdef, p, rest), sub_batch, _by_row(sub_col),
-                                     rcfg)
+    policy = losses.on_view(refine_step.policy_objective(rcfg),
+                            lambda sub: (sub[0], _by_row(sub[1])))
 
     def step(params, opt_state, rest, batch, rng):
       check_microbatches(batch["inputs"].shape[0], mbs, M)  # builders are also used directly
+      batch = loop.with_row_ids(batch)
       col = collect(params, rest, batch, rng)
-      grad_fn = jax.value_and_grad(lambda p, sub, r: objective(p, rest, sub, r), has_aux=True)
       # PPO updates over strided (sequence, rollouts) minibatches: every one spans every device.
-      return loop.updates(grad_fn, tx, params, opt_state, (batch, col), rng=rng, epochs=epochs,
-                          minibatches=mbs, microbatches=M)
+      return loop.updates(loop.model_grad(graphdef, policy, rest), tx, params, opt_state,
+                          (batch, col), rng=rng, epochs=epochs, minibatches=mbs, microbatches=M)
 
     return step
 
@@ -114,7 +109,8 @@ def step_spec(config):
   if updates > 1:
     builder = make_ppo_step_builder(rcfg, int(config.train.get("microbatches", 1)))
   return StepSpec(refine_step.make_loss_fn(rcfg), builder, updates,
-                  lm_batch(config.train.batch_size, config.data.seq_len))
+                  lm_batch(config.train.batch_size, config.data.seq_len,
+                           segments=config.data.get("reset_at_documents", True)))
 
 
 def _num(v):

@@ -31,11 +31,12 @@ import numpy as np
 import optax
 from flax import nnx
 
-from refine_jax import paths
+from refine_jax import losses, paths
 from refine_jax.data.tokenizers import get_tokenizer
 from refine_jax.refine import step as refine_step
 from refine_jax.eval import nll
-from refine_jax.train import loop, losses, midtrain, optim, qa_data, qa_eval, warmup
+from refine_jax.train import loop, midtrain, optim, qa_data, qa_eval, warmup
+from refine_jax.train import losses as train_losses
 from refine_jax.train.spec import StepSpec, lm_batch
 
 MODES = ("nested_refine", "nested_sft", "sft")
@@ -55,6 +56,10 @@ def validate(config):
                        f"posttrain.answer_cap - 2 = {top}; lower it or raise data.seq_len.")
   if p.mode == "nested_refine":
     refine_step.validate(config.refine, int(config.data.seq_len))
+  # Before the warm-up runs: every update splits the batch into these parts.
+  mbs = int(config.refine.ppo_minibatches) if inner_updates(config) > 1 else 1
+  midtrain.check_microbatches(int(config.train.batch_size), mbs,
+                              int(config.train.get("microbatches", 1)))
 
 
 def answer_batch(batch):
@@ -64,20 +69,18 @@ def answer_batch(batch):
 
 
 def inner_loss_fn(config, pad_id):
-  """loss_fn(model, batch, rng) of the inner update, on prompt_only(batch); None for "sft"."""
+  """The inner update's objective, on prompt_only(batch); None for "sft"."""
   mode = config.posttrain.mode
   if mode == "sft":
     return None
+  view = lambda batch: qa_data.prompt_only(batch, pad_id)
   if mode == "nested_sft":
-    return lambda model, batch, rng: losses.ntp_loss(model, qa_data.prompt_only(batch, pad_id),
-                                                     rng)
-  rcfg = config.refine
-  return lambda model, batch, rng: refine_step.refine_loss(
-      model, qa_data.prompt_only(batch, pad_id), rng, rcfg)
+    return losses.on_view(train_losses.ntp_loss, view)
+  return losses.on_view(refine_step.objective(config.refine), view)
 
 
-def outer_loss(model, batch, rng):
-  return losses.ntp_loss(model, answer_batch(batch), rng)
+# The outer update: SFT on the answer tokens (a mean over ALL answer tokens of the batch).
+outer_loss = losses.on_view(train_losses.ntp_loss, answer_batch)
 
 
 def inner_updates(config):
@@ -162,7 +165,7 @@ def step_spec(config, pad_id=None):
   """Inner (prompt) + outer (answer) updates in one step; batches carry prompt masks."""
   if pad_id is None:
     pad_id = get_tokenizer(config.data).pad_id
-  batch = lm_batch(config.train.batch_size, config.data.seq_len, "prompt_mask")
+  batch = lm_batch(config.train.batch_size, config.data.seq_len, "prompt_mask", segments=False)
   batch["prompt_len"] = ((int(config.train.batch_size),), np.int32)
   return StepSpec(outer_loss, make_step_builder(config, pad_id),
                   1 + inner_updates(config), batch, make_optimizer(config))

@@ -15,7 +15,8 @@ def step_spec(config):
   if epochs * mbs > 1:
     builder = loop.ntp_step_builder(epochs, mbs, int(tc.get("microbatches", 1)))
   return StepSpec(losses.ntp_loss, builder, epochs * mbs,
-                  lm_batch(tc.batch_size, config.data.seq_len))
+                  lm_batch(tc.batch_size, config.data.seq_len,
+                           segments=config.data.get("reset_at_documents", True)))
 
 
 def run(config, workdir):

@@ -141,11 +141,14 @@ def prompt_only(batch: dict, pad_id: int) -> dict:
   inputs, targets = jnp.asarray(batch["inputs"]), jnp.asarray(batch["targets"])
   pm = jnp.asarray(batch["prompt_mask"], jnp.float32)
   keep_BT = jnp.arange(inputs.shape[1])[None] < jnp.asarray(batch["prompt_len"])[:, None]
-  return {"inputs": jnp.where(keep_BT, inputs, pad_id).astype(jnp.int32),
-          "targets": jnp.where(pm > 0, targets, pad_id).astype(jnp.int32),
-          "loss_mask": pm,
-          # ReFINE's chunks split each prompt's own length, not the padded row.
-          "lengths": jnp.asarray(batch["prompt_len"], jnp.int32)}
+  out = {"inputs": jnp.where(keep_BT, inputs, pad_id).astype(jnp.int32),
+         "targets": jnp.where(pm > 0, targets, pad_id).astype(jnp.int32),
+         "loss_mask": pm,
+         # ReFINE's chunks split each prompt's own length, not the padded row.
+         "lengths": jnp.asarray(batch["prompt_len"], jnp.int32)}
+  if "row_ids" in batch:  # per-row random draws (loop.with_row_ids)
+    out["row_ids"] = batch["row_ids"]
+  return out
 
 
 class SampleIterator:

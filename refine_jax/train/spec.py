@@ -17,10 +17,12 @@ class StepSpec(NamedTuple):
   tx: Any = None                  # optimiser; None: optim.make_optimizer(config.train, ...)
 
 
-def lm_batch(batch_size, seq_len, *extra_masks):
-  """The global batch spec of the LM data pipeline (+ float32 [B, T] masks, e.g. prompt_mask)."""
+def lm_batch(batch_size, seq_len, *extra_masks, segments=True):
+  """The global batch spec of the LM data pipeline (+ float32 [B, T] masks, e.g. prompt_mask);
+  segments=False: without segment_ids (data.reset_at_documents=False)."""
   bt = (int(batch_size), int(seq_len))
-  spec = {"inputs": (bt, np.int32), "targets": (bt, np.int32), "loss_mask": (bt, np.float32),
-          "segment_ids": (bt, np.int32)}
+  spec = {"inputs": (bt, np.int32), "targets": (bt, np.int32), "loss_mask": (bt, np.float32)}
+  if segments:
+    spec["segment_ids"] = (bt, np.int32)
   spec.update({m: (bt, np.float32) for m in extra_masks})
   return spec

@@ -89,6 +89,10 @@ def validate(config):
     raise ValueError(f"ttt.lr={t.lr} must be > 0.")
   if t.mode == "refine":
     refine_step.validate(config.refine, int(config.data.seq_len))
+    mbs = int(config.refine.ppo_minibatches)
+    if int(t.batch_size) % mbs:
+      raise ValueError(f"ttt.batch_size={t.batch_size} does not split into refine.ppo_minibatches="
+                       f"{mbs} equal minibatches; make ttt.batch_size a multiple of {mbs}.")
 
 
 def prompt_batch(prompt_ids: Sequence[Sequence[int]], bucket: int, pad_id: int):
@@ -152,7 +156,7 @@ def step_spec(config):
   config = resolve_config(config)
   return StepSpec(_loss_fn(config),
                   lambda graphdef, loss_fn, tx: make_step(graphdef, config, tx), 1,
-                  lm_batch(config.ttt.batch_size, config.data.seq_len),
+                  lm_batch(config.ttt.batch_size, config.data.seq_len, segments=False),
                   _optimizer(config))
 
 
