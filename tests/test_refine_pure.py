@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from refine_jax import losses
 from refine_jax.refine import grpo, reward, rollout, selection
 
 
@@ -123,7 +124,8 @@ def test_ppo_loss_hand_computation():
   logp = jnp.log(jnp.asarray(ratio))
   adv = jnp.array([[1.0, -2.0]])
   mask = jnp.ones((1, 2, 2))
-  loss, clip = grpo.ppo_loss(logp, old, adv, mask, clip_eps=0.2, dual_clip=3.0)
+  loss, clip = map(losses.mean, grpo.ppo_loss(logp, old, adv, mask, clip_eps=0.2,
+                                              dual_clip=3.0))
   # A=+1: max(-1.1, -1.1) = -1.1 ; max(-1.5, -1.2) = -1.2 (clipped)
   # A=-2: max(1.0, 1.6) = 1.6 (clipped) ; max(10, 2.4) = 10 -> dual clip min(6, 10) = 6
   per_tok = np.array([-1.1, -1.2, 1.6, 6.0])
@@ -132,9 +134,15 @@ def test_ppo_loss_hand_computation():
   # seq-mean with a mask dropping one token of rollout 0.
   mask2 = jnp.array([[[1.0, 0.0], [1.0, 1.0]]])
   loss2, _ = grpo.ppo_loss(logp, old, adv, mask2, aggregation="seq-mean")
-  np.testing.assert_allclose(loss2, (-1.1 + (1.6 + 6.0) / 2) / 2, rtol=1e-5)
+  # (sum over rollouts of each one's token mean, rollouts with a valid token)
+  np.testing.assert_allclose(loss2.sum, -1.1 + (1.6 + 6.0) / 2, rtol=1e-5)
+  assert float(loss2.weight) == 2.0
+  np.testing.assert_allclose(losses.mean(loss2), (-1.1 + (1.6 + 6.0) / 2) / 2, rtol=1e-5)
+  assert float(grpo.weight(mask2, "seq-mean")) == 2.0
+  assert float(grpo.weight(mask2, "token-mean")) == 3.0
   # The gradient at ratio 1 (first epoch) is -A d logp.
-  g = jax.grad(lambda lp: grpo.ppo_loss(lp, old, adv, mask)[0])(jnp.zeros((1, 2, 2)))
+  g = jax.grad(lambda lp: losses.mean(grpo.ppo_loss(lp, old, adv, mask)[0]))(
+      jnp.zeros((1, 2, 2)))
   np.testing.assert_allclose(g[0], [[-0.25, -0.25], [0.5, 0.5]], rtol=1e-6)
 
 
@@ -142,7 +150,8 @@ def test_kl_k3_hand_computation():
   lp = jnp.log(jnp.array([[[0.5, 0.25]]]))
   ref = jnp.log(jnp.array([[[0.25, 0.25]]]))
   want = np.mean([0.5 - np.log(0.5) - 1, 0.0])
-  np.testing.assert_allclose(grpo.kl_penalty(lp, ref, jnp.ones((1, 1, 2))), want, rtol=1e-6)
+  np.testing.assert_allclose(losses.mean(grpo.kl_penalty(lp, ref, jnp.ones((1, 1, 2)))), want,
+                             rtol=1e-6)
 
 
 def test_top_k_top_p_filters_and_sampling_frequencies():

@@ -5,14 +5,15 @@ refine_jax.losses' (the training losses use the same ones)."""
 
 import jax.numpy as jnp
 
-from refine_jax.losses import loss_mask, token_nll
+from refine_jax.losses import forward, loss_mask, segments, token_nll
 
 __all__ = ["loss_mask", "ntp_eval", "token_nll"]
 
 
 def ntp_eval(model, batch):
-  """Sums for held-out perplexity: {"nll_sum", "tokens", "correct"}."""
-  logits_BTV = model(batch["inputs"]).logits
+  """Sums for held-out perplexity: {"nll_sum", "tokens", "correct"}. Packed documents are
+  scored apart (segment_ids), as training sees them."""
+  logits_BTV = forward(model, batch["inputs"], segments(batch)).logits
   mask_BT = loss_mask(batch)
   nll_BT = token_nll(logits_BTV, batch["targets"])
   correct = (jnp.argmax(logits_BTV, -1) == batch["targets"]).astype(jnp.float32)

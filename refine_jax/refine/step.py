@@ -208,18 +208,22 @@ def policy_logprobs(model, out, positions_Bc, tokens_Gk, rcfg, cache_Bc=None):
 
 
 def _rl_terms(rcfg, B, logp_Gk, old_logp_Gk, adv_BG, valid_BG, ref_logp_Gk=None):
-  """(pg Term, kl Term, clip-fraction Term) of the clipped GRPO surrogate."""
+  """(pg Term, kl Term, (clip-fraction Term, |ratio - 1| Term)) of the clipped GRPO surrogate."""
   k = rcfg.rollout_len
   G = adv_BG.shape[1]
   mask_BGk = jnp.broadcast_to(valid_BG[..., None], (B, G, k))
   pg, clip_frac = grpo.ppo_loss(logp_Gk.reshape(B, G, k), old_logp_Gk.reshape(B, G, k), adv_BG,
                                 mask_BGk, clip_eps=rcfg.clip_eps, dual_clip=rcfg.dual_clip,
                                 aggregation=rcfg.aggregation)
+  # |ratio - 1| per valid token: exactly 0 in a first PPO epoch (old = current weights), in
+  # any precision, when the policy recomputation repeats the sampling pass's arithmetic.
+  dev = jnp.abs(jnp.exp(jax.lax.stop_gradient(logp_Gk - old_logp_Gk)) - 1.0)
+  clip = (clip_frac, losses.masked(dev.reshape(B, G, k), mask_BGk))
   kl = losses.Term(jnp.zeros(()), pg.weight)
   if ref_logp_Gk is not None:
     kl = grpo.kl_penalty(logp_Gk.reshape(B, G, k), ref_logp_Gk.reshape(B, G, k), mask_BGk,
                          rcfg.aggregation)
-  return pg, kl, clip_frac
+  return pg, kl, clip
 
 
 def _ref_logprobs(ref_model, inputs_BT, seg_BT, positions_Bc, tokens_Gk, rcfg):
@@ -229,12 +233,12 @@ def _ref_logprobs(ref_model, inputs_BT, seg_BT, positions_Bc, tokens_Gk, rcfg):
   return jax.lax.stop_gradient(policy_logprobs(ref_model, out, positions_Bc, tokens_Gk, rcfg))
 
 
-def _terms(rcfg, ntp, pg, kl, clip_frac, rewards_BG, valid_BG, ent_Bc, valid_Bc):
+def _terms(rcfg, ntp, pg, kl, clip, rewards_BG, valid_BG, ent_Bc, valid_Bc):
   """The ReFINE objective's Terms and metric Terms (all sums over this (micro)batch)."""
   terms = {"ntp_loss": ntp, "pg_loss": pg, "kl": kl}
   r = rewards_BG.astype(jnp.float32)
   metrics = {"rl_loss": losses.Term(pg.sum + rcfg.kl_coef * kl.sum, pg.weight),
-             "clip_frac": clip_frac,
+             "clip_frac": clip[0], "ratio_dev": clip[1],
              "reward_mean": losses.masked(r, valid_BG), "reward_sq": losses.masked(r * r, valid_BG),
              "entropy_selected": losses.masked(ent_Bc, valid_Bc),
              "valid_frac": losses.masked(valid_Bc.astype(jnp.float32), 1.0)}
@@ -349,10 +353,18 @@ def policy_objective(rcfg, ref_model=None) -> losses.Objective:
     out = forward(model, inputs, seg, capture=True)
     ntp, _ = losses.ntp_terms(out.logits, targets, mask)
     logp_Gk = policy_logprobs(model, out, col.positions_Bc, col.tokens_Gk, rcfg)
+    old_Gk = col.old_logp_Gk
+    if batch.get("update_index") is not None:
+      # A step's first update runs at the very weights that collected the rollouts: score it
+      # on-policy like the fused step (ratio exactly 1). Recomputing under value_and_grad
+      # compiles differently from the sampling pass, which moves log-probs by ~1 ulp.
+      first_G = jnp.repeat(jnp.asarray(batch["update_index"]) == 0, col.tokens_Gk.shape[0] //
+                           inputs.shape[0])
+      old_Gk = jnp.where(first_G[:, None], jax.lax.stop_gradient(logp_Gk), old_Gk)
     valid_BG = jnp.repeat(col.valid_Bc, n, axis=1)
     ref_lp = (_ref_logprobs(ref_model, inputs, seg, col.positions_Bc, col.tokens_Gk, rcfg)
               if rcfg.kl_coef > 0 else None)
-    pg, kl, clip = _rl_terms(rcfg, inputs.shape[0], logp_Gk, col.old_logp_Gk,
+    pg, kl, clip = _rl_terms(rcfg, inputs.shape[0], logp_Gk, old_Gk,
                              col.advantages_BG, valid_BG, ref_lp)
     return _terms(rcfg, ntp, pg, kl, clip, col.rewards_BG, valid_BG, col.entropy_Bc,
                   col.valid_Bc)

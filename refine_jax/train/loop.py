@@ -91,6 +91,18 @@ def with_row_ids(data):
   return data
 
 
+def _at_update(data, i):
+  """Tags every row with the index of the step's update that sees it ("update_index"): the
+  PPO objective scores update 0 -- at exactly the weights its rollouts were collected with --
+  on-policy (ratio exactly 1, as the fused step), whatever rounding a recomputation has."""
+  if isinstance(data, dict):
+    rows = jax.tree.leaves(data)[0].shape[0]
+    return dict(data, update_index=jnp.full((rows,), i, jnp.int32))
+  if isinstance(data, tuple) and data and isinstance(data[0], dict):
+    return (_at_update(data[0], i),) + tuple(data[1:])
+  return data
+
+
 def updates(grad_fn: GradFn, tx, params, opt_state, data, *, rng, epochs=1, minibatches=1,
             microbatches=1):
   """The one optimiser update every stage makes (plain NTP, PPO epochs x minibatches, nested
@@ -116,12 +128,13 @@ def updates(grad_fn: GradFn, tx, params, opt_state, data, *, rng, epochs=1, mini
     return optax.apply_updates(params, delta), opt_state, (terms, metrics, global_norm(grads))
 
   if int(epochs) * int(minibatches) == 1:
-    params, opt_state, (terms, metrics, gnorm) = update(params, opt_state, data)
+    params, opt_state, (terms, metrics, gnorm) = update(params, opt_state, _at_update(data, 0))
     return params, opt_state, _report(terms, metrics, gnorm, coefs)
   subs = split_microbatches(data, minibatches)
 
   def body(carry, i):
-    params, opt_state, row = update(*carry, jax.tree.map(lambda x: x[i % minibatches], subs))
+    sub = _at_update(jax.tree.map(lambda x: x[i % minibatches], subs), i)
+    params, opt_state, row = update(*carry, sub)
     return (params, opt_state), row
 
   n = int(epochs) * int(minibatches)
