@@ -20,6 +20,7 @@ differ somewhat; a kernel over the limit here is a kernel to look at. (Checked: 
 
 Shapes: C = 64, K = V = 128 (the production head size); B, T, H do not change the kernel.
 Default: the current pallas_gpu.TUNING, fwd and bwd, plain and gated, bf16 and fp32 inputs.
+--segments: the same kernels with packed documents (segment_ids).
 --sweep: block_v 32/64/128 x warps 4/8 x bf16_dots 0/1 (bf16_dots only for bf16 inputs).
 A bf16 kernel compiles in 5-30 s; a float32 one (IEEE dots become unrolled FMAs) in 1-8 minutes.
 """
@@ -56,6 +57,7 @@ class Case:
   stages: int
   bf16_dots: int
   d: int = K         # K = V
+  segments: bool = False   # packed documents (reset flags [B, T]: segment_ids)
 
 
 class _Captured(Exception):
@@ -89,12 +91,15 @@ def triton_ir(case: Case, cc: int = 90) -> str:
   g = x(B, T, H) if case.gated else None
   kw = dict(scale=K ** -0.5, chunk_size=C, block_v=case.block_v, num_warps=case.warps,
             num_stages=case.stages)
+  kernel_fn = pallas_gpu.fwd if case.kernel == "fwd" else pallas_gpu.bwd
   if case.kernel == "fwd":
-    fn, args = lambda *a: pallas_gpu.fwd(*a, **kw), (q, k, v, beta, g, f(B, H, K, V))
+    args = (q, k, v, beta, g, f(B, H, K, V))
   else:
-    fn = lambda *a: pallas_gpu.bwd(*a, **kw)
     args = (q, k, v, beta, g, f(B, N, H, K, V), x(B, T, H, V), f(B, H, K, V),
             f(B, N, H, K, V))
+  fn = lambda *a: kernel_fn(*a, **kw)
+  if case.segments:   # reset flags [B, T], traced like the rest
+    fn, args = (lambda *a: kernel_fn(*a[:-1], reset=a[-1], **kw)), args + (f(B, T),)
   old = dict(pallas_gpu.TUNING)
   pallas_gpu.TUNING["bf16_dots"] = case.bf16_dots
   pcr.lowering.lower_jaxpr_to_triton_module = grab
@@ -161,7 +166,7 @@ def check(case: Case, cc: int = 90) -> dict:
   return row
 
 
-def cases(sweep: bool, dtypes=("bfloat16", "float32")) -> list[Case]:
+def cases(sweep: bool, dtypes=("bfloat16", "float32"), segments=False) -> list[Case]:
   from pallas_kernels import pallas_gpu
   tu = pallas_gpu.TUNING
   out = []
@@ -171,16 +176,16 @@ def cases(sweep: bool, dtypes=("bfloat16", "float32")) -> list[Case]:
       bf16_dots = tu["bf16_dots"] if dtype == "bfloat16" else 0
       d = 64 if dtype == "float32" else K   # the GPU kernel takes float32 up to 64 only
       out.append(Case(kernel, gated, dtype, min(tu[f"{kernel}_block_v"], d),
-                      tu[f"{kernel}_warps"], stages, bf16_dots, d))
+                      tu[f"{kernel}_warps"], stages, bf16_dots, d, segments))
       continue
     for bv, w, bd in itertools.product((32, 64, 128), (4, 8), (0, 1)):
       if bd and dtype != "bfloat16":
         continue   # bf16_dots only changes bf16-input kernels
-      out.append(Case(kernel, gated, dtype, bv, w, stages, bd))
+      out.append(Case(kernel, gated, dtype, bv, w, stages, bd, segments=segments))
   return out
 
 
-COLS = ["kernel", "gated", "dtype", "d", "block_v", "warps", "stages", "bf16_dots", "shared_bytes",
+COLS = ["kernel", "gated", "dtype", "d", "segments", "block_v", "warps", "stages", "bf16_dots", "shared_bytes",
         "fits_smem", "regs", "spill_stores", "spill_loads", "stack_bytes", "compile_s", "error"]
 
 
@@ -199,6 +204,8 @@ def main(argv=None):
   p.add_argument("--out", default="", help="folder for triton_compile.{json,md}")
   p.add_argument("--cc", type=int, default=90, help="compute capability, e.g. 90 for H100")
   p.add_argument("--jobs", type=int, default=1, help="parallel compiles (processes)")
+  p.add_argument("--segments", action="store_true",
+                 help="the packed-document variants (segment_ids: reset flags read per chunk)")
   p.add_argument("--dtypes", default="",
                  help="input dtypes, comma-separated (default bfloat16,float32; bfloat16 with "
                       "--sweep: each float32 kernel takes ptxas 5-8 minutes on a CPU core)")
@@ -215,7 +222,7 @@ def main(argv=None):
   unknown = set(dtypes) - {"bfloat16", "float32"}
   if unknown:
     sys.exit(f"--dtypes: unknown {sorted(unknown)}; use bfloat16 and/or float32")
-  todo = cases(a.sweep, dtypes)
+  todo = cases(a.sweep, dtypes, a.segments)
   print(f"triton {triton.__version__}: {len(todo)} kernels for sm_{a.cc}", flush=True)
   if a.jobs > 1:
     import multiprocessing   # spawn: forking a process that runs jax threads can deadlock

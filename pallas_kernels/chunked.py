@@ -17,12 +17,21 @@ returned anyway), never a per-token state, and recomputes each group's internals
 
 Every exponent is <= 0 when g <= 0: differences are masked *before* exp, so large decays
 underflow to 0 instead of overflowing (positive g is not checked; it is the caller's contract).
+
+Documents packed in a row (segment_ids; reset flags from reference.reset_flags): with n_i the
+number of resets among the chunk's tokens 0..i, M_ij = [n_i == n_j] (same document),
+r_i = [n_i == 0] (no reset since the chunk start) and l_j = [n_j == n_{C-1}] (the chunk's last
+document), A and the causal QK^T mask are multiplied by M (so (I + A)^-1 is block-diagonal per
+document), the entering state reaches token i only through r_i (W's and Q's rows), and
+S' = r_{C-1} exp(G_C) S + (l exp(G_C - G) K)^T U. Only when segment_ids is given.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from pallas_kernels import reference as _reference
 
 _HI = jax.lax.Precision.HIGHEST
 _REMAT = True  # recompute each group in the backward (saves token x C residual traffic)
@@ -137,26 +146,52 @@ def _solve_bwd(res, cts):
 _solve_unit_lower.defvjp(_solve_fwd, _solve_bwd)
 
 
-def _chunk_group(S0_BHKV, q_NBHCK, k_NBHCK, v_NBHCV, b_NBHC, g_NBHC, scale):
+def _segments(s_NBXC):
+  """Reset flags [n, B, 1, C] -> (M [n,B,1,C,C] same-document 0/1, r [n,B,1,C] no reset since
+  the chunk start, l [n,B,1,C] in the chunk's last document, r_last [n,B,1])."""
+  n_NBXC = jnp.cumsum(s_NBXC, axis=-1)          # resets among tokens 0..i (exact: small ints)
+  M = (n_NBXC[..., :, None] == n_NBXC[..., None, :]).astype(jnp.float32)
+  r = (n_NBXC == 0).astype(jnp.float32)
+  l = (n_NBXC == n_NBXC[..., -1:]).astype(jnp.float32)
+  return M, r, l, r[..., -1]
+
+
+def _chunk_group(S0_BHKV, q_NBHCK, k_NBHCK, v_NBHCV, b_NBHC, g_NBHC, scale, s_NBXC=None):
   """All the math for n consecutive chunks [n, B, H, C, .] from the state S0 before them.
 
+  s_NBXC: reset flags [n, B, 1, C] (1.0: zero the state before this token) or None.
   Returns (state after them, chunk-start states [n,B,H,K,V], o [n,B,H,C,V] or None when q is
   None). Float32 in, float32 out.
   """
   KK = _ein("nbhik,nbhjk->nbhij", k_NBHCK, k_NBHCK)
   C = k_NBHCK.shape[-2]
+  seg = s_NBXC is not None
+  if seg:
+    M_NBXCC, r_NBXC, l_NBXC, rL_NBX = _segments(s_NBXC)
   if g_NBHC is None:
     G_NBHC = None
-    A_NBHCC = b_NBHC[..., :, None] * KK * _tril_mask(C, -1)
-    rhs_k = b_NBHC[..., None] * k_NBHCK
-    kdec_NBHCK, decC_NBH = k_NBHCK, None
+    if not seg:
+      A_NBHCC = b_NBHC[..., :, None] * KK * _tril_mask(C, -1)
+      rhs_k = b_NBHC[..., None] * k_NBHCK
+      kdec_NBHCK, decC_NBH = k_NBHCK, None
+    else:
+      A_NBHCC = b_NBHC[..., :, None] * KK * (_tril_mask(C, -1) * M_NBXCC)
+      rhs_k = (b_NBHC * r_NBXC)[..., None] * k_NBHCK
+      kdec_NBHCK, decC_NBH = l_NBXC[..., None] * k_NBHCK, rL_NBX
   else:
     G_NBHC = jnp.cumsum(g_NBHC, axis=-1)
-    A_NBHCC = b_NBHC[..., :, None] * KK * _decay_matrix(G_NBHC, strict=True)
-    rhs_k = (b_NBHC * jnp.exp(G_NBHC))[..., None] * k_NBHCK
-    GC_NBH = G_NBHC[..., -1]
-    kdec_NBHCK = jnp.exp(GC_NBH[..., None] - G_NBHC)[..., None] * k_NBHCK
-    decC_NBH = jnp.exp(GC_NBH)
+    if not seg:
+      A_NBHCC = b_NBHC[..., :, None] * KK * _decay_matrix(G_NBHC, strict=True)
+      rhs_k = (b_NBHC * jnp.exp(G_NBHC))[..., None] * k_NBHCK
+      GC_NBH = G_NBHC[..., -1]
+      kdec_NBHCK = jnp.exp(GC_NBH[..., None] - G_NBHC)[..., None] * k_NBHCK
+      decC_NBH = jnp.exp(GC_NBH)
+    else:
+      A_NBHCC = b_NBHC[..., :, None] * KK * (_decay_matrix(G_NBHC, strict=True) * M_NBXCC)
+      rhs_k = (b_NBHC * r_NBXC * jnp.exp(G_NBHC))[..., None] * k_NBHCK
+      GC_NBH = G_NBHC[..., -1]
+      kdec_NBHCK = (l_NBXC * jnp.exp(GC_NBH[..., None] - G_NBHC))[..., None] * k_NBHCK
+      decC_NBH = rL_NBX * jnp.exp(GC_NBH)
   W_NBHCK, U0_NBHCV = _solve_unit_lower(A_NBHCC, rhs_k, b_NBHC[..., None] * v_NBHCV)
   S, states_NBHKV, U_NBHCV = _scan_states(S0_BHKV, W_NBHCK, U0_NBHCV, kdec_NBHCK, decC_NBH)
   if q_NBHCK is None:
@@ -164,10 +199,17 @@ def _chunk_group(S0_BHKV, q_NBHCK, k_NBHCK, v_NBHCV, b_NBHC, g_NBHC, scale):
   q_NBHCK = q_NBHCK * scale
   QK = _ein("nbhik,nbhjk->nbhij", q_NBHCK, k_NBHCK)
   if G_NBHC is None:
-    QK, q_inter = QK * _tril_mask(C, 0), q_NBHCK
+    if not seg:
+      QK, q_inter = QK * _tril_mask(C, 0), q_NBHCK
+    else:
+      QK, q_inter = QK * (_tril_mask(C, 0) * M_NBXCC), r_NBXC[..., None] * q_NBHCK
   else:
-    QK = QK * _decay_matrix(G_NBHC, strict=False)
-    q_inter = jnp.exp(G_NBHC)[..., None] * q_NBHCK
+    if not seg:
+      QK = QK * _decay_matrix(G_NBHC, strict=False)
+      q_inter = jnp.exp(G_NBHC)[..., None] * q_NBHCK
+    else:
+      QK = QK * (_decay_matrix(G_NBHC, strict=False) * M_NBXCC)
+      q_inter = (r_NBXC * jnp.exp(G_NBHC))[..., None] * q_NBHCK
   o_NBHCV = (_ein("nbhck,nbhkv->nbhcv", q_inter, states_NBHKV)
              + _ein("nbhij,nbhjv->nbhiv", QK, U_NBHCV))
   return S, states_NBHKV, o_NBHCV
@@ -179,11 +221,13 @@ def _group_size(N, C, tokens=256):
   return max(d for d in range(1, min(N, target) + 1) if N % d == 0)
 
 
-def chunked(q, k, v, beta, g=None, *, scale=None, initial_state=None, chunk_size=64):
+def chunked(q, k, v, beta, g=None, *, scale=None, initial_state=None, chunk_size=64,
+            segment_ids=None):
   """Chunked (gated) delta rule. Returns (o [B,T,H,V] in v.dtype, final_state [B,H,K,V] f32,
   chunk_states [B,N,H,K,V] f32) with chunk_states[:, c] the state after tokens [0, c*C).
 
-  Any T: the tail chunk is zero-padded (beta = 0, g = 0 tokens are exact no-ops).
+  segment_ids [B, T] int or None: documents packed back to back (reference.reset_flags).
+  Any T: the tail chunk is zero-padded (beta = 0, g = 0, no reset: exact no-ops).
   An outer lax.scan walks groups of chunks (~256 tokens: cache-sized working sets) under
   jax.checkpoint, so the backward keeps only each group's start state and recomputes the rest.
   Inputs are not validated here; see ops.py.
@@ -205,11 +249,13 @@ def chunked(q, k, v, beta, g=None, *, scale=None, initial_state=None, chunk_size
     x = jnp.pad(f32(x), [(0, 0), (0, N * C - T)] + [(0, 0)] * (x.ndim - 2))
     return jnp.moveaxis(x.reshape((B, G, n * C) + x.shape[2:]), 1, 0)
 
-  xs = tuple(None if x is None else to_groups(x) for x in (q, k, v, beta, g))
+  # reset flags [B, T, 1]: one per token, broadcast over heads.
+  reset = None if segment_ids is None else _reference.reset_flags(segment_ids)[..., None]
+  xs = tuple(None if x is None else to_groups(x) for x in (q, k, v, beta, g, reset))
 
   def body(S_BHKV, x):
     x = [None if a is None else _to_chunks(a, C) for a in x]   # [n, B, H, C, ...]
-    S_next, states, o_NBHCV = _chunk_group(S_BHKV, *x, scale)
+    S_next, states, o_NBHCV = _chunk_group(S_BHKV, *x[:5], scale, x[5])
     return S_next, (states, _from_chunks(o_NBHCV, n * C))       # o: [B, n*C, H, V]
 
   if _REMAT:
@@ -221,20 +267,25 @@ def chunked(q, k, v, beta, g=None, *, scale=None, initial_state=None, chunk_size
   return o, S, jnp.moveaxis(states_NBHKV, 0, 1)
 
 
-def chunked_advance(state, k, v, beta, g=None, mask=None, *, chunk_size=64):
+def chunked_advance(state, k, v, beta, g=None, mask=None, *, chunk_size=64, segment_ids=None):
   """Advances `state` [B,H,K,V] through k [B,L,H,K], v [B,L,H,V], beta/g [B,L,H] where
-  mask [B,L] is 1, by the chunked form. Masked tokens are exact no-ops (beta = 0, g = 0)."""
+  mask [B,L] is 1, by the chunked form. Masked tokens are exact no-ops (beta = 0, g = 0, and
+  no document reset). segment_ids [B, L]: documents as in `chunked` (none starts at token 0)."""
   L = k.shape[1]
   f32 = lambda x: x.astype(jnp.float32)
   beta = f32(beta)
+  reset = None if segment_ids is None else _reference.reset_flags(segment_ids)[..., None]
   if mask is not None:
     m_BL1 = f32(mask)[..., None]
     beta = beta * m_BL1
     if g is not None:
       g = f32(g) * m_BL1
+    if reset is not None:
+      reset = reset * m_BL1
   # Short advances (decode-time prefixes) need not pad to a full chunk.
   C = min(chunk_size, 1 << max(L - 1, 0).bit_length())
   xs = [_to_chunks(f32(x), C) for x in (k, v, beta)]
   g_NBHC = None if g is None else _to_chunks(f32(g), C)
-  S, _, _ = _chunk_group(state.astype(jnp.float32), None, *xs, g_NBHC, 1.0)
+  s_NBXC = None if reset is None else _to_chunks(reset, C)
+  S, _, _ = _chunk_group(state.astype(jnp.float32), None, *xs, g_NBHC, 1.0, s_NBXC)
   return S

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels import pallas_math as pm
+from pallas_kernels import reference
 
 f32 = jnp.float32
 _DTYPES = ("float32", "bfloat16")
@@ -83,36 +84,39 @@ def _backend(target):
   return pallas_tpu
 
 
-def _fwd_call(q, k, v, beta, g, S0, opts, store_cs):
+def _fwd_call(q, k, v, beta, g, S0, reset, opts, store_cs):
+  kw = {} if reset is None else dict(reset=reset)   # the no-segment call exactly as before
   return _backend(opts.target).fwd(q, k, v, beta, g, S0, scale=opts.scale,
                                    chunk_size=opts.chunk_size, interpret=opts.interpret,
-                                   block_v=opts.block_v, store_chunk_states=store_cs)
+                                   block_v=opts.block_v, store_chunk_states=store_cs, **kw)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
-def _core(q, k, v, beta, g, S0, opts):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
+def _core(q, k, v, beta, g, S0, reset, opts):
   # Not differentiated: chunk states are written only when asked for (saves HBM traffic).
-  o, ST, cs = _fwd_call(q, k, v, beta, g, S0, opts, opts.return_chunk_states)
+  o, ST, cs = _fwd_call(q, k, v, beta, g, S0, reset, opts, opts.return_chunk_states)
   return (o, ST, cs) if opts.return_chunk_states else (o, ST)
 
 
-def _core_fwd(q, k, v, beta, g, S0, opts):
-  o, ST, cs = _fwd_call(q, k, v, beta, g, S0, opts, True)
+def _core_fwd(q, k, v, beta, g, S0, reset, opts):
+  o, ST, cs = _fwd_call(q, k, v, beta, g, S0, reset, opts, True)
   out = (o, ST, cs) if opts.return_chunk_states else (o, ST)
   # Chunk-boundary states are the only saved activations; the backward recomputes
   # everything inside a chunk from them.
-  return out, (q, k, v, beta, g, cs)
+  return out, (q, k, v, beta, g, cs, reset)
 
 
 def _core_bwd(opts, res, cts):
-  q, k, v, beta, g, cs = res
+  q, k, v, beta, g, cs, reset = res
   do, dST = cts[0], cts[1]
   dcs = cts[2] if opts.return_chunk_states else None
+  kw = {} if reset is None else dict(reset=reset)
   dq, dk, dv, dbeta, dg, dS0 = _backend(opts.target).bwd(
       q, k, v, beta, g, cs, do, dST, dcs, scale=opts.scale, chunk_size=opts.chunk_size,
-      interpret=opts.interpret, block_v=opts.block_v)
+      interpret=opts.interpret, block_v=opts.block_v, **kw)
+  # reset flags come from integer segment ids: no cotangent (None = zeros)
   return (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype),
-          dbeta.astype(beta.dtype), None if g is None else dg.astype(g.dtype), dS0)
+          dbeta.astype(beta.dtype), None if g is None else dg.astype(g.dtype), dS0, None)
 
 
 _core.defvjp(_core_fwd, _core_bwd)
@@ -120,11 +124,13 @@ _core.defvjp(_core_fwd, _core_bwd)
 
 def pallas_delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None,
                       chunk_size=64, target="gpu", interpret=False,
-                      return_chunk_states=False, block_v=None):
+                      return_chunk_states=False, block_v=None, segment_ids=None):
   """Chunked (gated) delta rule with Pallas kernels, differentiable.
 
   q, k [B,T,H,K]; v [B,T,H,V]; beta, g [B,T,H] (g None: plain DeltaNet); initial_state
-  [B,H,K,V] or None (zeros). Returns (o [B,T,H,V] in v.dtype, final_state [B,H,K,V] f32,
+  [B,H,K,V] or None (zeros); segment_ids [B,T] int or None: documents packed back to back
+  (the state is zeroed before a token whose id differs from the previous token's;
+  reference.reset_flags). Returns (o [B,T,H,V] in v.dtype, final_state [B,H,K,V] f32,
   chunk_states [B,N,H,K,V] f32 (state before each chunk) or None).
   """
   reason = unsupported_reason(q.shape, v.shape, q.dtype, chunk_size, target)
@@ -139,13 +145,17 @@ def pallas_delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None,
   S0 = jnp.zeros((B, H, K, V), f32) if initial_state is None else initial_state.astype(f32)
   if S0.shape != (B, H, K, V):
     raise ValueError(f"initial_state {S0.shape} must be [B, H, K, V] = {(B, H, K, V)}")
+  if segment_ids is not None and tuple(segment_ids.shape) != (B, T):
+    raise ValueError(f"segment_ids {tuple(segment_ids.shape)} must be [B, T] = {(B, T)}")
+  reset = None if segment_ids is None else reference.reset_flags(segment_ids)
   C = chunk_size
   pad = -T % C
-  if pad:  # beta = 0 and g = 0 tokens leave the state unchanged: exact no-ops
+  if pad:  # beta = 0, g = 0 and no-reset tokens leave the state unchanged: exact no-ops
     padT = lambda x: jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
     q, k, v, beta = padT(q), padT(k), padT(v), padT(beta)
     g = None if g is None else padT(g)
+    reset = None if reset is None else padT(reset)
   opts = _Opts(target, scale, C, bool(interpret), bool(return_chunk_states), block_v)
-  out = _core(q, k, v, beta, g, S0, opts)
+  out = _core(q, k, v, beta, g, S0, reset, opts)
   o = out[0][:, :T] if pad else out[0]
   return o, out[1], (out[2] if return_chunk_states else None)

@@ -4,7 +4,8 @@ One program per (batch * head, V-block). It walks the chunks in order (forward) 
 (backward) with a fori_loop, keeping the float32 state block S [K, BV] (or its cotangent) in
 registers, and reads q/k/v/beta/g straight from the FLA layout [B, T, H, *] (no transposes).
 The per-chunk math lives in pallas_math. Inputs here are already padded to T % C == 0;
-pallas_entry does the padding and the custom_vjp.
+pallas_entry does the padding and the custom_vjp. Packed documents (segment_ids) arrive as
+float32 reset flags [B, T], read per chunk like beta.
 """
 from __future__ import annotations
 
@@ -91,12 +92,14 @@ def _block_v(V, block_v, default):
   return BV
 
 
-def _fwd_kernel(*refs, C, N, H, BV, scale, gated, store_cs, cfg):
+def _fwd_kernel(*refs, C, N, H, BV, scale, gated, seg, store_cs, cfg):
   refs = list(refs)
   cs_ref = refs.pop() if store_cs else None
   q_ref, k_ref, v_ref, b_ref = refs[:4]
-  g_ref = refs[4] if gated else None
-  s0_ref, o_ref, sT_ref = refs[-3:]
+  del refs[:4]
+  g_ref = refs.pop(0) if gated else None
+  s_ref = refs.pop(0) if seg else None
+  s0_ref, o_ref, sT_ref = refs
   bh, iv = pl.program_id(0), pl.program_id(1)
   b, h = bh // H, bh % H
   vs = pl.ds(pl.multiple_of(iv * BV, BV), BV)
@@ -109,9 +112,10 @@ def _fwd_kernel(*refs, C, N, H, BV, scale, gated, store_cs, cfg):
     v = v_ref[b, ts, h, vs]
     beta = b_ref[b, ts, h].astype(f32)[:, None]
     g = None if g_ref is None else g_ref[b, ts, h].astype(f32)[:, None]
+    rs = None if s_ref is None else s_ref[b, ts][:, None]
     if store_cs:
       cs_ref[b, n, h, :, vs] = S_KV
-    o, S_KV = pm.chunk_fwd(q, k, v, beta, g, S_KV, cfg)
+    o, S_KV = pm.chunk_fwd(q, k, v, beta, g, S_KV, cfg, rs)
     o_ref[b, ts, h, vs] = o.astype(o_ref.dtype)
     return S_KV
 
@@ -119,18 +123,21 @@ def _fwd_kernel(*refs, C, N, H, BV, scale, gated, store_cs, cfg):
 
 
 def fwd(q, k, v, beta, g, S0, *, scale, chunk_size, interpret=False, block_v=None,
-        store_chunk_states=True, num_warps=None, num_stages=None):
+        store_chunk_states=True, num_warps=None, num_stages=None, reset=None):
   """Returns (o [B,T,H,V] in v.dtype, final state [B,H,K,V] f32, chunk states [B,N,H,K,V] f32
-  or None when not store_chunk_states). T must be a multiple of chunk_size (pallas_entry pads)."""
+  or None when not store_chunk_states). T must be a multiple of chunk_size (pallas_entry pads).
+  reset: float32 [B, T] document-start flags (pallas_math) or None."""
   B, T, H, K = q.shape
   V = v.shape[-1]
   C = chunk_size
   N = T // C
   BV = _block_v(V, block_v, TUNING["fwd_block_v"])
-  gated = g is not None
+  gated, seg = g is not None, reset is not None
   kernel = functools.partial(_fwd_kernel, C=C, N=N, H=H, BV=BV, scale=float(scale),
-                             gated=gated, store_cs=store_chunk_states, cfg=_cfg(q.dtype, interpret))
-  args = (q, k, v, beta) + ((g,) if gated else ()) + (S0.astype(f32),)
+                             gated=gated, seg=seg, store_cs=store_chunk_states,
+                             cfg=_cfg(q.dtype, interpret))
+  args = ((q, k, v, beta) + ((g,) if gated else ()) + ((reset.astype(f32),) if seg else ())
+          + (S0.astype(f32),))
   out_shape = (jax.ShapeDtypeStruct((B, T, H, V), v.dtype),
                jax.ShapeDtypeStruct((B, H, K, V), f32))
   if store_chunk_states:
@@ -143,11 +150,12 @@ def fwd(q, k, v, beta, g, S0, *, scale, chunk_size, interpret=False, block_v=Non
   return outs if store_chunk_states else (outs[0], outs[1], None)
 
 
-def _bwd_kernel(*refs, C, N, H, BV, scale, gated, has_dcs, cfg):
+def _bwd_kernel(*refs, C, N, H, BV, scale, gated, seg, has_dcs, cfg):
   refs = list(refs)
   q_ref, k_ref, v_ref, b_ref = refs[:4]
   del refs[:4]
   g_ref = refs.pop(0) if gated else None
+  s_ref = refs.pop(0) if seg else None
   cs_ref, do_ref, dsT_ref = refs[:3]
   del refs[:3]
   dcs_ref = refs.pop(0) if has_dcs else None
@@ -169,9 +177,10 @@ def _bwd_kernel(*refs, C, N, H, BV, scale, gated, has_dcs, cfg):
     v = v_ref[b, ts, h, vs]
     beta = b_ref[b, ts, h].astype(f32)[:, None]
     g = None if g_ref is None else g_ref[b, ts, h].astype(f32)[:, None]
+    rs = None if s_ref is None else s_ref[b, ts][:, None]
     S_KV = cs_ref[b, n, h, :, vs]
     dO = do_ref[b, ts, h, vs]
-    dq, dk, dv, dbeta, dg, dS_KV = pm.chunk_bwd(q, k, v, beta, g, S_KV, dO, dS_KV, cfg)
+    dq, dk, dv, dbeta, dg, dS_KV = pm.chunk_bwd(q, k, v, beta, g, S_KV, dO, dS_KV, cfg, rs)
     dq_ref[iv, b, ts, h, :] = dq * scale
     dk_ref[iv, b, ts, h, :] = dk
     dv_ref[b, ts, h, vs] = dv.astype(dv_ref.dtype)
@@ -186,20 +195,23 @@ def _bwd_kernel(*refs, C, N, H, BV, scale, gated, has_dcs, cfg):
 
 
 def bwd(q, k, v, beta, g, chunk_states, do, dsT, dcs, *, scale, chunk_size,
-        interpret=False, block_v=None, num_warps=None, num_stages=None):
+        interpret=False, block_v=None, num_warps=None, num_stages=None, reset=None):
   """Cotangents (dq, dk, dv, dbeta, dg or None, dS0) of `fwd`; dcs (or None) is the
-  cotangent of the chunk states. dq/dk/dbeta/dg come back float32 (summed over V-blocks)."""
+  cotangent of the chunk states; reset as in `fwd`. dq/dk/dbeta/dg come back float32
+  (summed over V-blocks)."""
   B, T, H, K = q.shape
   V = v.shape[-1]
   C = chunk_size
   N = T // C
   BV = _block_v(V, block_v, TUNING["bwd_block_v"])
   NV = V // BV
-  gated = g is not None
+  gated, seg = g is not None, reset is not None
   has_dcs = dcs is not None
   kernel = functools.partial(_bwd_kernel, C=C, N=N, H=H, BV=BV, scale=float(scale),
-                             gated=gated, has_dcs=has_dcs, cfg=_cfg(q.dtype, interpret))
-  args = ((q, k, v, beta) + ((g,) if gated else ()) + (chunk_states, do, dsT.astype(f32))
+                             gated=gated, seg=seg, has_dcs=has_dcs,
+                             cfg=_cfg(q.dtype, interpret))
+  args = ((q, k, v, beta) + ((g,) if gated else ()) + ((reset.astype(f32),) if seg else ())
+          + (chunk_states, do, dsT.astype(f32))
           + ((dcs.astype(f32),) if has_dcs else ()))
   out_shape = [jax.ShapeDtypeStruct((NV, B, T, H, K), f32),
                jax.ShapeDtypeStruct((NV, B, T, H, K), f32),

@@ -12,6 +12,13 @@ Chunk math (WORKSPACE.md, Layer math), C tokens, entering state S [K, V], gc = c
   O = (exp(gc) q) S + (q k^T o D, causal) u
   S' = exp(gc_C) S + (k exp(gc_C - gc))^T u
 X comes from a blocked forward substitution (see _inverse).
+
+Documents packed in a row (reset flags s [C,1], 1.0 where the state is zeroed before the
+token; pallas_entry computes them): n_i = resets among tokens 0..i, M_ij = [n_i == n_j],
+r_i = [n_i == 0], l_j = [n_j == n_C]. Then D <- D o M, exp(gc) <- r exp(gc) (q and k rows
+that see the entering state), exp(gc_C - gc) <- l exp(gc_C - gc) and the state's decay
+exp(gc_C) <- r_C exp(gc_C) (_leave_decay). Those four replacements are the whole change: the
+backward's formulas hold as they are (each mask is a constant factor).
 """
 from __future__ import annotations
 
@@ -132,8 +139,25 @@ def _decays(g_C1, r, c):
   return gc_C1, D_CC, Dt_CC, gL_11
 
 
-def _prep(q, k, v, beta_C1, g_C1, S_KV, cfg, r, c):
-  """Recomputable per-chunk quantities shared by forward and backward."""
+def _segments(s_C1, r, c):
+  """Reset flags [C,1] -> (M [C,C] bool same document, r [C,1], l [C,1], r_C [1,1]) as 0/1
+  float32 columns (module docstring). Counts are small integers: exact in float32."""
+  s_1C = _row(s_C1, r, c)
+  n_C1 = jnp.sum(jnp.where(c <= r, s_1C, 0.0), axis=1, keepdims=True)   # resets in 0..i
+  n_1C = _row(n_C1, r, c)
+  nL_11 = jnp.sum(s_C1, axis=0, keepdims=True)
+  keep_C1 = jnp.where(n_C1 == 0.0, 1.0, 0.0)
+  last_C1 = jnp.where(n_C1 == nL_11, 1.0, 0.0)
+  keepL_11 = jnp.where(nL_11 == 0.0, 1.0, 0.0)
+  return n_C1 == n_1C, keep_C1, last_C1, keepL_11
+
+
+def _prep(q, k, v, beta_C1, g_C1, S_KV, cfg, r, c, s_C1=None):
+  """Recomputable per-chunk quantities shared by forward and backward.
+
+  gam (row decay of the entering state) and kdf (decay to the chunk end) are None when they
+  would be all ones (no g, no resets); so is _leave_decay(p). Without s the operations are
+  those (and in the order) of the single-document code."""
   kk_CC = mm(k, k, cfg, tb=True)
   if g_C1 is None:
     D_CC = (r >= c).astype(f32)
@@ -143,6 +167,12 @@ def _prep(q, k, v, beta_C1, g_C1, S_KV, cfg, r, c):
   else:
     gc_C1, D_CC, Dt_CC, gL_11 = _decays(g_C1, r, c)
     gam_C1 = jnp.exp(gc_C1)
+  last_C1 = keepL_11 = None
+  if s_C1 is not None:
+    M_CC, keep_C1, last_C1, keepL_11 = _segments(s_C1, r, c)
+    D_CC = jnp.where(M_CC, D_CC, 0.0)
+    Dt_CC = jnp.where(M_CC, Dt_CC, 0.0)                  # M is symmetric
+    gam_C1 = keep_C1 if gam_C1 is None else keep_C1 * gam_C1
   kkD_CC = jnp.where(r > c, kk_CC * D_CC, 0.0)          # strictly lower
   A_CC = beta_C1 * kkD_CC
   # A^T directly (k k^T is symmetric): beta as a row, the decays transposed.
@@ -158,27 +188,40 @@ def _prep(q, k, v, beta_C1, g_C1, S_KV, cfg, r, c):
     qg, kd, kdf_C1 = q, k, None
   else:
     qg = gam_C1 * q
-    kdf_C1 = jnp.exp(gL_11 - gc_C1)                      # decay from token i to chunk end
+    kdf_C1 = None if gL_11 is None else jnp.exp(gL_11 - gc_C1)   # decay from i to chunk end
+    if last_C1 is not None:
+      kdf_C1 = last_C1 if kdf_C1 is None else last_C1 * kdf_C1
     kd = kdf_C1 * k
-  return dict(kk=kk_CC, D=D_CC, gam=gam_C1, gL=gL_11, kkD=kkD_CC, A=A_CC, X=X_CC,
-              bv=bv, bk=bk, W=W_CK, u=u_CV, P=P_CC, qg=qg, kd=kd, kdf=kdf_C1)
+  return dict(kk=kk_CC, D=D_CC, gam=gam_C1, gL=gL_11, keepL=keepL_11, kkD=kkD_CC, A=A_CC,
+              X=X_CC, bv=bv, bk=bk, W=W_CK, u=u_CV, P=P_CC, qg=qg, kd=kd, kdf=kdf_C1)
 
 
-def chunk_fwd(q, k, v, beta_C1, g_C1, S_KV, cfg: MathCfg):
+def _leave_decay(p):
+  """[1,1] factor of the entering state in the leaving one (exp(gc_C), times r_C with
+  documents), or None when it is 1."""
+  e = None if p["gL"] is None else jnp.exp(p["gL"])
+  if p["keepL"] is not None:
+    e = p["keepL"] if e is None else p["keepL"] * e
+  return e
+
+
+def chunk_fwd(q, k, v, beta_C1, g_C1, S_KV, cfg: MathCfg, s_C1=None):
   """q (already scaled) [C,K], k [C,K], v [C,V], beta/g [C,1] (g None: plain DeltaNet),
-  S [K,V] float32. Returns (o [C,V], S' [K,V]) in float32."""
+  S [K,V] float32, s [C,1] reset flags or None (one document). Returns (o [C,V], S' [K,V])
+  in float32."""
   r, c = _iotas(q.shape[0])
   q, k, v = q.astype(f32), k.astype(f32), v.astype(f32)
   p = _prep(q, k, v, beta_C1.astype(f32), None if g_C1 is None else g_C1.astype(f32),
-            S_KV, cfg, r, c)
+            S_KV, cfg, r, c, None if s_C1 is None else s_C1.astype(f32))
   o_CV = mm(p["qg"], S_KV, cfg) + mm(p["P"], p["u"], cfg)
-  S_new = S_KV if p["gL"] is None else jnp.exp(p["gL"]) * S_KV
+  eL = _leave_decay(p)
+  S_new = S_KV if eL is None else eL * S_KV
   S_new = S_new + mm(p["kd"], p["u"], cfg, ta=True)
   return o_CV, S_new
 
 
-def chunk_bwd(q, k, v, beta_C1, g_C1, S_KV, dO_CV, dSn_KV, cfg: MathCfg):
-  """Gradients of one chunk. dSn is the cotangent of the leaving state.
+def chunk_bwd(q, k, v, beta_C1, g_C1, S_KV, dO_CV, dSn_KV, cfg: MathCfg, s_C1=None):
+  """Gradients of one chunk. dSn is the cotangent of the leaving state; s as in chunk_fwd.
 
   Returns (dq (w.r.t. the scaled q), dk, dv, dbeta [C,1], dg [C,1] or None, dS [K,V]),
   where dS is the cotangent of the entering state. With a V-block of the state, dq, dk,
@@ -190,23 +233,25 @@ def chunk_bwd(q, k, v, beta_C1, g_C1, S_KV, dO_CV, dSn_KV, cfg: MathCfg):
   q, k, v = q.astype(f32), k.astype(f32), v.astype(f32)
   beta_C1 = beta_C1.astype(f32)
   dO_CV = dO_CV.astype(f32)
-  p = _prep(q, k, v, beta_C1, g_C1.astype(f32) if gated else None, S_KV, cfg, r, c)
+  p = _prep(q, k, v, beta_C1, g_C1.astype(f32) if gated else None, S_KV, cfg, r, c,
+            None if s_C1 is None else s_C1.astype(f32))
   X, u, P, D = p["X"], p["u"], p["P"], p["D"]
 
   # Leaving state S' = eL S + kd^T u.
   du = mm(P, dO_CV, cfg, ta=True) + mm(p["kd"], dSn_KV, cfg)
-  dS = dSn_KV if not gated else jnp.exp(p["gL"]) * dSn_KV
+  eL = _leave_decay(p)
+  dS = dSn_KV if eL is None else eL * dSn_KV
   dS = dS + mm(p["qg"], dO_CV, cfg, ta=True) - mm(p["W"], du, cfg, ta=True)
 
   # Output O = qg S + P u.
   dOS_CK = mm(dO_CV, S_KV, cfg, tb=True)
-  dq = dOS_CK if not gated else p["gam"] * dOS_CK
+  dq = dOS_CK if p["gam"] is None else p["gam"] * dOS_CK
   dP = mm(dO_CV, u, cfg, tb=True)                       # cotangent of P
   dQK = dP * D                                           # P = (q k^T) o D, D causal
   dq = dq + mm(dQK, k, cfg)
   dk = mm(dQK, q, cfg, ta=True)
   dKd = mm(u, dSn_KV, cfg, tb=True)                      # cotangent of kd
-  dk = dk + (dKd if not gated else p["kdf"] * dKd)
+  dk = dk + (dKd if p["kdf"] is None else p["kdf"] * dKd)
 
   # u = X (beta v) - X (beta gam k) S.
   dW = -mm(du, S_KV, cfg, tb=True)
@@ -216,7 +261,7 @@ def chunk_bwd(q, k, v, beta_C1, g_C1, S_KV, dO_CV, dSn_KV, cfg: MathCfg):
   dv = beta_C1 * dbv
   dbeta = jnp.sum(v * dbv, axis=1, keepdims=True)
   sk_C1 = jnp.sum(k * dbk, axis=1, keepdims=True)
-  if gated:
+  if p["gam"] is not None:
     dk = dk + (beta_C1 * p["gam"]) * dbk
     dbeta = dbeta + p["gam"] * sk_C1
   else:
@@ -239,8 +284,8 @@ def chunk_bwd(q, k, v, beta_C1, g_C1, S_KV, dO_CV, dSn_KV, cfg: MathCfg):
   dgc = dgc + jnp.sum(L, axis=1, keepdims=True) - _col(jnp.sum(L, axis=0, keepdims=True), r, c)
   t_C1 = jnp.sum(dKd * p["kd"], axis=1, keepdims=True)            # kd = exp(gL - gc) k
   dgL = (jnp.sum(t_C1, axis=0, keepdims=True)
-         + jnp.exp(p["gL"]) * jnp.sum(jnp.sum(dSn_KV * S_KV, axis=1, keepdims=True),
-                                      axis=0, keepdims=True))
+         + _leave_decay(p) * jnp.sum(jnp.sum(dSn_KV * S_KV, axis=1, keepdims=True),
+                                     axis=0, keepdims=True))
   rC1 = jax.lax.broadcasted_iota(jnp.int32, (C, 1), 0)
   dgc = dgc - t_C1 + jnp.where(rC1 == C - 1, dgL, 0.0)
   dgc_1C = _row(dgc, r, c)

@@ -11,6 +11,7 @@ Layouts (TPU blocks want dense (8, 128) tiles in their last two dims):
   Otherwise the wrapper moves heads in front of time, [B, H, T, K].
 - beta/g: float32 [B, H, N, C] rows (N padded to 8), read in blocks of 8 chunks; a chunk
   reads row n % 8. ([.., T, 1] blocks would pad every scalar to 128 lanes in HBM.)
+  Document-reset flags (segment_ids) travel the same way as [B, 1, N, C], shared by heads.
 """
 from __future__ import annotations
 
@@ -112,13 +113,15 @@ def _unscalars(y, N):   # [..., B, H, Np, C] -> [..., B, T, H] (padding rows dro
   return jnp.swapaxes(y[..., :N, :].reshape(*lead, B, H, N * C), -1, -2)
 
 
-def _fwd_kernel(*refs, N, scale, gated, store_cs, cfg):
+def _fwd_kernel(*refs, N, scale, gated, seg, store_cs, cfg):
   refs = list(refs)
   S_scr = refs.pop()
   cs_ref = refs.pop() if store_cs else None
   q_ref, k_ref, v_ref, b_ref = refs[:4]
-  g_ref = refs[4] if gated else None
-  s0_ref, o_ref, sT_ref = refs[-3:]
+  del refs[:4]
+  g_ref = refs.pop(0) if gated else None
+  s_ref = refs.pop(0) if seg else None
+  s0_ref, o_ref, sT_ref = refs
   n = pl.program_id(3)
 
   @pl.when(n == 0)
@@ -132,7 +135,8 @@ def _fwd_kernel(*refs, N, scale, gated, store_cs, cfg):
   r = pl.ds(jax.lax.rem(n, _ROWS), 1)   # this chunk's row in the resident beta/g block
   beta = pm.to_col(b_ref[r, :].astype(f32))
   g = None if g_ref is None else pm.to_col(g_ref[r, :].astype(f32))
-  o, S_KV = pm.chunk_fwd(q, k_ref[...], v_ref[...], beta, g, S_KV, cfg)
+  rs = None if s_ref is None else pm.to_col(s_ref[r, :])
+  o, S_KV = pm.chunk_fwd(q, k_ref[...], v_ref[...], beta, g, S_KV, cfg, rs)
   o_ref[...] = o.astype(o_ref.dtype)
   S_scr[...] = S_KV
 
@@ -142,26 +146,32 @@ def _fwd_kernel(*refs, N, scale, gated, store_cs, cfg):
 
 
 def fwd(q, k, v, beta, g, S0, *, scale, chunk_size, interpret=False, block_v=None,
-        store_chunk_states=True):
+        store_chunk_states=True, reset=None):
   """Returns (o [B,T,H,V] in v.dtype, final state [B,H,K,V] f32, chunk states [B,N,H,K,V] f32
-  or None when not store_chunk_states). T must be a multiple of chunk_size (pallas_entry pads)."""
+  or None when not store_chunk_states). T must be a multiple of chunk_size (pallas_entry pads).
+  reset: float32 [B, T] document-start flags (pallas_math) or None."""
   B, T, H, K = q.shape
   V = v.shape[-1]
   C = chunk_size
   N = T // C
   BV = _block_v(K, V, block_v)
-  gated = g is not None
+  gated, seg = g is not None, reset is not None
   fwd_chunk = lambda i: i
   tk = _Tokens(B, T, H, C, K, K, fwd_chunk, by_v=False)
   tv = _Tokens(B, T, H, C, V, BV, fwd_chunk, by_v=True)
   sc = pl.BlockSpec((_SQ, _SQ, _ROWS, C),
                     lambda b, h, iv, n: (b, h, jax.lax.div(n, _ROWS), 0))
+  # reset flags: one row set per batch entry, shared by every head
+  sc1 = pl.BlockSpec((_SQ, _SQ, _ROWS, C),
+                     lambda b, h, iv, n: (b, 0, jax.lax.div(n, _ROWS), 0))
   state = pl.BlockSpec((_SQ, _SQ, K, BV), lambda b, h, iv, n: (b, h, 0, iv))
   cstate = pl.BlockSpec((_SQ, _SQ, _SQ, K, BV), lambda b, h, iv, n: (b, n, h, 0, iv))
-  in_specs = [tk.spec, tk.spec, tv.spec, sc] + ([sc] if gated else []) + [state]
+  in_specs = ([tk.spec, tk.spec, tv.spec, sc] + ([sc] if gated else [])
+              + ([sc1] if seg else []) + [state])
   args = ([tk.pack(q), tk.pack(k), tv.pack(v), _scalars(beta, C)]
-          + ([_scalars(g, C)] if gated else []) + [S0.astype(f32)])
-  kernel = functools.partial(_fwd_kernel, N=N, scale=float(scale), gated=gated,
+          + ([_scalars(g, C)] if gated else [])
+          + ([_scalars(reset[..., None], C)] if seg else []) + [S0.astype(f32)])
+  kernel = functools.partial(_fwd_kernel, N=N, scale=float(scale), gated=gated, seg=seg,
                              store_cs=store_chunk_states, cfg=_cfg(q.dtype))
   out_shape = (jax.ShapeDtypeStruct(tv.shape(), v.dtype),
                jax.ShapeDtypeStruct((B, H, K, V), f32))
@@ -177,11 +187,12 @@ def fwd(q, k, v, beta, g, S0, *, scale, chunk_size, interpret=False, block_v=Non
   return tv.unpack(outs[0]), outs[1], cs
 
 
-def _bwd_kernel(*refs, N, scale, gated, has_dcs, cfg):
+def _bwd_kernel(*refs, N, scale, gated, seg, has_dcs, cfg):
   refs = list(refs)
   q_ref, k_ref, v_ref, b_ref = refs[:4]
   del refs[:4]
   g_ref = refs.pop(0) if gated else None
+  s_ref = refs.pop(0) if seg else None
   cs_ref, do_ref, dsT_ref = refs[:3]
   del refs[:3]
   dcs_ref = refs.pop(0) if has_dcs else None
@@ -200,8 +211,9 @@ def _bwd_kernel(*refs, N, scale, gated, has_dcs, cfg):
   r = pl.ds(jax.lax.rem(n, _ROWS), 1)   # this chunk's row in the resident beta/g block
   beta = pm.to_col(b_ref[r, :].astype(f32))
   g = None if g_ref is None else pm.to_col(g_ref[r, :].astype(f32))
+  rs = None if s_ref is None else pm.to_col(s_ref[r, :])
   dq, dk, dv, dbeta, dg, dS_KV = pm.chunk_bwd(q, k_ref[...], v_ref[...], beta, g,
-                                               cs_ref[...], do_ref[...], dS_scr[...], cfg)
+                                               cs_ref[...], do_ref[...], dS_scr[...], cfg, rs)
   dq_ref[...] = dq * scale
   dk_ref[...] = dk
   dv_ref[...] = dv.astype(dv_ref.dtype)
@@ -218,22 +230,25 @@ def _bwd_kernel(*refs, N, scale, gated, has_dcs, cfg):
 
 
 def bwd(q, k, v, beta, g, chunk_states, do, dsT, dcs, *, scale, chunk_size,
-        interpret=False, block_v=None):
+        interpret=False, block_v=None, reset=None):
   """Cotangents (dq, dk, dv, dbeta, dg or None, dS0) of `fwd`; dcs (or None) is the
-  cotangent of the chunk states. dq/dk/dbeta/dg come back float32 (summed over V-blocks)."""
+  cotangent of the chunk states; reset as in `fwd`. dq/dk/dbeta/dg come back float32
+  (summed over V-blocks)."""
   B, T, H, K = q.shape
   V = v.shape[-1]
   C = chunk_size
   N = T // C
   BV = _block_v(K, V, block_v)
   NV = V // BV
-  gated = g is not None
+  gated, seg = g is not None, reset is not None
   has_dcs = dcs is not None
   rev = lambda i: N - 1 - i
   tk = _Tokens(B, T, H, C, K, K, rev, by_v=False)
   tv = _Tokens(B, T, H, C, V, BV, rev, by_v=True)
   sc = pl.BlockSpec((_SQ, _SQ, _ROWS, C),
                     lambda b, h, iv, i: (b, h, jax.lax.div(rev(i), _ROWS), 0))
+  sc1 = pl.BlockSpec((_SQ, _SQ, _ROWS, C),
+                     lambda b, h, iv, i: (b, 0, jax.lax.div(rev(i), _ROWS), 0))
   state = pl.BlockSpec((_SQ, _SQ, K, BV), lambda b, h, iv, i: (b, h, 0, iv))
   cstate = pl.BlockSpec((_SQ, _SQ, _SQ, K, BV), lambda b, h, iv, i: (b, rev(i), h, 0, iv))
   # Per-V-block partial sums of dq / dk / dbeta / dg: a leading NV axis.
@@ -243,9 +258,11 @@ def bwd(q, k, v, beta, g, chunk_states, do, dsT, dcs, *, scale, chunk_size,
                         lambda b, h, iv, i: (iv, b, h, jax.lax.div(rev(i), _ROWS), 0))
   Np = N + (-N % _ROWS)
   in_specs = ([tk.spec, tk.spec, tv.spec, sc] + ([sc] if gated else [])
+              + ([sc1] if seg else [])
               + [cstate, tv.spec, state] + ([cstate] if has_dcs else []))
   args = ([tk.pack(q), tk.pack(k), tv.pack(v), _scalars(beta, C)]
           + ([_scalars(g, C)] if gated else [])
+          + ([_scalars(reset[..., None], C)] if seg else [])
           + [chunk_states, tv.pack(do), dsT.astype(f32)]
           + ([dcs.astype(f32)] if has_dcs else []))
   out_specs = [part_k, part_k, tv.spec, part_s] + ([part_s] if gated else []) + [state]
@@ -256,7 +273,7 @@ def bwd(q, k, v, beta, g, chunk_states, do, dsT, dcs, *, scale, chunk_size,
   if gated:
     out_shape.append(jax.ShapeDtypeStruct((NV, B, H, Np, C), f32))
   out_shape.append(jax.ShapeDtypeStruct((B, H, K, V), f32))
-  kernel = functools.partial(_bwd_kernel, N=N, scale=float(scale), gated=gated,
+  kernel = functools.partial(_bwd_kernel, N=N, scale=float(scale), gated=gated, seg=seg,
                              has_dcs=has_dcs, cfg=_cfg(q.dtype))
   outs = list(pl.pallas_call(
       kernel, out_shape=tuple(out_shape), grid=(B, H, NV, N), in_specs=in_specs,

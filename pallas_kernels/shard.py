@@ -43,22 +43,25 @@ def _axes_for(dim, names, mesh, free):
   return axes or None
 
 
-def call(fn, q, k, v, beta, g, s0, out_layouts):
+def call(fn, q, k, v, beta, g, s0, out_layouts, segment_ids=None):
   """fn(q, k, v, beta, g, s0) -> tuple of outputs laid out as `out_layouts` (e.g. "BTHV",
-  "BHKV"), run per device under a mesh context and as is outside one. g and s0 may be None."""
+  "BHKV"), run per device under a mesh context and as is outside one. g and s0 may be None.
+  With segment_ids ([B, T], sharded over batch like the rest) fn also takes it, last."""
+  seg = segment_ids is not None
+  extra = (segment_ids,) if seg else ()
   mesh = context_mesh()
   if mesh is None:
-    return tuple(fn(q, k, v, beta, g, s0))
+    return tuple(fn(q, k, v, beta, g, s0, *extra))
   gated, has_s0 = g is not None, s0 is not None
 
   def body(q, k, v, beta, *rest):
     rest = list(rest)
     return tuple(fn(q, k, v, beta, rest.pop(0) if gated else None,
-                    rest.pop(0) if has_s0 else None))
+                    rest.pop(0) if has_s0 else None, *rest))
 
-  args = (q, k, v, beta) + ((g,) if gated else ()) + ((s0,) if has_s0 else ())
+  args = (q, k, v, beta) + ((g,) if gated else ()) + ((s0,) if has_s0 else ()) + extra
   ins = ("BTHK", "BTHK", "BTHV", "BTH") + (("BTH",) if gated else ()) + (
-      ("BHKV",) if has_s0 else ())
+      ("BHKV",) if has_s0 else ()) + (("BT",) if seg else ())
   return per_shard(body, mesh, q.shape[0], q.shape[2], ins, out_layouts)(*args)
 
 

@@ -33,8 +33,22 @@ def _rel(a, b):
   return float(np.linalg.norm(a - b) / (np.linalg.norm(b) + 1e-30))
 
 
-def _check(target, B, T, H, K, V, C, dtype, gated, tol, block_v=None, chunk_states=True):
+def _segment_ids(B, T, C):
+  """Packed documents: one starting mid-chunk, one at a chunk boundary, a length-1 document,
+  trailing padding (0); odd rows shifted."""
+  seg = np.ones((B, T), np.int32)
+  for b in range(B):
+    o = 2 * (b % 2)
+    for i, s in enumerate([3 + o, C, C + 1, 2 * C + 3 + o, T - 9]):
+      seg[b, s:] = i + 2
+    seg[b, T - 4:] = 0
+  return jnp.asarray(seg)
+
+
+def _check(target, B, T, H, K, V, C, dtype, gated, tol, block_v=None, chunk_states=True,
+           segments=False):
   x = _inputs(B, T, H, K, V, dtype, gated)
+  seg = _segment_ids(B, T, C) if segments else None
   names = ["q", "k", "v", "beta", "S0"] + (["g"] if gated else [])
   N = -(-T // C)
   rng = np.random.default_rng(1)
@@ -54,12 +68,13 @@ def _check(target, B, T, H, K, V, C, dtype, gated, tol, block_v=None, chunk_stat
         d["q"], d["k"], d["v"], d["beta"], d.get("g"), scale=None, initial_state=d["S0"],
         chunk_size=C, target=target, interpret=not on_device(target),
         return_chunk_states=chunk_states,
-        block_v=block_v)
+        block_v=block_v, segment_ids=seg)
 
   def ref(d):
     d = {n: d[n].astype(jnp.float32) for n in names}
     return reference.recurrent_chunk_states(
-        d["q"], d["k"], d["v"], d["beta"], d.get("g"), initial_state=d["S0"], chunk_size=C)
+        d["q"], d["k"], d["v"], d["beta"], d.get("g"), initial_state=d["S0"], chunk_size=C,
+        segment_ids=seg)
 
   args = {n: x[n] for n in names}
   (_, out1), g1 = jax.jit(jax.value_and_grad(lambda d: run(ours, d), has_aux=True))(args)
@@ -132,6 +147,15 @@ TPU_CASES = [
 def test_tpu_kernel_matches_reference_fp32(case):
   B, T, H, K, V, C, gated, bv = case
   _check("tpu", B, T, H, K, V, C, jnp.float32, gated, 1e-4, block_v=bv)
+
+
+def test_kernels_with_packed_documents():
+  """segment_ids where the layout is most involved: GPU with V split into two blocks, TPU
+  with N = 10 chunks (the reset rows stream in two 8-row blocks) and a padded tail. The
+  reference's segment handling is itself checked in tests/test_ops_segments.py."""
+  _check("gpu", 2, 60, 1, 16, 32, 16, jnp.float32, True, 1e-4, block_v=16, segments=True)
+  if not on_device("gpu"):
+    _check("tpu", 1, 78, 1, 8, 8, 8, jnp.float32, False, 1e-4, segments=True)
 
 
 @skip_on_accel

@@ -7,9 +7,9 @@ from conftest import lower_text as _lower
 from pallas_kernels import pallas_gpu, pallas_tpu
 
 
-@pytest.mark.parametrize("gated", [False, True])
+@pytest.mark.parametrize("gated,segments", [(False, False), (True, False), (True, True)])
 @pytest.mark.parametrize("target", ["gpu", "tpu"])
-def test_kernels_lower(target, gated):
+def test_kernels_lower(target, gated, segments):
   B, T, H, K, V, C = 1, 128, 2, 128, 128, 64
   N = T // C
   bf = lambda *s: jnp.zeros(s, jnp.bfloat16)
@@ -19,10 +19,14 @@ def test_kernels_lower(target, gated):
   mod, platform = (pallas_gpu, "cuda") if target == "gpu" else (pallas_tpu, "tpu")
   # The custom call names the lowering: Triton (not Mosaic GPU, which lacks ops we use) / Mosaic.
   call = "xla.gpu.triton" if target == "gpu" else "tpu_custom_call"
-  fwd = lambda *a: mod.fwd(*a, scale=K ** -0.5, chunk_size=C)
-  txt = _lower(fwd, (q, k, v, beta, g, f32(B, H, K, V)), platform)
+  # segment_ids: the packed-document reset flags [B, T] (float32), one more kernel input
+  rs = (f32(B, T),) if segments else ()
+  kw = lambda a: dict(reset=a[-1]) if segments else {}
+  cut = lambda a: a[:-1] if segments else a
+  fwd = lambda *a: mod.fwd(*cut(a), scale=K ** -0.5, chunk_size=C, **kw(a))
+  txt = _lower(fwd, (q, k, v, beta, g, f32(B, H, K, V)) + rs, platform)
   assert "delta_rule_fwd" in txt and call in txt
-  bwd = lambda *a: mod.bwd(*a, scale=K ** -0.5, chunk_size=C)
+  bwd = lambda *a: mod.bwd(*cut(a), scale=K ** -0.5, chunk_size=C, **kw(a))
   txt = _lower(bwd, (q, k, v, beta, g, f32(B, N, H, K, V), bf(B, T, H, V), f32(B, H, K, V),
-                     f32(B, N, H, K, V)), platform)
+                     f32(B, N, H, K, V)) + rs, platform)
   assert "delta_rule_bwd" in txt and call in txt

@@ -28,10 +28,11 @@ _SCRIPT = textwrap.dedent(r"""
                 beta=jax.nn.sigmoid(n(B, T, H)), g=-jax.nn.softplus(n(B, T, H) - 1.0),
                 s0=0.5 * n(B, H, K, V))
 
-  def loss(x, backend):
+  def loss(x, backend, seg=None):
+    kw = {} if seg is None else dict(segment_ids=seg)
     o, S, cs = pallas_kernels.delta_rule_scan(
         x["q"], x["k"], x["v"], x["beta"], x["g"], initial_state=x["s0"], chunk_size=16,
-        backend=backend, return_chunk_states=True)
+        backend=backend, return_chunk_states=True, **kw)
     w = jnp.cos(jnp.arange(o.size, dtype=jnp.float32)).reshape(o.shape)
     return jnp.sum(o * w) + jnp.sum(jnp.sin(S)) + jnp.sum(cs ** 2) * 0.1, (o, S, cs)
 
@@ -43,17 +44,24 @@ _SCRIPT = textwrap.dedent(r"""
     return {n: NamedSharding(mesh, spec[n]) for n in x}
 
   grad = jax.value_and_grad(loss, has_aux=True)
-  for (B, T, H, K, V) in [(4, 40, 4, 16, 32), (4, 32, 3, 16, 16)]:
+  # The second shape packs documents (segment_ids [B, T], sharded over batch like the rest):
+  # a boundary mid-chunk, one at a chunk boundary, a length-1 document, padding.
+  seg = np.ones((4, 32), np.int32)
+  seg[:, 5:16], seg[:, 16], seg[:, 17:29], seg[:, 29:] = 2, 3, 4, 0
+  seg[1::2, 9:] = 6
+  for (B, T, H, K, V), sg in [((4, 40, 4, 16, 32), None),
+                               ((4, 32, 3, 16, 16), jnp.asarray(seg))]:
     x = inputs(B, T, H, K, V)
-    (l1, out1), g1 = jax.jit(grad, static_argnums=1)(x, "interpret_gpu")   # no mesh
-    (lr, outr), gr = jax.jit(grad, static_argnums=1)(x, "xla_recurrent")
+    (l1, out1), g1 = jax.jit(grad, static_argnums=1)(x, "interpret_gpu", sg)   # no mesh
+    (lr, outr), gr = jax.jit(grad, static_argnums=1)(x, "xla_recurrent", sg)
     sh = shardings(x, H)
     xs = jax.device_put(x, sh)
-    f = jax.jit(grad, static_argnums=1, in_shardings=(sh,))
+    sgs = None if sg is None else jax.device_put(sg, NamedSharding(mesh, P(("data", "fsdp"))))
+    f = jax.jit(grad, static_argnums=1, in_shardings=(sh, None if sg is None else sgs.sharding))
     with jax.set_mesh(mesh):
-      txt = f.lower(xs, "interpret_gpu").as_text()
-      hlo = f.lower(xs, "interpret_gpu").compile().as_text()
-      (l8, out8), g8 = f(xs, "interpret_gpu")
+      txt = f.lower(xs, "interpret_gpu", sgs).as_text()
+      hlo = f.lower(xs, "interpret_gpu", sgs).compile().as_text()
+      (l8, out8), g8 = f(xs, "interpret_gpu", sgs)
     assert "manual_computation" in txt or "shard_map" in txt, "no shard_map around the kernel"
     # batch 4 over data*fsdp = 4 -> 1 row per device; heads over tensor when H is even
     assert "all-gather" not in hlo, "an operand was gathered"
