@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from refine_jax.models import layers
+from refine_jax.models import layers, segments
 
 ATTENTION_DEFAULTS = dict(
     num_kv_heads=None,   # None = model.heads (no GQA); must divide model.heads
@@ -91,22 +91,25 @@ def _window_mask(q_pos, k_pos, window):
   return ok
 
 
-def attend(q_BTHD, k_BSKD, v_BSKD, *, window, impl=None):
+def attend(q_BTHD, k_BSKD, v_BSKD, *, window, impl=None, doc_BT=None):
   """Causal (optionally windowed) attention of a whole sequence, no cache.
 
   A window much shorter than the sequence takes the blocked path (memory and FLOPs ~ T * 2W
-  instead of T^2) unless a fused implementation ("cudnn") is asked for.
+  instead of T^2) unless a fused implementation ("cudnn") is asked for. doc_BT
+  (segments.doc_index): a query sees only keys of its own document.
   """
   T = q_BTHD.shape[1]
   if window is not None and T > 2 * window and impl in (None, "xla"):
-    return _blocked_local_attention(q_BTHD, k_BSKD, v_BSKD, window)
+    return _blocked_local_attention(q_BTHD, k_BSKD, v_BSKD, window, doc_BT)
   local = None if window is None else (window - 1, 0)
-  return jax.nn.dot_product_attention(q_BTHD, k_BSKD, v_BSKD, is_causal=True,
+  mask = None if doc_BT is None else (doc_BT[:, :, None] == doc_BT[:, None, :])[:, None]
+  return jax.nn.dot_product_attention(q_BTHD, k_BSKD, v_BSKD, mask=mask, is_causal=True,
                                       local_window_size=local, implementation=impl)
 
 
-def _blocked_local_attention(q_BTHD, k_BTKD, v_BTKD, W: int):
-  """Sliding-window attention in query blocks of W: block i sees key blocks i-1 and i."""
+def _blocked_local_attention(q_BTHD, k_BTKD, v_BTKD, W: int, doc_BT=None):
+  """Sliding-window attention in query blocks of W: block i sees key blocks i-1 and i
+  (and, given doc_BT, only keys of the query's document)."""
   B, T, H, D = q_BTHD.shape
   K = k_BTKD.shape[2]
   nb = -(-T // W)
@@ -124,7 +127,13 @@ def _blocked_local_attention(q_BTHD, k_BTKD, v_BTKD, W: int):
   ok = (kp <= qp) & (qp - kp < W)
   first = jnp.arange(nb)[:, None, None] == 0
   ok_NQS = ok[None] & ~(first & (kp < W)[None])                         # no block -1
-  logits = jnp.where(ok_NQS[None, :, None, None], logits, -1e30)
+  if doc_BT is None:
+    logits = jnp.where(ok_NQS[None, :, None, None], logits, -1e30)
+  else:
+    db = jnp.pad(doc_BT, [(0, 0), (0, nb * W - T)], mode="edge").reshape(B, nb, W)
+    dk = jnp.concatenate([jnp.pad(db, [(0, 0), (1, 0), (0, 0)])[:, :-1], db], axis=2)
+    ok_BNQS = ok_NQS[None] & (db[:, :, :, None] == dk[:, :, None, :])
+    logits = jnp.where(ok_BNQS[:, :, None, None], logits, -1e30)
   probs = jax.nn.softmax(logits, axis=-1).astype(v2.dtype)
   o = jnp.einsum("bnkgqs,bnskd->bnqkgd", probs, v2)
   return o.reshape(B, nb * W, H, D)[:, :T]
@@ -155,16 +164,21 @@ def kv_attend(q_BTHD, k_BTKD, v_BTKD, cache: dict, *, window):
   return o, new
 
 
-def kv_cache_at(k_BTKD, v_BTKD, positions_Bn, max_len: int, window) -> dict:
+def kv_cache_at(k_BTKD, v_BTKD, positions_Bn, max_len: int, window, doc_start_BT=None) -> dict:
   """Ring buffer after tokens[:p+1] for every p in positions_Bn, gathered from full-sequence
-  keys/values; batch B*n, row b*n+i <- (b, positions[b, i])."""
+  keys/values; batch B*n, row b*n+i <- (b, positions[b, i]).
+
+  doc_start_BT (segments.doc_start of a packed row, whose keys were RoPE'd from each
+  document's start): the buffer of the position's document alone (length and slots counted
+  from the document start, no earlier-document keys)."""
   B, n = positions_Bn.shape
   L = kv_slots(max_len, window)
-  length = (positions_Bn + 1).reshape(B * n).astype(jnp.int32)
+  s_R = segments.start_at(doc_start_BT, positions_Bn)
+  length = (positions_Bn + 1).reshape(B * n).astype(jnp.int32) - s_R
   src_RL = slot_positions(length, L)                                          # [B*n, L]
   valid = (src_RL >= 0)[:, :, None, None]
   row_b = jnp.repeat(jnp.arange(B), n)[:, None]
-  idx = jnp.clip(src_RL, 0, k_BTKD.shape[1] - 1)
+  idx = jnp.clip(src_RL + s_R[:, None], 0, k_BTKD.shape[1] - 1)
   k = jnp.where(valid, k_BTKD[row_b, idx], 0)
   v = jnp.where(valid, v_BTKD[row_b, idx], 0)
   return dict(k=k, v=v, length=length)
@@ -200,21 +214,33 @@ class Attention(nnx.Module):
   def init_cache(self, batch: int, max_len: int) -> dict:
     return kv_init(batch, max_len, self.window, self.kv_heads, self.head_dim, self.dtype)
 
-  def __call__(self, x_BTD, cache=None, *, capture: bool = False):
+  def __call__(self, x_BTD, cache=None, *, segment_ids=None, capture: bool = False):
+    """segment_ids [B,T] (segments.py; no cache): queries see only their document's keys and
+    RoPE positions restart at each document start, so a document scores as if alone."""
     B, T, _ = x_BTD.shape
+    if segment_ids is not None and cache is not None:
+      raise ValueError("segment_ids is for a full-sequence forward (no cache)")
     q = self.q_proj(x_BTD).reshape(B, T, self.heads, self.head_dim)
     k = self.k_proj(x_BTD).reshape(B, T, self.kv_heads, self.head_dim)
     v = self.v_proj(x_BTD).reshape(B, T, self.kv_heads, self.head_dim)
     start_B = jnp.zeros((B,), jnp.int32) if cache is None else cache["length"]
     pos_BT = start_B[:, None] + jnp.arange(T)[None, :]
+    doc = None
+    if segment_ids is not None:
+      pos_BT, doc = segments.positions(segment_ids), segments.doc_index(segment_ids)
     q, k = rope(q, pos_BT, self.theta), rope(k, pos_BT, self.theta)
     if cache is None:
-      o = attend(q, k, v, window=self.window, impl=self.impl)
+      o = attend(q, k, v, window=self.window, impl=self.impl, doc_BT=doc)
     else:
       o, cache = kv_attend(q, k, v, cache, window=self.window)
     y = self.o_proj(o.reshape(B, T, self.heads * self.head_dim))
-    captured = dict(k=k, v=v) if (capture and cache is None) else None
+    captured = None
+    if capture and cache is None:
+      captured = dict(k=k, v=v)
+      if segment_ids is not None:
+        captured["doc_start"] = segments.doc_start(segment_ids)
     return y, cache, captured
 
   def cache_at(self, captured: dict, positions_Bn, max_len: int) -> dict:
-    return kv_cache_at(captured["k"], captured["v"], positions_Bn, max_len, self.window)
+    return kv_cache_at(captured["k"], captured["v"], positions_Bn, max_len, self.window,
+                       captured.get("doc_start"))

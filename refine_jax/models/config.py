@@ -17,6 +17,7 @@ from ml_collections import config_dict
 from refine_jax.models import attention, lact
 
 ARCHS = ("deltanet", "gated_deltanet", "transformer", "lact")
+LOGITS_DTYPES = ("float32", "model")
 
 
 def _defaults(fields: dict) -> config_dict.ConfigDict:
@@ -59,6 +60,12 @@ def default_model_config() -> config_dict.ConfigDict:
   # Compute dtype; params (and the residual stream) stay float32. "auto" = bfloat16 on GPU/TPU,
   # float32 on CPU (where bf16 is slow and tests compare against float32 references).
   c.dtype = "auto"
+  # LM head (untied lm_head or tied embeddings.attend) dtype: "float32" = float32 operands and
+  # result whatever model.dtype is (RL log-probs, entropies, PPO ratios and NTP need logits
+  # without bf16 rounding: bf16 steps are 0.125 once |logit| >= 16; MaxText's
+  # logits_dot_in_fp32); "model" = the head computes in model.dtype (bf16-rounded logits when
+  # that is bfloat16; the behaviour before this field existed).
+  c.logits_dtype = "float32"
   c.backend = "auto"           # pallas_kernels backend
   c.chunk_size = 64            # fast-weight chunk length (also the cache_at advance length)
   # Layers: one lax.scan over stacked params (compile time flat in depth); hybrids unroll.
@@ -144,6 +151,10 @@ def validate(cfg) -> None:
   remat = cfg.get("remat", "none")
   if not (isinstance(remat, bool) or remat in ("none", "full", "dots", "dots_no_batch")):
     raise ValueError(f"model.remat={remat!r}; use none | full | dots | dots_no_batch")
+  logits_dtype = cfg.get("logits_dtype", "float32")
+  if logits_dtype not in LOGITS_DTYPES:
+    raise ValueError(f"model.logits_dtype={logits_dtype!r}; use one of {LOGITS_DTYPES} "
+                     "(float32: float32 LM head; model: the head computes in model.dtype)")
   if cfg.chunk_size & (cfg.chunk_size - 1):
     raise ValueError(f"model.chunk_size={cfg.chunk_size} must be a power of two (e.g. 64)")
   # Gated DeltaNet sizes heads by head_dim (FLA's 1.3B: hidden 2048, 6 heads of 256); every

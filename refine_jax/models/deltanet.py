@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 import pallas_kernels
-from refine_jax.models import layers
+from refine_jax.models import layers, segments
 from refine_jax.models.config import delta_dims
 
 
@@ -86,16 +86,18 @@ class DeltaNet(nnx.Module):
 
   # ---- pieces shared by the forward pass and the cache.
 
-  def _features(self, x_BTD, conv_cache):
-    """q, k [B,T,HV,K] (repeated to value heads), v [B,T,HV,V], beta/g [B,T,HV] f32."""
+  def _features(self, x_BTD, conv_cache, doc_BT=None):
+    """q, k [B,T,HV,K] (repeated to value heads), v [B,T,HV,V], beta/g [B,T,HV] f32.
+
+    doc_BT (segments.doc_index): the short convs read only same-document inputs."""
     B, T, _ = x_BTD.shape
     d = self.dims
     qp, kp, vp = self.q_proj(x_BTD), self.k_proj(x_BTD), self.v_proj(x_BTD)
     if self.use_short_conv:
       cq, ck, cv = conv_cache if conv_cache else (None, None, None)
-      q, cq = self.q_conv1d(qp, cq)
-      k, ck = self.k_conv1d(kp, ck)
-      v, cv = self.v_conv1d(vp, cv)
+      q, cq = self.q_conv1d(qp, cq, doc_BT)
+      k, ck = self.k_conv1d(kp, ck, doc_BT)
+      v, cv = self.v_conv1d(vp, cv, doc_BT)
       new_conv = (cq, ck, cv)
     else:
       act = jax.nn.silu if self.qk_activation == "silu" else (lambda a: a)
@@ -140,20 +142,29 @@ class DeltaNet(nnx.Module):
 
   # ---- mixer contract.
 
-  def __call__(self, x_BTD, cache=None, *, capture=False):
-    """Returns (y [B,T,D], new cache or None, captured or None)."""
+  def __call__(self, x_BTD, cache=None, *, segment_ids=None, capture=False):
+    """Returns (y [B,T,D], new cache or None, captured or None).
+
+    segment_ids [B,T] (segments.py): the state resets to zero and the convs forget at each
+    document start, so every document runs as if alone.
+    """
     if capture and cache is not None:
       raise ValueError("capture=True needs a full-sequence forward without a cache")
     T = x_BTD.shape[1]
+    doc = None if segment_ids is None else segments.doc_index(segment_ids)
     (q, k, v, beta, g), pre_conv, new_conv = self._features(
-        x_BTD, None if cache is None else cache["conv"])
+        x_BTD, None if cache is None else cache["conv"], doc)
     # One entry for every path (pallas_kernels.ops: decode steps take the fused kernel).
+    seg_kw = {} if segment_ids is None else dict(segment_ids=doc)
     o, S, chunk_states = pallas_kernels.delta_rule_scan(
         q, k, v, beta, g, initial_state=None if cache is None else cache["state"],
-        chunk_size=self.chunk_size, backend=self.backend, return_chunk_states=capture)
+        chunk_size=self.chunk_size, backend=self.backend, return_chunk_states=capture,
+        **seg_kw)
     captured = None
     if capture:
       captured = dict(chunk_states=chunk_states, k=k, v=v, beta=beta, g=g, pre_conv=pre_conv)
+      if segment_ids is not None:
+        captured["doc_start"] = segments.doc_start(segment_ids)
     y = self._output(x_BTD, o)
     new_cache = None
     if cache is not None:
@@ -178,6 +189,10 @@ class DeltaNet(nnx.Module):
     State: the boundary state of the chunk holding the position, advanced through the chunk's
     tokens up to the position (masked advance, L = chunk_size). Conv: the last W pre-conv
     inputs sliced from the same pass. Differentiable in everything captured.
+    Packed documents (captured with segment_ids): the position's document only, as if it ran
+    alone: a zero boundary state when the document starts inside (or at) the chunk, the
+    chunk's earlier-document tokens masked out, earlier-document conv inputs zero, pos counted
+    from the document start.
     """
     del max_len
     B, n = positions_Bn.shape
@@ -194,7 +209,14 @@ class DeltaNet(nnx.Module):
       a = jnp.pad(a, [(0, 0), (0, N * C - T)] + [(0, 0)] * (a.ndim - 2))
       return a.reshape((B, N, C) + a.shape[2:])[b, c]
 
-    mask = (jnp.arange(C)[None, :] <= (p - c * C)[:, None]).astype(jnp.float32)
+    j_C = jnp.arange(C)[None, :]
+    seg = "doc_start" in captured
+    s = segments.start_at(captured.get("doc_start"), positions_Bn)   # document start [Bn]
+    mask = j_C <= (p - c * C)[:, None]
+    if seg:
+      S0 = jnp.where((s >= c * C)[:, None, None, None], 0.0, S0)
+      mask &= j_C >= (s - c * C)[:, None]
+    mask = mask.astype(jnp.float32)
     g = captured["g"]
     S = pallas_kernels.advance_state(S0, chunk_of(captured["k"]), chunk_of(captured["v"]),
                                      chunk_of(captured["beta"]),
@@ -206,7 +228,10 @@ class DeltaNet(nnx.Module):
       idx = p[:, None] + jnp.arange(W)[None, :]                 # padded index of u[p-W+1..p]
       conv = tuple(jnp.pad(u, ((0, 0), (W - 1, 0), (0, 0)))[b[:, None], idx]
                    for u in captured["pre_conv"])
-    return dict(state=S.astype(jnp.float32), conv=conv, pos=p + 1)
+      if seg:  # padded index idx is position idx - (W - 1)
+        keep = (idx - (W - 1) >= s[:, None])[..., None]
+        conv = tuple(jnp.where(keep, u, 0) for u in conv)
+    return dict(state=S.astype(jnp.float32), conv=conv, pos=p + 1 - s)
 
 
 class GatedDeltaNet(DeltaNet):

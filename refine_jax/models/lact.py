@@ -11,6 +11,9 @@ y = o_proj( SWA(x) + silu(ttt_scale(x)) * RMSNorm_head( f_W(q_fast) ) )
   row of W is rescaled back to its norm in the slow init weights (LaCT's "post-norm").
 - q/k/v for the fast weights share the attention projections: fast q/k get a per-channel
   scale/offset, SiLU, per-head L2 norm and the same RoPE.
+- Packed documents (segment_ids): attention masked to the document, RoPE from its start, and
+  each document's fast weights on its own chunk grid from its start (fw_scan_docs), so every
+  document runs exactly as if alone.
 
 Cache (decoding): the window KV ring buffer (attention.kv_*), the fast weights (and momentum)
 at the current chunk start, and the current partial chunk's k/v/lr (and momentum coefficient);
@@ -26,7 +29,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from refine_jax.models import attention as attn
-from refine_jax.models import layers
+from refine_jax.models import layers, segments
 
 LACT_DEFAULTS = dict(
     num_fw_heads=4,        # fast-weight heads; must divide model.hidden
@@ -149,6 +152,92 @@ def fw_scan(state, toks, chunk: int, row_norms, *, use_muon: bool):
   states = jax.tree.map(lambda s, f: jnp.concatenate([jnp.moveaxis(s, 0, 1), f[:, None]], 1),
                         st_N, final)
   return o, states
+
+
+def _where_rows(mask_R, a, b):
+  """Per row (axis 0) a where mask else b, for matching pytrees."""
+  return jax.tree.map(lambda x, y: jnp.where(mask_R.reshape((-1,) + (1,) * (x.ndim - 1)), x, y),
+                      a, b)
+
+
+def fw_scan_docs(state0, toks, chunk: int, row_norms, start_BZ, *, use_muon: bool):
+  """fw_scan for rows of packed documents: every document runs its own chunk grid from its
+  start, exactly as if it ran alone (start_BZ = segments.doc_start, length Z).
+
+  Let D be the document holding chunk i's first token (start s): its boundaries s + kC put
+  exactly one update at b in (iC, iC + C], over tokens [b - C, b) (this chunk and the one
+  before). Chunk i: D's tokens before b apply D's carried weights (the initial ones if D
+  starts at iC), D's tokens from b on the updated ones; documents starting inside the chunk
+  apply the initial weights (their first update lies in a later chunk). Carried out: D's
+  updated weights if D is the chunk's last document, else the initial ones (momentum alike).
+  Costs three applies per chunk instead of one.
+
+  Returns (outputs [B, Z, H, dv], states {name: [B, N, ...]}: D's weights after its update
+  in each chunk; the weights before it are those of chunk i - 1 or the initial ones, see
+  doc_state_at, so a capture holds as many states as fw_scan's).
+  """
+  B, Z = toks["q"].shape[:2]
+  C = chunk
+  N = Z // C
+  split = lambda t: jnp.moveaxis(t.reshape(B, N, C, *t.shape[2:]), 1, 0)   # [N, B, C, ...]
+  xs = jax.tree.map(split, toks)
+  names = [n for n in toks if n != "q"]
+  prev = {n: jnp.concatenate([jnp.zeros_like(xs[n][:1]), xs[n][:-1]], 0) for n in names}
+  st_NBC = split(start_BZ)
+  c0_N1 = (jnp.arange(N, dtype=jnp.int32) * C)[:, None]
+  sD_NB = st_NBC[:, :, 0]
+  fresh_NB = sD_NB == c0_N1
+  b_NB = 1 + jnp.mod(sD_NB - c0_N1 - 1, C)                    # update boundary - iC, in [1, C]
+  in_d_NBC = st_NBC == sD_NB[..., None]
+  after_NBC = jnp.arange(C)[None, None] >= b_NB[..., None]
+  last_d_NB = st_NBC[:, :, -1] == sD_NB
+  b_B1 = jnp.arange(B)[:, None]
+
+  def body(carry, x):
+    xc, pc, fresh, b, in_d, after, last_d = x
+    w_in = _where_rows(fresh, state0, carry)
+    idx = b[:, None] + jnp.arange(C)[None]                     # window [b - C, b) in [prev; xc]
+    win = {n: jnp.concatenate([pc[n], xc[n]], axis=1)[b_B1, idx] for n in names}
+    w_mid = fw_step(w_in, win, row_norms, use_muon=use_muon)
+    q = xc["q"]
+    o_in, o_mid, o_init = fw_apply(w_in, q), fw_apply(w_mid, q), fw_apply(state0, q)
+    m = lambda a: a[..., None, None]
+    o = jnp.where(m(in_d), jnp.where(m(after), o_mid, o_in), o_init)
+    return _where_rows(last_d, w_mid, state0), (o, w_mid)
+
+  _, (o_NBCHV, s_mid) = jax.lax.scan(
+      body, state0, (xs, prev, fresh_NB, b_NB, in_d_NBC, after_NBC, last_d_NB))
+  o = jnp.moveaxis(o_NBCHV, 0, 1).reshape(B, Z, *o_NBCHV.shape[3:])
+  return o, jax.tree.map(lambda t: jnp.moveaxis(t, 0, 1), s_mid)
+
+
+def doc_state_at(states, state0, toks, p_R, s_R, src_R, chunk: int):
+  """state_at for a capture of packed documents (fw_scan_docs' states): the cache pieces of
+  position p_R's document (start s_R) alone after its tokens [s, p]: the weights at the start
+  of the document's current chunk (its own grid) and that chunk's tokens so far.
+
+  With c = p // C: a document starting inside chunk c has the initial weights; otherwise it
+  is chunk c's D (update at b): after b its weights are states[c]; before b they are
+  states[c - 1] if it was already chunk c - 1's D (it started by (c - 1) C), else initial."""
+  C = chunk
+  c_R = p_R // C
+  cnt_R = p_R + 1 - s_R
+  last_R = s_R + (cnt_R // C) * C                               # current chunk's first token
+  b_R = c_R * C + 1 + jnp.mod(s_R - c_R * C - 1, C)             # D's update in chunk c
+  use_now = (p_R + 1 >= b_R) & (s_R <= c_R * C)
+  use_prev = (p_R + 1 < b_R) & (s_R <= (c_R - 1) * C)
+  st = _where_rows(use_now, jax.tree.map(lambda t: t[src_R, c_R], states), state0)
+  st = _where_rows(use_prev, jax.tree.map(lambda t: t[src_R, jnp.maximum(c_R - 1, 0)], states),
+                   st)
+  j_C = jnp.arange(C)
+  idx_RC = last_R[:, None] + j_C[None]
+  valid_RC = j_C[None] < (p_R + 1 - last_R)[:, None]
+
+  def take(t):
+    g = t[src_R[:, None], jnp.clip(idx_RC, 0, t.shape[1] - 1)]
+    return jnp.where(valid_RC.reshape(valid_RC.shape + (1,) * (g.ndim - 2)), g, 0)
+
+  return st, jax.tree.map(take, toks)
 
 
 def state_at(states, toks, count_R, src_R, chunk: int):
@@ -300,8 +389,14 @@ class LaCT(nnx.Module):
     kv = attn.kv_init(batch, max_len, self.window, self.heads, self.head_dim, self.dtype)
     return dict(attn=kv, fw=dict(st), buf=buf)
 
-  def __call__(self, x_BTD, cache=None, *, capture: bool = False):
+  def __call__(self, x_BTD, cache=None, *, segment_ids=None, capture: bool = False):
+    """segment_ids [B,T] (segments.py; no cache): every document runs as if alone (attention
+    mask, RoPE from its start, its own fast-weight chunk grid: fw_scan_docs)."""
     B, T, _ = x_BTD.shape
+    if segment_ids is not None:
+      if cache is not None:
+        raise ValueError("segment_ids is for a full-sequence forward (no cache)")
+      return self._call_docs(x_BTD, segment_ids, capture)
     start_B = jnp.zeros((B,), jnp.int32) if cache is None else cache["attn"]["length"]
     pos_BT = start_B[:, None] + jnp.arange(T)[None, :]
     qa, ka, va, toks = self._project(x_BTD, pos_BT)
@@ -324,6 +419,24 @@ class LaCT(nnx.Module):
       fw, fw_state, buf = self._prefill_fw(cache, toks, start_B)
     y = self._combine(x_BTD, o, fw)
     return y, dict(attn=kv, fw=fw_state, buf=buf), None
+
+  def _call_docs(self, x_BTD, segment_ids, capture):
+    B, T, _ = x_BTD.shape
+    C = self.chunk
+    start_BT = segments.doc_start(segment_ids)
+    qa, ka, va, toks = self._project(x_BTD, segments.positions(segment_ids))
+    o = attn.attend(qa, ka, va, window=self.window, impl=self.impl,
+                    doc_BT=segments.doc_index(segment_ids))
+    st0, row_norms = self._init_state(B)
+    pad = -T % C
+    z = jax.tree.map(lambda t: jnp.pad(t, [(0, 0), (0, pad)] + [(0, 0)] * (t.ndim - 2)), toks)
+    start_BZ = jnp.pad(start_BT, [(0, 0), (0, pad)], mode="edge")  # padding: the last document
+    fw, states = fw_scan_docs(st0, z, C, row_norms, start_BZ, use_muon=self.use_muon)
+    captured = None
+    if capture:
+      upd = {n: t for n, t in toks.items() if n != "q"}
+      captured = dict(k=ka, v=va, doc_states=states, toks=upd, doc_start=start_BT)
+    return self._combine(x_BTD, o, fw[:, :T]), None, captured
 
   def _decode_fw(self, cache, toks, n_B):
     """One token: apply the chunk-start weights, append to the buffer, update if it filled."""
@@ -371,9 +484,19 @@ class LaCT(nnx.Module):
     return fw, st, buf
 
   def cache_at(self, captured: dict, positions_Bn, max_len: int) -> dict:
+    """Cache after tokens[b, :positions[b, i] + 1] (row b*n + i); of a packed capture, the
+    cache of the position's document alone (its weights, partial chunk, window and RoPE
+    positions counted from its start)."""
     B, n = positions_Bn.shape
     count_R = (positions_Bn + 1).reshape(B * n).astype(jnp.int32)
     src_R = jnp.repeat(jnp.arange(B), n)
-    st, buf = state_at(captured["states"], captured["toks"], count_R, src_R, self.chunk)
-    kv = attn.kv_cache_at(captured["k"], captured["v"], positions_Bn, max_len, self.window)
+    if "doc_start" in captured:
+      s_R = segments.start_at(captured["doc_start"], positions_Bn)
+      st0, _ = self._init_state(B * n)
+      st, buf = doc_state_at(captured["doc_states"], st0,
+                             captured["toks"], count_R - 1, s_R, src_R, self.chunk)
+    else:
+      st, buf = state_at(captured["states"], captured["toks"], count_R, src_R, self.chunk)
+    kv = attn.kv_cache_at(captured["k"], captured["v"], positions_Bn, max_len, self.window,
+                          captured.get("doc_start"))
     return dict(attn=kv, fw=st, buf=buf)

@@ -101,20 +101,35 @@ class ShortConv(nnx.Module):
   def _act(self, y):
     return jax.nn.silu(y) if self.activation == "silu" else y
 
-  def __call__(self, u_BTC, cache_BWC=None):
-    """Returns (y [B,T,C], new cache [B,W,C]: the last W inputs incl. the cached ones)."""
+  def __call__(self, u_BTC, cache_BWC=None, doc_BT=None):
+    """Returns (y [B,T,C], new cache [B,W,C]: the last W inputs incl. the cached ones).
+
+    doc_BT (segments.doc_index, [B,T] int32): a window reads only inputs of its token's
+    document (the others count as zeros, as before a fresh sequence); the cached inputs belong
+    to the first token's document, and the new cache keeps only the last token's document.
+    """
     B, T, C = u_BTC.shape
     W = self.width
     if cache_BWC is None:
       cache_BWC = jnp.zeros((B, W, C), u_BTC.dtype)
-    w_WC = self.kernel[...].astype(u_BTC.dtype)
+    # As FLA's causal_conv1d: float32 operands, sum and activation; the output in u's dtype.
+    w_WC = self.kernel[...].astype(jnp.float32)
     full = jnp.concatenate([cache_BWC[:, 1:].astype(u_BTC.dtype), u_BTC], axis=1)  # [B,W-1+T,C]
-    if T == 1:  # decode: one window, no conv op
-      y = jnp.einsum("bwc,wc->bc", full, w_WC)[:, None]
+    full = full.astype(jnp.float32)
+    # Elementwise products (no dot: a TPU float32 dot would round operands to bf16) summed in
+    # one order for every T, so a decode step (T = 1) rounds exactly as the full pass does.
+    if doc_BT is not None:
+      doc_full = jnp.concatenate([jnp.repeat(doc_BT[:, :1], W - 1, axis=1), doc_BT], axis=1)
+      same = lambda j: (doc_full[:, j:j + T] == doc_BT)[..., None]
+      y = sum(jnp.where(same(j), full[:, j:j + T], 0.0) * w_WC[j] for j in range(W))
     else:
       y = sum(full[:, j:j + T] * w_WC[j] for j in range(W))
     new_cache = jnp.concatenate([cache_BWC.astype(u_BTC.dtype), u_BTC], axis=1)[:, -W:]
-    return self._act(y), new_cache
+    if doc_BT is not None:
+      keep = (jnp.concatenate([jnp.repeat(doc_BT[:, :1], W, axis=1), doc_BT], axis=1)[:, -W:]
+              == doc_BT[:, -1:])[..., None]
+      new_cache = jnp.where(keep, new_cache, 0)
+    return self._act(y).astype(u_BTC.dtype), new_cache
 
 
 def mlp_width(hidden: int, hidden_ratio: int | None, intermediate_size: int | None) -> int:

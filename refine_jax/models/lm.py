@@ -52,10 +52,14 @@ def remat_mode(value) -> str:
   return value
 
 
-def _remat(fn, mode: str):
+def _remat(fn, mode: str, *, in_scan: bool):
+  """fn under jax.checkpoint with model.remat's policy. prevent_cse=False only for a lax.scan
+  body (the scan already keeps XLA from CSE-ing the recomputation into the forward pass, and the
+  optimisation barrier would cost); an unrolled block needs the barrier, or XLA's CSE merges
+  the backward's recomputation with the forward values and the remat saves nothing."""
   if mode == "none":
     return fn
-  return jax.checkpoint(fn, policy=REMAT_POLICIES[mode], prevent_cse=False)
+  return jax.checkpoint(fn, policy=REMAT_POLICIES[mode], prevent_cse=not in_scan)
 
 
 def _stack(trees):
@@ -106,8 +110,9 @@ class Block(nnx.Module):
     width = layers.mlp_width(cfg.hidden, cfg.hidden_ratio, cfg.intermediate_size)
     self.mlp = layers.GatedMLP(cfg.hidden, width, std=cfg.initializer_range, dtype=dt, rngs=rngs)
 
-  def __call__(self, h_BTD, cache=None, *, capture=False):
-    y, cache, captured = self.attn(self.attn_norm(h_BTD), cache, capture=capture)
+  def __call__(self, h_BTD, cache=None, *, segment_ids=None, capture=False):
+    y, cache, captured = self.attn(self.attn_norm(h_BTD), cache, segment_ids=segment_ids,
+                                   capture=capture)
     h_BTD = h_BTD + y.astype(h_BTD.dtype)
     h_BTD = h_BTD + self.mlp(self.mlp_norm(h_BTD)).astype(h_BTD.dtype)
     return h_BTD, cache, captured
@@ -120,6 +125,10 @@ class LM(nnx.Module):
     validate(cfg)
     self.tie_word_embeddings = bool(cfg.tie_word_embeddings)
     self.dtype = layers.compute_dtype(cfg.dtype)
+    # LM head dtype (model.logits_dtype): float32 by default, so RL log-probs / entropies / NTP
+    # see unrounded logits; "model" = model.dtype.
+    self.head_dtype = (self.dtype if cfg.get("logits_dtype", "float32") == "model"
+                       else jnp.dtype(jnp.float32))
     self.remat = remat_mode(cfg.remat)
     self.kinds = tuple(layer_kinds(cfg))
     # Hybrids (several mixer kinds) keep the unrolled loop: their blocks differ in structure.
@@ -136,9 +145,13 @@ class LM(nnx.Module):
     self.norm = layers.RMSNorm(cfg.hidden, eps=cfg.norm_eps, rngs=rngs)
     if not cfg.tie_word_embeddings:
       self.lm_head = layers.linear(cfg.hidden, cfg.vocab_size, ("embed", "vocab"), std=std,
-                                   dtype=self.dtype, rngs=rngs)
+                                   dtype=self.head_dtype, rngs=rngs)
 
-  def __call__(self, input_ids_BT, cache=None, *, capture=False) -> LMOutput:
+  def __call__(self, input_ids_BT, cache=None, *, segment_ids=None, capture=False) -> LMOutput:
+    """segment_ids [B, T] int32 (packed rows, data/pipeline.py; no cache): a new document
+    starts at every token whose id differs from the previous token's, and every mixer resets
+    there (models/segments.py), so each document's logits are those of the document alone.
+    None: one document per row (bit for bit the behaviour without segments)."""
     if input_ids_BT.ndim != 2:
       raise ValueError(f"input_ids must be [batch, time]; got shape {input_ids_BT.shape}")
     L = self.num_layers
@@ -146,23 +159,33 @@ class LM(nnx.Module):
       raise ValueError(f"cache has {len(cache)} layers, the model {L}")
     if capture and cache is not None:
       raise ValueError("capture=True needs a full-sequence forward without a cache")
+    if segment_ids is not None:
+      if cache is not None:
+        raise ValueError("segment_ids is for a full-sequence forward (no cache); decoding "
+                         "from a cache continues one document")
+      if tuple(segment_ids.shape) != tuple(input_ids_BT.shape):
+        raise ValueError(f"segment_ids has shape {tuple(segment_ids.shape)}, input_ids "
+                         f"{tuple(input_ids_BT.shape)}")
+      segment_ids = jnp.asarray(segment_ids, jnp.int32)
     # The residual stream stays float32; mixers and MLPs compute in model.dtype.
     h = self.embeddings(input_ids_BT)
     # Also with a cache: ReFINE differentiates its rollout decode steps, and a LaCT step keeps
     # its (cond-selected) chunk update's intermediates for backward unless rematerialised.
     mode = self.remat
     if self.scan:
-      h, new_cache, captured = self._scan(h, cache, capture, mode)
+      h, new_cache, captured = self._scan(h, cache, capture, mode, segment_ids)
     else:
       new_cache, captured = [], []
       for i, block in enumerate(self.layers):
-        h, c, cap = self._block_fn(block, capture, mode)(h, None if cache is None else cache[i])
+        h, c, cap = self._block_fn(block, capture, mode)(
+            h, None if cache is None else cache[i], segment_ids)
         new_cache.append(c)
         captured.append(cap)
       captured = tuple(captured)
     h = self.norm(h)
     if self.tie_word_embeddings:
-      logits = self.embeddings.attend(h.astype(self.dtype))
+      # Embed computes in float32; logits_dtype="model" rounds h to model.dtype first (as before).
+      logits = self.embeddings.attend(h.astype(self.head_dtype))
     else:
       logits = self.lm_head(h)
     return LMOutput(logits=logits.astype(jnp.float32),
@@ -174,21 +197,22 @@ class LM(nnx.Module):
   def _block_fn(block, capture, mode):
     graphdef, state = nnx.split(block)
 
-    def run(state, h, c):
-      return nnx.merge(graphdef, state)(h, c, capture=capture)
-    return functools.partial(_remat(run, mode), state)
+    def run(state, h, c, seg):
+      return nnx.merge(graphdef, state)(h, c, segment_ids=seg, capture=capture)
+    return functools.partial(_remat(run, mode, in_scan=False), state)
 
-  def _scan(self, h, cache, capture, mode):
+  def _scan(self, h, cache, capture, mode, segment_ids=None):
     """All blocks as one lax.scan over the stacked params (and stacked per-layer caches)."""
     graphdef, state = nnx.split(self.layers)
 
     def body(h, xs):
       state_i, cache_i = xs
-      h, c, cap = nnx.merge(graphdef, state_i)(h, cache_i, capture=capture)
+      h, c, cap = nnx.merge(graphdef, state_i)(h, cache_i, segment_ids=segment_ids,
+                                               capture=capture)
       return h, (c, cap)
 
     stacked = None if cache is None else _stack(cache)
-    h, (c, cap) = jax.lax.scan(_remat(body, mode), h, (state, stacked))
+    h, (c, cap) = jax.lax.scan(_remat(body, mode, in_scan=True), h, (state, stacked))
     return h, (None if cache is None else _unstack(c, self.num_layers)), cap
 
   def blocks(self):
@@ -206,7 +230,9 @@ class LM(nnx.Module):
     """Caches after tokens[b, :positions[b, i] + 1] for batch B*n (row b*n + i).
 
     `captured` comes from `model(tokens, capture=True)`; positions must lie in [0, T) (not
-    checked under jit: indices are clamped). No re-run of the prefix.
+    checked under jit: indices are clamped). No re-run of the prefix. A capture with
+    segment_ids gives the cache of the position's document alone (as if that document had
+    been run by itself up to the position; positions counted from its start).
     """
     if captured is None or (not self.scan and len(captured) != self.num_layers):
       raise ValueError("cache_at needs the `captured` of model(tokens, capture=True)")
