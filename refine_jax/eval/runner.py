@@ -33,7 +33,7 @@ from refine_jax import paths
 from refine_jax.data import pipeline, recall
 from refine_jax.data import tasks as tasks_lib
 from refine_jax.data.tokenizers import get_tokenizer
-from refine_jax.eval import decode, report, scoring
+from refine_jax.eval import decode, qa_files, report, scoring
 from refine_jax.eval.nll import ntp_eval
 from refine_jax.losses import token_nll
 
@@ -55,12 +55,16 @@ def default_eval_config() -> ml_collections.ConfigDict:
   c.context_lengths = "256,512"  # prompt tokens per sample, one column each
   c.num_samples = 8              # samples per (task, context length)
   c.batch_size = 8               # prompts decoded together
-  c.max_new_tokens = 0           # 0: longest reference answer of the batch + 8 tokens
+  c.max_new_tokens = 0           # 0: the rows' max_gen_tokens (ReFINE LongBench files), else
+                                 # longest reference answer of the batch + 8 tokens
   c.base_seed = 0                # eval seed stream: sample_seed("eval", i, base_seed)
   c.haystack = "noise"           # "noise" (RULER's), "held_out" (held-out corpus text) or a .txt path
   c.num_needles = 4              # multikey / multivalue / multiquery needles
   c.vt_hops = 4                  # variable tracking chain length
-  c.qa_path = ""                 # jsonl with context, input, answers (qa / qa_f1)
+  c.qa_path = ""                 # qa / qa_f1 rows: comma-separated files or globs, jsonl or
+                                 # parquet, local or gs:// (eval/qa_files.py: ReFINE RULER QA
+                                 # and LongBench parquet, THUDM LongBench jsonl, prompt/answer,
+                                 # context/input/answers); each row scored by its own task
   c.mqar_kv_pairs = 8            # key-value pairs per MQAR sequence (length = context length)
   c.mqar_vocab = 256             # MQAR token ids stay in [0, mqar_vocab) (bytes for the byte tokenizer)
   c.ppl_batches = 2              # held-out batches per perplexity column
@@ -117,8 +121,8 @@ def task_samples(tokenizer, ecfg, task: str, length: int, haystack="noise"):
   n = int(ecfg.num_samples)
   if task in ("qa", "qa_f1"):
     if not ecfg.qa_path:
-      raise ValueError(f"task {task!r} needs eval.qa_path (jsonl: context, input, answers).")
-    return tasks_lib.qa_samples_from_jsonl(ecfg.qa_path, tokenizer, length, limit=n)
+      raise ValueError(f"task {task!r} needs eval.qa_path ({qa_files.LAYOUTS}).")
+    return qa_files.samples(ecfg.qa_path, tokenizer, length, limit=n)
   kwargs = {"haystack": haystack}
   if task.startswith("niah_"):
     kwargs["num_needles"] = int(ecfg.num_needles)
@@ -139,9 +143,31 @@ def model_predictor(model, tokenizer, ecfg):
 
 
 def _max_new_tokens(tokenizer, ecfg, samples) -> int:
+  """eval.max_new_tokens; 0: the rows' own max_gen_tokens (ReFINE LongBench files) when every
+  row has one, else the longest target + 8 tokens."""
   if int(ecfg.max_new_tokens) > 0:
     return int(ecfg.max_new_tokens)
+  own = [(s.metadata or {}).get("max_gen_tokens") for s in samples]
+  if own and all(isinstance(n, int) and n > 0 for n in own):
+    return max(own)
   return max(len(tokenizer.encode(s.target)) for s in samples) + 8
+
+
+def prediction_record(task: str, length: int, index: int, sample, prediction: str,
+                      score: float) -> dict:
+  """One predictions.jsonl row: source (the data file, or "generated:<task>"), row (0-based
+  in that source), task (what the score is by: the row's own task, or the eval task for
+  generated rows and qa_f1), context_length, prediction (raw), references, score (percent);
+  prompt_tail for reading. `python -m refine_jax.eval.score` re-scores such a file."""
+  meta = getattr(sample, "metadata", None) or {}
+  if meta.get("source") is not None and meta.get("row") is not None:
+    source, row = str(meta["source"]), int(meta["row"])
+    own = "qa_f1" if task == "qa_f1" else (meta.get("dataset") or "qa")
+  else:
+    source, row, own = f"generated:{task}", int(index), task
+  return {"source": source, "row": row, "task": own, "context_length": int(length),
+          "prediction": prediction, "references": list(sample.answers), "score": float(score),
+          "prompt_tail": sample.prompt[-120:]}
 
 
 def _score_text(task, samples, predictions):
@@ -356,9 +382,8 @@ def run_eval(model, tokenizer=None, eval_cfg=None, out_dir: str | None = None, /
         cache[key] = (samples, preds)
       samples, preds = cache[key]
       score, per = _score_text(task, samples, preds)
-      records += [{"task": task, "context_len": length, "index": i,
-                   "prompt_tail": s.prompt[-120:], "prediction": p, "answers": list(s.answers),
-                   "score": sc} for i, (s, p, sc) in enumerate(zip(samples, preds, per))]
+      records += [prediction_record(task, length, i, s, p, sc)
+                  for i, (s, p, sc) in enumerate(zip(samples, preds, per))]
       if ecfg.teacher_forced and model is not None and task != "qa_f1":
         tf = teacher_forced_accuracy(model, tokenizer, samples, add_bos=bool(ecfg.add_bos))
     results.setdefault(task, {})[length] = float(score)

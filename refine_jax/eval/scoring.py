@@ -1,25 +1,29 @@
 """Task scores, all in percent (0..100) except perplexity.
 
 NIAH / variable tracking: case-insensitive substring match, mean over references (RULER).
-QA (RULER): substring match of any reference in the FIRST LINE of the prediction, as the
-official evaluators score it (a model that keeps writing after its answer is not credited for
-what it wrote later); qa_f1: LongBench token F1 (max over references).
-LongBench files (rows with a "dataset" field): each dataset's own metric (longbench_score):
-token F1, ROUGE-L (rouge-score), classification over all_classes, passage count / retrieval,
-code edit similarity (rapidfuzz), with first-line truncation where LongBench applies it.
+The project's "qa" task: substring match of any reference in the first line of the prediction
+(leading newlines skipped); qa_f1: LongBench token F1 (max over references).
+Rows that name their own task (score_row) are scored on the RAW prediction exactly as the
+paper's scorer (ReFINE's verl reward_score/{ruler,longbench}.py, which runs THUDM's LongBench
+metrics) does: RULER QA (ruler_squadqa, ruler_hotpotqa) = substring match in the raw first
+line; LongBench = each dataset's cut and metric (token F1, ROUGE-L of the `rouge` package,
+TREC classification, fuzzywuzzy-style code similarity; passage count / retrieval as THUDM).
 MQAR: accuracy of predicted tokens on the query positions.
 """
 
 from __future__ import annotations
 
 import collections
+import difflib
 import math
 import re
 import string
 from typing import Sequence
 
 import numpy as np
-from rapidfuzz import fuzz
+from rouge import Rouge
+
+_ROUGE = Rouge()  # stateless between calls; the official scorer also keeps one
 
 
 def _refs(references) -> tuple[str, ...]:
@@ -70,29 +74,97 @@ def first_line(prediction: str) -> str:
 
 
 def qa_first_line(prediction: str, references: Sequence[str] | str) -> float:
-  """RULER QA: string_match_any on the first line of the prediction."""
+  """The project's own QA task ("qa"): string_match_any on the first line, leading newlines
+  skipped. RULER QA rows (ruler_squadqa / ruler_hotpotqa) use ruler_qa, the official rule."""
   return string_match_any(first_line(prediction), references)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f]")
+
+
+def ruler_qa(prediction: str, references: Sequence[str] | str) -> float:
+  """RULER QA as ReFINE scores it: the RAW prediction's first line (a leading newline leaves
+  nothing), stripped, control characters (\\x00-\\x1f) turned into newlines, stripped again;
+  100 if any reference is a case-insensitive substring of that, else 0."""
+  text = _CONTROL.sub("\n", prediction.split("\n")[0].strip()).strip().lower()
+  return 100.0 * float(any(r.lower() in text for r in _refs(references)))
+
+
 def rouge_l(prediction: str, references: Sequence[str] | str) -> float:
-  """100 * max over references of the ROUGE-L F-measure (rouge-score's tokenizer)."""
-  # pylint: disable-next=g-import-not-at-top  (pulls nltk: ~1 s, paid only by ROUGE-L rows)
-  from rouge_score import rouge_scorer
-  scorer = rouge_scorer.RougeScorer(["rougeL"])
-  return 100.0 * max(scorer.score(r, prediction)["rougeL"].fmeasure for r in _refs(references))
+  """100 * max over references of the ROUGE-L F value of the `rouge` package (1.0.1: sentences
+  split at ".", summary-level union LCS over distinct words), as LongBench calls it
+  (Rouge().get_scores([pred], [ref], avg=True)); 0 where the package raises (an empty
+  prediction, or RecursionError from its recursive LCS on very long sentences)."""
+  best = 0.0
+  for ref in _refs(references):
+    try:
+      f = _ROUGE.get_scores([prediction], [ref], avg=True)["rouge-l"]["f"]
+    except Exception:  # pylint: disable=broad-except  (the official scorer's bare except)
+      f = 0.0
+    best = max(best, float(f))
+  return 100.0 * best
+
+
+def fuzz_ratio(a: str, b: str) -> int:
+  """fuzzywuzzy 0.18.0's fuzz.ratio without python-Levenshtein (LongBench's install): 100 for
+  equal strings, 0 when either is empty, else difflib's SequenceMatcher ratio (autojunk on)
+  as a percent rounded with Python's round (half to even)."""
+  if a == b:
+    return 100
+  if not a or not b:
+    return 0
+  return int(round(100 * difflib.SequenceMatcher(None, a, b).ratio()))
+
+
+def code_line(prediction: str) -> str:
+  """LongBench lcc / repobench-p: the first line (leading newlines skipped) holding no
+  backtick, '#' or '//'. With no such line, ReFINE's scorer keeps the whole raw prediction
+  (THUDM's eval.py would score ""); the former is what the paper's numbers used."""
+  for line in prediction.lstrip("\n").split("\n"):
+    if "`" not in line and "#" not in line and "//" not in line:
+      return line
+  return prediction
+
+
+def code_similarity(prediction: str, references: Sequence[str] | str) -> float:
+  """LongBench code similarity: max over references of fuzz_ratio(code_line(pred), ref)."""
+  line = code_line(prediction)
+  return float(max(fuzz_ratio(line, r) for r in _refs(references)))
+
+
+# The 50 TREC coarse/fine labels in LongBench's order, verbatim (its trec.jsonl all_classes;
+# ReFINE's scorer carries the same list, "somethin" typo included): used when a row has none.
+TREC_CLASSES = (
+    "Food", "Date", "Order, rank", "Speed", "Disease and medicine",
+    "Word with a special property", "Abbreviation", "Language", "Letter like a-z",
+    "Other entity", "Animal", "Expression abbreviated", "Price", "Techniques and method",
+    "Musical instrument", "Mountain", "Currency name", "Event", "Product", "State",
+    "Individual", "Organ of body", "Reason", "Manner of an action", "City", "Religion",
+    "Invention, book and other creative piece", "Distance, linear measure", "Temperature",
+    "Postcode or other code", "Size, area and volume", "Sport", "Country", "Other location",
+    "Lasting time of somethin", "Equivalent term", "Description of something", "Weight",
+    "Vehicle", "Color", "Other number", "Definition of something", "Element and substance",
+    "Description of a person", "Symbols and sign", "Number of something", "Plant",
+    "Percent, fraction", "Group or organization of person", "Title of a person")
 
 
 def classification(prediction: str, references: Sequence[str] | str,
-                   all_classes: Sequence[str]) -> float:
-  """LongBench classification (trec, lsht): the class names found in the prediction, minus
-  those that are only part of the reference's name; 100 / (how many) if the reference is
-  among them, else 0. Max over references."""
-  if not all_classes:
-    raise ValueError("classification needs the row's all_classes (LongBench's field).")
+                   all_classes: Sequence[str] | None = None) -> float:
+  """LongBench classification (trec): the classes (all_classes, default TREC_CLASSES) that
+  occur in the stripped prediction, in class-list order; then one pass drops each that is a
+  proper substring of the reference, and, as the official loop removes from the list it is
+  walking, the class right after a dropped one is never looked at. 100 / len(kept) if the
+  reference was kept, else 0; max over references."""
+  classes = tuple(all_classes) if all_classes else TREC_CLASSES
+  pred = prediction.strip()
   best = 0.0
   for ref in _refs(references):
-    found = [c for c in all_classes if c in prediction]
-    found = [c for c in found if not (c in ref and c != ref)]
+    found = [c for c in classes if c in pred]
+    i = 0
+    while i < len(found):
+      if found[i] in ref and found[i] != ref:
+        del found[i]  # the next class moves into slot i, and the walk goes on at i + 1
+      i += 1
     if ref in found:
       best = max(best, 100.0 / len(found))
   return best
@@ -120,17 +192,11 @@ def retrieval_score(prediction: str, references: Sequence[str] | str) -> float:
   return best
 
 
-def code_similarity(prediction: str, references: Sequence[str] | str) -> float:
-  """LongBench lcc / repobench-p: edit similarity (rapidfuzz ratio, 0..100) between the
-  reference and the first prediction line that is not a comment or a code fence."""
-  lines = prediction.lstrip("\n").split("\n")
-  code = next((l for l in lines if "`" not in l and "#" not in l and "//" not in l), lines[0])
-  return max(float(fuzz.ratio(code, r)) for r in _refs(references))
-
-
-# LongBench (English + the language-independent tasks): dataset -> metric; datasets whose
-# prediction LongBench cuts to its first line. Chinese tasks need a word segmenter and are
-# refused with a clear error rather than scored differently from the paper.
+# LongBench (English + code): dataset -> metric, and how the RAW prediction is cut first, as
+# ReFINE's scorer runs THUDM's metrics: "line" = up to the first newline (a leading newline
+# leaves an empty answer), "lstrip_line" = the first line after leading newlines, None = whole.
+# passage_count / passage_retrieval_en (not in ReFINE's set) follow THUDM's eval.py (no cut).
+# Chinese tasks need a word segmenter and are refused rather than scored differently.
 LONGBENCH_METRIC = {
     "narrativeqa": "qa_f1", "qasper": "qa_f1", "multifieldqa_en": "qa_f1",
     "hotpotqa": "qa_f1", "2wikimqa": "qa_f1", "musique": "qa_f1", "triviaqa": "qa_f1",
@@ -138,13 +204,30 @@ LONGBENCH_METRIC = {
     "trec": "classification", "passage_count": "count", "passage_retrieval_en": "retrieval",
     "lcc": "code_sim", "repobench-p": "code_sim",
 }
-LONGBENCH_FIRST_LINE = ("trec", "triviaqa", "samsum", "lsht")
+LONGBENCH_CUT = {
+    **{name: "line" for name in ("narrativeqa", "qasper", "multifieldqa_en", "hotpotqa",
+                                 "2wikimqa", "musique")},
+    **{name: "lstrip_line" for name in ("trec", "triviaqa", "samsum")},
+}
+LONGBENCH_FIRST_LINE = ("trec", "triviaqa", "samsum", "lsht")  # lstrip_line (THUDM's list)
 _LONGBENCH_ZH = ("multifieldqa_zh", "dureader", "vcsum", "lsht", "passage_retrieval_zh")
+RULER_QA_TASKS = ("ruler_squadqa", "ruler_hotpotqa")
+
+
+def longbench_cut(dataset: str, prediction: str) -> str:
+  """The part of the raw prediction LongBench scores for `dataset`."""
+  cut = LONGBENCH_CUT.get(dataset[:-2] if dataset.endswith("_e") else dataset)
+  if cut == "line":
+    return prediction.split("\n")[0]
+  if cut == "lstrip_line":
+    return prediction.lstrip("\n").split("\n")[0]
+  return prediction
 
 
 def longbench_score(dataset: str, prediction: str, references: Sequence[str] | str,
                     all_classes: Sequence[str] | None = None) -> float:
-  """One LongBench row scored as LongBench scores `dataset` (percent)."""
+  """One LongBench row scored as ReFINE's scorer scores `dataset` (percent), on the RAW
+  prediction (this function does the cutting)."""
   name = dataset[:-2] if dataset.endswith("_e") else dataset  # LongBench-E files
   if name in _LONGBENCH_ZH:
     raise ValueError(f"LongBench dataset {dataset!r} is Chinese (needs jieba segmentation); "
@@ -152,23 +235,50 @@ def longbench_score(dataset: str, prediction: str, references: Sequence[str] | s
   if name not in LONGBENCH_METRIC:
     raise ValueError(f"unknown LongBench dataset {dataset!r}; known: "
                      f"{', '.join(sorted(LONGBENCH_METRIC))}.")
-  if name in LONGBENCH_FIRST_LINE:
-    prediction = first_line(prediction)
+  prediction = longbench_cut(name, prediction)
   metric = LONGBENCH_METRIC[name]
   if metric == "classification":
-    return classification(prediction, references, all_classes or ())
+    return classification(prediction, references, all_classes)
+  if metric == "rouge_l":
+    prediction = prediction.strip()  # ReFINE strips before ROUGE (THUDM does not)
   return {"qa_f1": qa_f1, "rouge_l": rouge_l, "count": count_score,
           "retrieval": retrieval_score, "code_sim": code_similarity}[metric](prediction,
                                                                            references)
 
 
+def known_task(task: str) -> bool:
+  """Whether score_row can score rows of `task`."""
+  name = task[:-2] if task.endswith("_e") else task
+  return (task in RULER_QA_TASKS or name in LONGBENCH_METRIC or task in TASK_METRIC
+          or task in METRICS)
+
+
+def known_tasks() -> list[str]:
+  return sorted(set(RULER_QA_TASKS) | set(LONGBENCH_METRIC) | set(TASK_METRIC) | {"qa_f1"})
+
+
+def score_row(task: str, prediction: str, references: Sequence[str] | str,
+              all_classes: Sequence[str] | None = None) -> float:
+  """One row scored by its own task (percent): RULER QA (ruler_squadqa, ruler_hotpotqa),
+  LongBench datasets, the project's tasks (TASK_METRIC) or a metric name (e.g. qa_f1)."""
+  if task in RULER_QA_TASKS:
+    return ruler_qa(prediction, references)
+  name = task[:-2] if task.endswith("_e") else task
+  if name in LONGBENCH_METRIC or name in _LONGBENCH_ZH:
+    return longbench_score(task, prediction, references, all_classes)
+  metric = TASK_METRIC.get(task, task)
+  if metric not in METRICS:
+    raise ValueError(f"unknown task {task!r}; known: {', '.join(known_tasks())}.")
+  return METRICS[metric](prediction, references)
+
+
 def score_sample(task: str, prediction: str, sample) -> float:
-  """Score of one eval sample (a TaskSample): by its LongBench dataset when the row named one
-  (metadata "dataset"), else by the task's metric."""
+  """Score of one eval sample (a TaskSample): by the row's own task when its file named one
+  (metadata "dataset": a LongBench dataset or ruler_squadqa / ruler_hotpotqa), else by the
+  task's metric."""
   meta = getattr(sample, "metadata", None) or {}
   if meta.get("dataset"):
-    return longbench_score(str(meta["dataset"]), prediction, sample.answers,
-                           meta.get("all_classes"))
+    return score_row(str(meta["dataset"]), prediction, sample.answers, meta.get("all_classes"))
   return score_task(task, [prediction], [sample.answers])
 
 
@@ -201,6 +311,7 @@ METRICS = {
     "count": count_score,
     "retrieval": retrieval_score,
     "code_sim": code_similarity,
+    "ruler_qa": ruler_qa,
 }
 
 # Default metric per task name (task names as in refine_jax.data.tasks).

@@ -12,15 +12,14 @@ the eos right after them), prompt_len [b].
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Callable, Sequence
 
 import jax.numpy as jnp
 import numpy as np
-import pyarrow.parquet as pq
 
 from refine_jax.data import tasks as tasks_lib
+from refine_jax.eval import qa_files
 
 QA_FIELDS = "prompt/answer or context/input/answers"
 
@@ -34,17 +33,7 @@ def split_list(value) -> list[str]:
 def _rows(path: str) -> list[dict]:
   if not os.path.exists(path):
     raise FileNotFoundError(f"QA file {path!r} not found (jsonl or parquet with {QA_FIELDS}).")
-  if path.endswith(".parquet"):
-    return pq.read_table(path).to_pylist()
-  rows = []
-  with open(path, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, 1):
-      if line.strip():
-        try:
-          rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-          raise ValueError(f"{path}:{line_no}: not a json object ({e}).") from e
-  return rows
+  return qa_files.read_records(path)  # parquet by its magic bytes, whatever the name
 
 
 def _cut_middle(tokenizer, text: str, budget: int) -> str:
@@ -59,12 +48,16 @@ def _cut_middle(tokenizer, text: str, budget: int) -> str:
 def row_to_sample(row: dict, tokenizer, max_prompt_tokens: int | None,
                   where: str = "row") -> tasks_lib.TaskSample:
   """One file row -> TaskSample (prompt ends where the answer starts)."""
-  if "prompt" in row and "answer" in row:
-    prompt, answers = str(row["prompt"]), row["answer"]
+  if "prompt" in row and ("answer" in row or "answers" in row):  # ReFINE parquet: either
+    prompt = str(row["prompt"])
+    answers = row["answers"] if "answers" in row else row["answer"]
     answers = (answers,) if isinstance(answers, str) else tuple(str(a) for a in answers)
     if max_prompt_tokens is not None:
       prompt = _cut_middle(tokenizer, prompt, max_prompt_tokens)
-    return tasks_lib.TaskSample("qa", prompt, answers, answers[0], {"source": where})
+    # The row's own task (ReFINE files: ruler_squadqa, hotpotqa, ...) is what it is scored by.
+    own = row.get("task") or row.get("dataset")
+    return tasks_lib.TaskSample("qa", prompt, answers, answers[0],
+                                {"source": where, "dataset": own})
   if "context" in row and ("input" in row or "question" in row) and "answers" in row:
     question = row.get("input", row.get("question"))
     answers = row["answers"]
@@ -80,7 +73,8 @@ def row_to_sample(row: dict, tokenizer, max_prompt_tokens: int | None,
       context = _cut_middle(tokenizer, context, budget)
     # LongBench rows name their dataset (and classes): scoring.score_sample uses its metric.
     return tasks_lib.TaskSample("qa", head + context + tail, answers, " " + answers[0],
-                                {"source": where, "dataset": row.get("dataset"),
+                                {"source": where,
+                                 "dataset": row.get("dataset") or row.get("task"),
                                  "all_classes": row.get("all_classes")})
   raise ValueError(f"{where}: fields {sorted(row)}; expected {QA_FIELDS}.")
 
@@ -91,7 +85,9 @@ def load_samples(paths: str, tokenizer, max_prompt_tokens: int | None = None,
   out = []
   for path in split_list(paths):
     for i, row in enumerate(_rows(path)):
-      out.append(row_to_sample(row, tokenizer, max_prompt_tokens, f"{path}:{i + 1}"))
+      sample = row_to_sample(row, tokenizer, max_prompt_tokens, f"{path}:{i + 1}")
+      sample.metadata.update(source=os.path.abspath(path), row=i)  # predictions.jsonl keys
+      out.append(sample)
       if limit is not None and len(out) >= limit:
         return out
   if not out:

@@ -56,8 +56,7 @@ def score_cells(cells: dict, predict: Predict, tokenizer, config, out_dir: str |
     preds = list(predict(samples, max_new_tokens(tokenizer, config, samples)))
     per = [scoring.score_sample(task, p, s) for p, s in zip(preds, samples)]
     results.setdefault(task, {})[length] = float(np.mean(per))
-    records += [{"task": task, "context_len": length, "index": i, "prompt_tail": s.prompt[-80:],
-                 "prediction": p, "answers": list(s.answers), "score": float(sc)}
+    records += [runner.prediction_record(task, length, i, s, p, sc)  # eval.score reads these
                 for i, (s, p, sc) in enumerate(zip(samples, preds, per))]
   if out_dir and jax.process_index() == 0:  # every process scored; one writes
     report.write_results(results, out_dir, title=title, plots=bool(config.eval.plots))

@@ -1,0 +1,216 @@
+"""QA eval files in every layout the paper's data ships in, each row tagged with its own task.
+
+`eval.qa_path` (and `python -m refine_jax.eval.score --data`) is a comma-separated list of
+files or globs, local or gs:// (through refine_jax.paths; a gs:// glob may use wildcards in
+its last part only). A file is parquet when it starts with parquet's magic bytes "PAR1"
+(whatever its name), else jsonl. Layouts, told apart per row by their fields:
+
+- ReFINE RULER QA parquet: index, prompt, answer (list), prompt_length, max_answer_length,
+  total_length, max_seq_length, task in {ruler_squadqa, ruler_hotpotqa};
+- ReFINE LongBench parquet: prompt, answers (list), prompt_length, max_answer_length,
+  total_length, max_gen_tokens, task (one of LongBench's datasets; no all_classes);
+- THUDM LongBench jsonl: context, input, answers, dataset, all_classes (+ length, _id, ...);
+- the project's own: prompt + answer (str or list), or context + input (or question) +
+  answers, optionally with dataset / task.
+
+Extra columns are kept in `extra` and otherwise ignored. A row's task is its `task` field,
+else its `dataset`, else "qa" (the project's first-line substring rule); rows are scored by
+scoring.score_row(task, ...). `source` is the file (paths.norm form), `row` its 0-based index.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob as globlib
+import io
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from etils import epath
+
+from refine_jax import paths
+from refine_jax.data import tasks as tasks_lib
+from refine_jax.errors import UserError
+from refine_jax.eval import scoring
+
+LAYOUTS = ("prompt + answer/answers (ReFINE RULER QA / LongBench parquet, or your own), or "
+           "context + input/question + answers (THUDM LongBench jsonl)")
+PARQUET_MAGIC = b"PAR1"
+_WILDCARDS = "*?["
+
+
+@dataclasses.dataclass(frozen=True)
+class QARow:
+  source: str                      # the file, as paths.norm gives it
+  row: int                         # 0-based row index in that file
+  task: str                        # the row's own task: what scoring.score_row scores it by
+  answers: tuple[str, ...]
+  prompt: str | None = None        # a ready prompt (prompt layouts)
+  context: str | None = None       # context + question layouts
+  question: str | None = None
+  all_classes: tuple[str, ...] | None = None
+  extra: dict = dataclasses.field(default_factory=dict)
+
+  def score(self, prediction: str) -> float:
+    return scoring.score_row(self.task, prediction, self.answers, self.all_classes)
+
+
+def _split(spec) -> list[str]:
+  if isinstance(spec, str):
+    return [p.strip() for p in spec.split(",") if p.strip()]
+  return [str(p) for p in spec]
+
+
+def expand(spec) -> list[str]:
+  """Files of a comma-separated list of files / globs, in the order given (each glob's matches
+  sorted); a glob matching nothing or a missing file is a FileNotFoundError naming it."""
+  out = []
+  for item in _split(spec):
+    if any(ch in item for ch in _WILDCARDS):
+      if paths.is_remote(item):
+        parent, pattern = item.rsplit("/", 1)
+        found = sorted(os.fspath(p) for p in epath.Path(parent).glob(pattern))
+      else:
+        found = sorted(globlib.glob(os.path.expanduser(item)))
+      found = [f for f in found if paths.isfile(f)]
+      if not found:
+        raise FileNotFoundError(f"QA data {item!r}: the pattern matches no file.")
+      out += [paths.norm(f) for f in found]
+    else:
+      if not paths.isfile(item):
+        raise FileNotFoundError(f"QA data file {item!r} not found ({LAYOUTS}; jsonl or "
+                                "parquet).")
+      out.append(paths.norm(item))
+  if not out:
+    raise UserError(f"QA data {spec!r}: give at least one file or glob.")
+  return out
+
+
+def is_parquet(data: bytes) -> bool:
+  return data[:4] == PARQUET_MAGIC
+
+
+def read_records(path: str) -> list[dict]:
+  """The raw records of one file: parquet (by its magic bytes) or jsonl (blank lines skipped)."""
+  data = paths.as_path(path).read_bytes()
+  if is_parquet(data):
+    try:
+      return pq.read_table(io.BytesIO(data)).to_pylist()
+    except (pa.ArrowException, OSError) as e:
+      raise UserError(f"{path}: starts like parquet but cannot be read as parquet ({e}).") \
+          from e
+  try:
+    text = data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise UserError(f"{path}: neither parquet (no PAR1 header) nor UTF-8 jsonl text ({e}).") \
+        from e
+  records = []
+  for line_no, line in enumerate(text.splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise UserError(f"{path}:{line_no}: not a json object ({e}); a QA file is jsonl (one "
+                      "object per line) or parquet.") from e
+    if not isinstance(record, dict):
+      raise UserError(f"{path}:{line_no}: a json {type(record).__name__}, not an object.")
+    records.append(record)
+  return records
+
+
+def _answers(value, where: str) -> tuple[str, ...]:
+  if isinstance(value, str):
+    return (value,)
+  if value is None or not hasattr(value, "__iter__"):
+    raise UserError(f"{where}: the answers are {value!r}; give a string or a list of strings.")
+  answers = tuple(str(a) for a in value)
+  if not answers:
+    raise UserError(f"{where}: the answer list is empty.")
+  return answers
+
+
+_KNOWN = ("prompt", "answer", "answers", "context", "input", "question", "task", "dataset",
+          "all_classes")
+
+
+def to_row(record: dict, source: str, index: int) -> QARow:
+  """One record -> QARow (its layout told by its fields)."""
+  where = f"{source}:{index}"
+  task = record.get("task") or record.get("dataset") or "qa"
+  if not isinstance(task, str):
+    raise UserError(f"{where}: task {task!r} is not a string.")
+  if not scoring.known_task(task):
+    raise UserError(f"{where}: unknown task {task!r}; known: "
+                    f"{', '.join(scoring.known_tasks())}.")
+  classes = record.get("all_classes")
+  classes = tuple(str(c) for c in classes) if classes else None
+  extra = {k: v for k, v in record.items() if k not in _KNOWN}
+  if "prompt" in record and ("answer" in record or "answers" in record):
+    answers = record["answers"] if "answers" in record else record["answer"]
+    return QARow(source, index, task, _answers(answers, where), prompt=str(record["prompt"]),
+                 all_classes=classes, extra=extra)
+  question = record.get("input", record.get("question"))
+  if "context" in record and question is not None and "answers" in record:
+    return QARow(source, index, task, _answers(record["answers"], where),
+                 context=str(record["context"]), question=str(question), all_classes=classes,
+                 extra=extra)
+  raise UserError(f"{where}: fields {sorted(record)}; expected {LAYOUTS}.")
+
+
+def read_file(path: str) -> list[QARow]:
+  return [to_row(r, path, i) for i, r in enumerate(read_records(path))]
+
+
+def load(spec, limit: int | None = None) -> list[QARow]:
+  """Every row of the files / globs in `spec` (at most `limit`), in file then row order."""
+  rows = []
+  for path in expand(spec):
+    for r in read_file(path):
+      rows.append(r)
+      if limit is not None and len(rows) >= limit:
+        return rows
+  if not rows:
+    raise UserError(f"no QA rows in {spec!r}.")
+  return rows
+
+
+def _cut_middle(tokenizer, text: str, budget: int) -> str:
+  ids = tokenizer.encode(text)
+  if len(ids) <= budget:
+    return text
+  half = budget // 2
+  return tokenizer.decode(ids[:half]) + tokenizer.decode(ids[len(ids) - (budget - half):])
+
+
+def to_sample(r: QARow, tokenizer=None, num_tokens: int | None = None,
+              task: str = "qa") -> tasks_lib.TaskSample:
+  """A QARow as the TaskSample the runner decodes: a ready prompt is used as it is (cut in
+  the middle to num_tokens when longer); context + question rows get the project's QA prompt
+  around the context (cut in the middle to fit). metadata carries source, row, the row's task
+  ("dataset", what scoring.score_sample scores by), all_classes and max_gen_tokens."""
+  fit = tokenizer is not None and num_tokens is not None
+  if r.prompt is not None:
+    prompt = _cut_middle(tokenizer, r.prompt, num_tokens) if fit else r.prompt
+    target = r.answers[0]
+  else:
+    head = tasks_lib.QA_INTRO
+    tail = tasks_lib.QA_QUESTION + tasks_lib.QA_ANSWER_PREFIX.format(question=r.question)
+    context = r.context
+    if fit:
+      budget = num_tokens - len(tokenizer.encode(head + tail))
+      if budget <= 0:
+        raise UserError(f"{r.source}:{r.row}: the question alone exceeds {num_tokens} prompt "
+                        "tokens; raise the context length.")
+      context = _cut_middle(tokenizer, context, budget)
+    prompt, target = head + context + tail, " " + r.answers[0]
+  meta = {"source": r.source, "row": r.row,
+          "dataset": None if r.task == "qa" else r.task, "all_classes": r.all_classes,
+          "max_gen_tokens": r.extra.get("max_gen_tokens")}
+  return tasks_lib.TaskSample(task, prompt, r.answers, target, meta)
+
+
+def samples(spec, tokenizer=None, num_tokens: int | None = None, *, limit: int | None = None,
+            task: str = "qa") -> list[tasks_lib.TaskSample]:
+  return [to_sample(r, tokenizer, num_tokens, task) for r in load(spec, limit)]
