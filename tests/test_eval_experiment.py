@@ -10,6 +10,46 @@ import pytest
 _FAST = "train.progress_bar=false checkpoint.async_save=false"
 
 
+def _selection_on_values(run_dir, exp):
+  """(sel_on_values, sel_chance_on_values) of an arm's trained model, recounted: over 4
+  selection draws on the held-out recall rows, the fraction of valid selected positions p
+  whose next token (targets[p], the first token a rollout from p writes) is a value token,
+  under the run's refine.selection and under uniform selection."""
+  import copy  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import refine_jax  # pylint: disable=g-import-not-at-top
+  from refine_jax.data import recall  # pylint: disable=g-import-not-at-top
+  from refine_jax.data.tokenizers import get_tokenizer  # pylint: disable=g-import-not-at-top
+  from refine_jax.refine import step as refine_step  # pylint: disable=g-import-not-at-top
+  model, cfg = refine_jax.load_pretrained(run_dir)
+  tok = get_tokenizer(cfg.data)
+  b = recall.batch(tok, int(cfg.data.seq_len), int(exp.selection_samples),
+                   base_seed=int(exp.eval.base_seed), spec=recall.RecallSpec.of(cfg.data.recall),
+                   add_bos=bool(cfg.data.add_bos))
+  digits = {tok.encode(d)[0] for d in "0123456789"}
+  out = []
+  for mode in (cfg.refine.selection, "uniform"):
+    rc = copy.deepcopy(cfg.refine)
+    with rc.unlocked():
+      rc.selection = mode
+    on = total = 0
+    for i in range(4):
+      col = refine_step.collect(model, {k: b[k] for k in ("inputs", "targets", "loss_mask")},
+                                jax.random.key(i), rc)
+      for r, p in zip(*np.nonzero(np.asarray(col.valid_Bc))):
+        pos = int(col.positions_Bc[r, p])
+        assert int(col.true_Gk[(r * rc.num_chunks + p) * rc.rollouts_per_position, 0]) == \
+            b["targets"][r, pos]  # the rollout's first true token is targets[pos]
+        on += int(b["value_mask"][r, pos] > 0)
+        total += 1
+        if b["value_mask"][r, pos]:
+          assert b["targets"][r, pos] in digits  # values are digits
+    assert total > 0
+    out.append(on / total)
+  return tuple(out)
+
+
 def _tiny(exp):
   exp.pretrain_overrides = f"stage=pretrain train.steps=8 train.eval_every=4 {_FAST}"
   exp.gate.check_every, exp.gate.num_samples = 4, 8
@@ -41,8 +81,13 @@ def test_tiny_recall_experiment_end_to_end(tmp_path):
     mine = [r["recall_tf"]["128"] for r in data["per_seed"][arm]]
     ref = [r["recall_tf"]["128"] for r in data["per_seed"]["sft_mid"]]
     assert cell["diffs"] == pytest.approx([a - b for a, b in zip(mine, ref)])
-    assert 0.0 <= data["diagnostics"][arm][0]["sel_on_values"] <= 1.0
-    assert "reward_mean" in data["diagnostics"][arm][0]
+    diag = data["diagnostics"][arm][0]
+    got = _selection_on_values(os.path.join(work, arm, "seed0", "stage0"), exp)
+    assert (diag["sel_on_values"], diag["sel_chance_on_values"]) == pytest.approx(got), arm
+    with open(os.path.join(work, arm, "seed0", "stage0", "metrics.jsonl")) as f:
+      logged = [r["reward_mean"] for r in map(json.loads, f)
+                if isinstance(r.get("reward_mean"), (int, float))]
+    assert logged and diag["reward_mean"] == pytest.approx(sum(logged) / len(logged))
   assert data["meta"]["budgets"]["sft_mid"]["updates"] == data["meta"]["budgets"][
       "refine_cos"]["updates"]
   md = open(os.path.join(work, "experiment.md")).read()

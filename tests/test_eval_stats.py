@@ -66,7 +66,86 @@ def test_run_eval_recall_task_writes_scores_and_plots(tmp_path):
   res = runner.run_eval(model, None, ecfg, str(tmp_path), config=cfg)
   assert set(res) == {"recall_em", "recall_tf", "recall_nll", "recall_value_nll"}
   assert all(set(row) == {128, 256} for row in res.values())
-  assert 0.0 <= res["recall_tf"][128] <= 100.0
+  # Every score against a direct recomputation: the same held-out rows through the model in
+  # one pass, float64 log-softmax, values found by walking value_mask row by row.
+  from refine_jax.data import recall  # pylint: disable=g-import-not-at-top
+  from refine_jax.data.tokenizers import get_tokenizer  # pylint: disable=g-import-not-at-top
+  for length in (128, 256):
+    b = recall.batch(get_tokenizer(cfg.data), length, 4, base_seed=int(ecfg.base_seed),
+                     spec=recall.RecallSpec.of(cfg.data.recall), add_bos=bool(cfg.data.add_bos))
+    logits = np.asarray(model(b["inputs"]).logits, np.float64)
+    shifted = logits - logits.max(-1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    nll = -np.take_along_axis(logp, b["targets"][..., None], -1)[..., 0]
+    hit = logits.argmax(-1) == b["targets"]
+    values, value_hits, tokens, token_hits = 0, 0, 0, 0
+    for r in range(len(b["targets"])):
+      t = 0
+      while t < length:
+        if not b["value_mask"][r, t]:
+          t += 1
+          continue
+        end = t
+        while end < length and b["value_mask"][r, end]:
+          end += 1
+        values += 1
+        value_hits += int(hit[r, t:end].all())
+        tokens += end - t
+        token_hits += int(hit[r, t:end].sum())
+        t = end
+    m = b["value_mask"] > 0
+    assert values >= 4 and tokens > values  # multi-token values in every row
+    assert res["recall_em"][length] == pytest.approx(100.0 * value_hits / values)
+    assert res["recall_tf"][length] == pytest.approx(100.0 * token_hits / tokens)
+    assert res["recall_nll"][length] == pytest.approx(nll.mean(), rel=1e-4)
+    assert res["recall_value_nll"][length] == pytest.approx(nll[m].mean(), rel=1e-4)
   assert 4.0 < res["recall_nll"][128] < 7.0  # an untrained model: near ln(259) = 5.56
   for png in ("scores.png", "nll.png"):
     assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_run_eval_recall_scores_a_model_with_known_answers():
+  """A model that predicts the true next token of the held-out rows except at chosen value
+  tokens: recall_em / recall_tf through run_eval equal the hand counts (an untrained model
+  scores 0 on both, which would hide a scoring path that never counts a hit)."""
+  import types  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from configs import recall as recall_config  # pylint: disable=g-import-not-at-top
+  from refine_jax.data import recall  # pylint: disable=g-import-not-at-top
+  from refine_jax.data.tokenizers import get_tokenizer  # pylint: disable=g-import-not-at-top
+  cfg = recall_config.get_config()
+  spec = recall.RecallSpec.of(cfg.data.recall)
+  L, N, V = 128, 4, int(cfg.model.vocab_size)
+  b = recall.batch(get_tokenizer(cfg.data), L, N, base_seed=0, spec=spec,
+                   add_bos=bool(cfg.data.add_bos))
+  nq, vl = spec.num_queries, spec.value_len
+  m = b["value_mask"] > 0
+  starts = [np.nonzero(m[r] & ~np.concatenate([[False], m[r, :-1]]))[0] for r in range(N)]
+  assert all(len(s) == nq for s in starts) and m.sum() == N * nq * vl
+  wrong = b["targets"].copy()
+  wrong[0, starts[0][0] + 1] = (wrong[0, starts[0][0] + 1] + 1) % V   # row 0: one token of one value
+  for s in starts[1]:                                                 # row 1: last token of each
+    wrong[1, s + vl - 1] = (wrong[1, s + vl - 1] + 1) % V
+
+  class Oracle(nnx.Module):
+    def __init__(self):
+      self.rows = nnx.Variable(jnp.asarray(b["inputs"]))
+      self.answers = nnx.Variable(jnp.asarray(wrong))
+
+    def __call__(self, ids):
+      r = jnp.argmax((ids[:, None, :] == self.rows[...][None]).all(-1), axis=1)
+      return types.SimpleNamespace(logits=20.0 * jax.nn.one_hot(self.answers[...][r], V))
+
+  ecfg = runner.default_eval_config()
+  ecfg.tasks, ecfg.context_lengths, ecfg.num_samples, ecfg.batch_size = "recall", str(L), N, 3
+  ecfg.progress, ecfg.base_seed = False, 0
+  res = runner.run_eval(Oracle(), None, ecfg, None, config=cfg)
+  values, tokens = N * nq, N * nq * vl
+  assert res["recall_em"][L] == pytest.approx(100.0 * (values - 1 - nq) / values)
+  assert res["recall_tf"][L] == pytest.approx(100.0 * (tokens - 1 - nq) / tokens)
+  # NLL of a one-hot logit of 20: log(1 + (V-1) e^-20) on a hit, that + 20 on a miss.
+  hit_nll = math.log1p((V - 1) * math.exp(-20.0))
+  assert res["recall_value_nll"][L] == pytest.approx(hit_nll + 20.0 * (1 + nq) / tokens,
+                                                     rel=1e-4)

@@ -49,7 +49,6 @@ def lact_shapes(c):
 
 @pytest.fixture
 def lact_ckpt(tmp_path):
-  pytest.importorskip("refine_jax.models.lact")
   rng = np.random.default_rng(0)
   t = {k: rng.standard_normal(s).astype(np.float32) for k, s in lact_shapes(TINY_LACT).items()}
   return write_fla_checkpoint(str(tmp_path / "lact"), TINY_LACT, t), t
@@ -98,7 +97,6 @@ def test_lact_round_trip_bit_identical(lact_ckpt, tmp_path):
 
 
 def test_lact_unsupported_setting(tmp_path):
-  pytest.importorskip("refine_jax.models.lact")
   from refine_jax.interop.safetensors_io import CheckpointFormatError
   c = dict(TINY_LACT, ttt_prenorm=True)
   rng = np.random.default_rng(0)

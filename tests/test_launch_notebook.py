@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 
+import nbclient  # test dependencies (pyproject's test extra), on every platform
+import nbformat
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -10,7 +12,6 @@ NB = os.path.join(ROOT, "launch", "colab_refine.ipynb")
 
 
 def test_notebook_is_valid_and_installs_from_the_repo():
-  nbformat = pytest.importorskip("nbformat")
   nb = nbformat.read(NB, as_version=4)
   nbformat.validate(nb)
   src = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
@@ -22,8 +23,6 @@ def test_notebook_is_valid_and_installs_from_the_repo():
 
 @pytest.mark.slow
 def test_notebook_executes_on_cpu(tmp_path):
-  nbformat = pytest.importorskip("nbformat")
-  nbclient = pytest.importorskip("nbclient")
   nb = nbformat.read(NB, as_version=4)
   env = dict(REFINE_JAX_ROOT=ROOT, REFINE_JAX_NOTEBOOK_SMOKE="1", JAX_PLATFORMS="cpu",
              MPLBACKEND="Agg")

@@ -227,8 +227,12 @@ def test_cache_at_is_differentiable():
     cache = m.cache_at(cap, jnp.array([[9]]), 12)
     return jnp.sum(m(x[:, :1], cache)[0] ** 2)
 
+  def f_prefill(x):  # reference: the same cache from prefilling tokens 0..9
+    cache = m(x, m.init_cache(1, 12))[1]
+    return jnp.sum(m(x[:, :1], cache)[0] ** 2)
+
   g = jax.jit(jax.grad(f))(x)
-  assert np.isfinite(np.asarray(g)).all()
+  np.testing.assert_allclose(g, jax.jit(jax.grad(f_prefill))(x), rtol=1e-4, atol=1e-8)
   # Tokens 0..7 are outside the window (3) of the next token; they reach it only through the
   # fast weights (chunks [0,4) and [4,8) were applied).
   assert np.abs(np.asarray(g[0, :4])).max() > 0
@@ -240,7 +244,7 @@ def test_bad_config():
 
 
 def test_bfloat16_decode_matches_forward_and_grads_finite():
-  """bf16 compute (fast weights stay float32): decode == forward; gradients finite."""
+  """bf16 compute (fast weights stay float32): decode == forward; gradients near float32's."""
   cfg = make_cfg()
   cfg.dtype = "bfloat16"
   m = _boost(L.LaCT(cfg, 0, rngs=nnx.Rngs(0)))
@@ -256,4 +260,8 @@ def test_bfloat16_decode_matches_forward_and_grads_finite():
   assert y_full.dtype == jnp.bfloat16 and cache["fw"]["w0"].dtype == jnp.float32
   assert rel_err(jnp.concatenate(ys, 1).astype(jnp.float32), y_full.astype(jnp.float32)) < 2e-2
   g = jax.jit(jax.grad(lambda x: jnp.sum(m(x)[0].astype(jnp.float32) ** 2)))(x)
-  assert np.isfinite(np.asarray(g, np.float32)).all()
+  # Against the float32 layer with the same weights: Muon's Newton-Schulz amplifies bf16
+  # rounding of the fast-weight gradients (measured 0.21 here; 0.013 with use_muon=False).
+  m32 = _boost(L.LaCT(make_cfg(), 0, rngs=nnx.Rngs(0)))
+  g32 = jax.jit(jax.grad(lambda x: jnp.sum(m32(x)[0] ** 2)))(x.astype(jnp.float32))
+  assert rel_err(np.asarray(g, np.float32), g32) < 0.3

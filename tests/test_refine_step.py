@@ -1,7 +1,5 @@
 """ReFINE with real models: cached rollouts == re-prefill, gradients through the prefix,
 log-prob consistency, and the fused loss against its two-phase (collect + policy_loss) form."""
-import importlib.util
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,8 +11,7 @@ from refine_jax.models import build_model, default_model_config
 from refine_jax.refine import rollout, step
 
 V, T = 32, 24
-ARCHS = ["deltanet", "gated_deltanet", "transformer"] + (
-    ["lact"] if importlib.util.find_spec("refine_jax.models.lact") else [])
+ARCHS = ["deltanet", "gated_deltanet", "transformer", "lact"]
 
 
 def tiny_model(arch="deltanet", seed=0, layers=2):

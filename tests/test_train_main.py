@@ -3,6 +3,7 @@ run dir contents, metrics fields, rerun resumes; bad flags/configs fail with a c
 
 import glob
 import json
+import math
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import time
 
 import pytest
 
+from conftest import naive_nll
 from refine_jax.train.metrics import read_metrics
 
 _TINY = ["--config.model.hidden=32", "--config.model.layers=1", "--config.model.heads=2",
@@ -23,6 +25,18 @@ def _main(args, python_subprocess, **kw):
   return python_subprocess(["-m", "refine_jax.main", "--config=configs/pretrain.py"] + args, **kw)
 
 
+def _naive_ppl(wd, step):
+  """exp(mean next-token NLL) of checkpoint `step` on the run's held-out batches."""
+  import refine_jax  # pylint: disable=g-import-not-at-top
+  from refine_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  model, config = refine_jax.load_pretrained(os.path.join(wd, "checkpoints", str(step)))
+  sums = [naive_nll(model, b)
+          for b in pipeline.make_eval_batches(config, int(config.train.eval_batches))]
+  nll_sum, tokens = sum(s[0] for s in sums), sum(s[1] for s in sums)
+  assert tokens > 0
+  return math.exp(nll_sum / tokens)
+
+
 def _first_run(wd, python_subprocess):
   _main(_TINY + ["--config.train.steps=3", f"--workdir={wd}"], python_subprocess)
   assert os.path.isfile(os.path.join(wd, "config.json"))
@@ -33,7 +47,11 @@ def _first_run(wd, python_subprocess):
   assert [r["step"] for r in rows] == [1, 2, 3]
   for key in ("loss", "step_time_s", "tokens_per_s", "lr", "grad_norm"):
     assert all(isinstance(r[key], float) for r in rows), key
-  assert rows[1]["eval_ppl"] > 1 and rows[2]["eval_ppl"] > 1
+  # Held-out perplexity at steps 2 and 3 (eval_every=2, and the last step) = exp(mean NLL) of
+  # that step's checkpoint on the held-out batch, recomputed here with a float64 log-softmax.
+  for row in rows[1:]:
+    assert row["eval_ppl"] == pytest.approx(_naive_ppl(wd, row["step"]), rel=1e-4), row
+  assert rows[1]["eval_ppl"] != rows[2]["eval_ppl"]  # a step later, other weights
   assert os.listdir(os.path.join(wd, "checkpoints", "3", "data"))  # iterator state saved
   return rows
 
