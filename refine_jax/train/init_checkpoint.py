@@ -34,8 +34,8 @@ from refine_jax.interop import bundle, hf_checkpoint, hf_config, hub
 from refine_jax.models import default_model_config
 
 # model.* fields that do not change what the weights compute (kernels, layout, precision).
-RUNTIME_FIELDS = ("dtype", "backend", "chunk_size", "scan_layers", "remat", "initializer_range",
-                  "attention.impl")
+RUNTIME_FIELDS = ("dtype", "logits_dtype", "backend", "chunk_size", "scan_layers", "remat",
+                  "initializer_range", "attention.impl")
 TOKENIZER_FIELDS = ("tokenizer", "tokenizer_path", "tokenizer_bos", "tokenizer_eos",
                     "tokenizer_pad")
 
