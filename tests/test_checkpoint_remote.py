@@ -128,6 +128,7 @@ def _records(data):
   return out
 
 
+@pytest.mark.slow  # an end-to-end stage run with kill -9 (~85 s); the other gs:// tests stay
 def test_midtrain_on_gs_resumes_after_kill_then_eval_and_load_pretrained(gcs, tmp_path):
   url, env = gcs
   cmd = ["-m", "refine_jax.main"] + _TINY + [

@@ -59,7 +59,7 @@ def test_scanned_equals_unrolled_forward_cache_at_and_decode(arch):
     assert _rel(a, b) < 1e-5
 
 
-@pytest.mark.parametrize("arch", ("deltanet", "lact"))
+@pytest.mark.parametrize("arch", ("deltanet", pytest.param("lact", marks=pytest.mark.slow)))
 def test_scanned_gradients_match_unrolled_under_every_remat_policy(arch):
   ids = jax.random.randint(jax.random.key(2), (2, 32), 0, 40)
   loss = lambda m: jnp.mean(m(ids).logits ** 2)

@@ -158,6 +158,7 @@ def _refine_batch(B=4):
   return {"inputs": x[:, :-1], "targets": x[:, 1:], "loss_mask": np.ones((B, SEQ), np.float32)}
 
 
+@pytest.mark.slow  # all-ones masks; the ragged version is tests/test_losses_weighting.py
 def test_refine_fused_step_equals_unaccumulated():
   graphdef, p0, rest = _split(_tiny_lm())
   rc, tx, batch = _greedy_rcfg(), optax.sgd(0.5), _refine_batch()
@@ -171,6 +172,7 @@ def test_refine_fused_step_equals_unaccumulated():
   _assert_same_update(p0, p1, p2)
 
 
+@pytest.mark.slow  # all-ones masks; the ragged version is tests/test_losses_weighting.py
 def test_ppo_builder_equals_unaccumulated():
   graphdef, p0, rest = _split(_tiny_lm())
   rc, tx, batch = _greedy_rcfg(ppo_epochs=1, ppo_minibatches=2), optax.sgd(0.5), _refine_batch()
