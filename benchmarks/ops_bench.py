@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -22,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 import pallas_kernels as pk
+from benchmarks import timing
 
 
 def _inputs(B, T, H, d, gated):
@@ -45,23 +44,6 @@ def _fwd_bwd(backend, chunk_size, gated):
 
   argnums = (0, 1, 2, 3, 4) if gated else (0, 1, 2, 3)
   return jax.jit(jax.value_and_grad(loss, argnums=argnums))
-
-
-def _interleaved_medians(fns, args, reps):
-  """Median wall and process-CPU seconds of each jitted fn, timed round-robin so that load
-  from other processes on a shared CPU hits every backend alike. CPU seconds are reported
-  too because wall time on a busy machine swings by 2-3x between runs."""
-  for f in fns:
-    jax.block_until_ready(f(*args))  # compile + warm-up
-  wall = [[] for _ in fns]
-  cpu = [[] for _ in fns]
-  for _ in range(reps):
-    for i, f in enumerate(fns):
-      t0, c0 = time.perf_counter(), time.process_time()
-      jax.block_until_ready(f(*args))
-      wall[i].append(time.perf_counter() - t0)
-      cpu[i].append(time.process_time() - c0)
-  return [statistics.median(t) for t in wall], [statistics.median(t) for t in cpu]
 
 
 def main(argv=None):
@@ -89,7 +71,7 @@ def main(argv=None):
       args = args[:4]
     fns = [_fwd_bwd("xla_recurrent", 64, a.gated)] + [
         _fwd_bwd("xla_chunked", c, a.gated) for c in chunks]
-    (w_rec, *w_chk), (c_rec, *c_chk) = _interleaved_medians(fns, args, a.reps)
+    (w_rec, *w_chk), (c_rec, *c_chk) = timing.interleaved_medians(fns, args, a.reps)
     row = f"{T:>6} {w_rec:>12.4f} {c_rec:>8.3f}"
     for w, c in zip(w_chk, c_chk):
       row += f" {w:>16.4f} {c:>8.3f} {w_rec / w:>7.1f}x {c_rec / c:>5.1f}x"

@@ -7,15 +7,13 @@ on the same packed rows, with segment_ids (every mixer resets at each document s
 without (documents run into each other). Prints the step times (medians of --repeats runs after
 a warm-up, the two alternating; compilation excluded) and their ratio. `--small` is a quick
 run. LaCT's packed path runs three fast-weight applies per chunk instead of one
-(lact.fw_scan_docs).
+(models/fast_weights.fw_scan_docs).
 """
 from __future__ import annotations
 
 import argparse
 import os
-import resource
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -24,28 +22,8 @@ from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import results  # noqa: E402
+from benchmarks import results, timing  # noqa: E402
 from refine_jax.models import build_model, default_model_config  # noqa: E402
-
-
-def _cpu_s():
-  r = resource.getrusage(resource.RUSAGE_SELF)
-  return r.ru_utime + r.ru_stime
-
-
-def median_times(fns, repeats):
-  """[(wall, cpu)] seconds per fn: medians over `repeats` rounds after one warm-up (compile)
-  each; the fns alternate within a round, so a shared machine's load drift hits all alike."""
-  for fn in fns:
-    jax.block_until_ready(fn())
-  walls, cpus = [[] for _ in fns], [[] for _ in fns]
-  for _ in range(repeats):
-    for i, fn in enumerate(fns):
-      t0, c0 = time.perf_counter(), _cpu_s()
-      jax.block_until_ready(fn())
-      walls[i].append(time.perf_counter() - t0)
-      cpus[i].append(_cpu_s() - c0)
-  return [(float(np.median(w)), float(np.median(c))) for w, c in zip(walls, cpus)]
 
 
 def packed_batch(B, T, vocab, mean_doc, seed=0):
@@ -89,7 +67,8 @@ def bench_arch(arch, args):
     f = jax.jit(jax.value_and_grad(loss))
     return lambda: f(params, batch)
 
-  base, seg = median_times([step(False), step(True)], args.repeats)
+  walls, cpus = timing.interleaved_medians([step(False), step(True)], (), args.repeats)
+  base, seg = zip(walls, cpus)
   docs = int(np.sum(np.asarray(batch["segment_ids"])[:, 1:] != np.asarray(batch["segment_ids"])[:, :-1])
              + args.batch)
   return dict(arch=arch, docs=docs, none_wall_s=base[0], none_cpu_s=base[1],

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +24,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pallas_kernels as pk  # noqa: E402
-from benchmarks import results  # noqa: E402
+from benchmarks import results, timing  # noqa: E402
 
 
 def _inputs(B, T, H, d, seed=0):
@@ -57,19 +55,6 @@ def _fwd_bwd(gated, chunk_size, with_segments):
   return jax.jit(jax.value_and_grad(loss))
 
 
-def _medians(fns, args, reps):
-  for f in fns:
-    jax.block_until_ready(f(*args))   # compile + warm-up
-  wall, cpu = [[] for _ in fns], [[] for _ in fns]
-  for _ in range(reps):
-    for i, f in enumerate(fns):
-      t0, c0 = time.perf_counter(), time.process_time()
-      jax.block_until_ready(f(*args))
-      wall[i].append(time.perf_counter() - t0)
-      cpu[i].append(time.process_time() - c0)
-  return [statistics.median(w) for w in wall], [statistics.median(c) for c in cpu]
-
-
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--small", action="store_true", help="quick run: T=256, H=1, 20 repetitions")
@@ -93,7 +78,7 @@ def main(argv=None):
   rows = []
   for gated in (False, True):
     fns = [_fwd_bwd(gated, a.chunk_size, False), _fwd_bwd(gated, a.chunk_size, True)]
-    wall, cpu = _medians(fns, (x, seg), a.reps)
+    wall, cpu = timing.interleaved_medians(fns, (x, seg), a.reps)
     name = "gated" if gated else "plain"
     rows.append(dict(variant=name, wall_s=wall, cpu_s=cpu, ratio_wall=wall[1] / wall[0],
                      ratio_cpu=cpu[1] / cpu[0]))

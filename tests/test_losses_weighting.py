@@ -18,10 +18,9 @@ import pytest
 from flax import nnx
 
 from refine_jax import losses
-from refine_jax.data.tokenizers import ByteTokenizer
 from refine_jax.models import build_model, default_model_config
 from refine_jax.refine import step as refine_step
-from refine_jax.train import loop, midtrain, optim, posttrain, qa_data, ttt
+from refine_jax.train import midtrain, optim, posttrain, qa_data, ttt, update
 from refine_jax.train import losses as train_losses
 
 import test_posttrain as PT
@@ -83,8 +82,8 @@ def test_fused_refine_microbatches_ragged(microbatches):
   graphdef, p0, rest = _split(_tiny_lm())
   tx, batch, rc = optax.sgd(0.5), _ragged_batch(), _rcfg()
   obj = refine_step.objective(rc)
-  p1, _, out1 = _run(loop.make_train_step(graphdef, obj, tx), p0, tx.init(p0), rest, batch)
-  pm, _, outm = _run(loop.make_train_step(graphdef, obj, tx, microbatches), p0, tx.init(p0),
+  p1, _, out1 = _run(update.make_train_step(graphdef, obj, tx), p0, tx.init(p0), rest, batch)
+  pm, _, outm = _run(update.make_train_step(graphdef, obj, tx, microbatches), p0, tx.init(p0),
                      rest, batch)
   assert 0.0 < float(out1["valid_frac"]) < 1.0  # short rows have no valid position: ragged
   assert abs(float(out1["pg_loss"])) > 0.0
@@ -150,7 +149,7 @@ def test_ppo_microbatches_and_minibatch_split_ragged():
 def test_ntp_minibatch_split_ragged():
   graphdef, p0, rest = _split(_tiny_lm())
   batch, zero = _ragged_batch(), optax.sgd(0.0)
-  out = {mbs: _run(loop.ntp_step_builder(2, mbs, 1)(graphdef, train_losses.ntp_loss, zero), p0,
+  out = {mbs: _run(update.ntp_step_builder(2, mbs, 1)(graphdef, train_losses.ntp_loss, zero), p0,
                    zero.init(p0), rest, batch)[2] for mbs in (1, 2, 4)}
   for mbs in (2, 4):
     _assert_same(None, None, None, out[1], out[mbs], ("loss", "accuracy"))

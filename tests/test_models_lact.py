@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from refine_jax.models import fast_weights as FW
 from refine_jax.models import lact as L
 
 
@@ -31,7 +32,7 @@ def rand_weights(key, B=2, H=2, dk=5, dh=7):
 def test_newton_schulz_near_orthogonal():
   for shape in [(3, 8, 8), (2, 6, 10), (2, 12, 5)]:
     G = jax.random.normal(jax.random.key(0), shape)
-    X = np.asarray(jax.jit(L.newton_schulz5)(G), np.float64)
+    X = np.asarray(jax.jit(FW.newton_schulz5)(G), np.float64)
     s = np.linalg.svd(X, compute_uv=False)
     assert s.min() > 0.6 and s.max() < 1.25, s  # quintic NS lands in ~[0.7, 1.2]
     U, _, Vt = np.linalg.svd(np.asarray(G, np.float64), full_matrices=False)
@@ -45,12 +46,12 @@ def test_fw_grad_is_gradient_of_dot_product_loss():
   k = jax.random.normal(kk, (2, 6, 2, 5))
   v = jax.random.normal(kv, (2, 6, 2, 5))
   lr = jax.random.uniform(kl, (2, 6, 2, 3))
-  dw = jax.jit(L.fw_grad)(w, k, v, lr)
+  dw = jax.jit(FW.fw_grad)(w, k, v, lr)
 
   @jax.jit
   def ref_grads(w):
     def loss(wn, i, name):
-      return -jnp.sum(lr[..., i:i + 1] * v * L.fw_apply({**w, name: wn}, k))
+      return -jnp.sum(lr[..., i:i + 1] * v * FW.fw_apply({**w, name: wn}, k))
     return {n: -jax.grad(loss)(w[n], i, n) for i, n in enumerate(("w0", "w1", "w2"))}
 
   ref = ref_grads(w)
@@ -66,17 +67,17 @@ def _loop_reference(w, toks, C, use_muon, use_momentum):
   outs = []
   for s in range(0, T, C):
     sl = lambda t: t[:, s:s + C]
-    outs.append(L.fw_apply(w, sl(toks["q"])))
+    outs.append(FW.fw_apply(w, sl(toks["q"])))
     new = {}
     for i, name in enumerate(("w0", "w1", "w2")):
       loss = lambda wn: jnp.sum(sl(toks["lr"])[..., i:i + 1] * sl(toks["v"])
-                                * L.fw_apply({**w, name: wn}, sl(toks["k"])))
+                                * FW.fw_apply({**w, name: wn}, sl(toks["k"])))
       d = jax.grad(loss)(w[name])
       if use_momentum:
         d = d + jnp.mean(sl(toks["mc"]), 1)[:, :, None, None] * prev[name]
         prev[name] = d
       if use_muon:
-        d = L.newton_schulz5(d)
+        d = FW.newton_schulz5(d)
       wn = w[name] + d
       new[name] = wn / (jnp.linalg.norm(wn, axis=-1, keepdims=True) + 1e-5) * row[name]
     w = new
@@ -96,7 +97,7 @@ def test_fw_scan_matches_loop(use_muon, use_momentum):
     toks["mc"] = jax.random.uniform(ks[4], (B, T, H))
     st.update({"m" + n[1]: jnp.zeros_like(a) for n, a in w.items()})
   row = {n: jnp.sqrt(jnp.sum(a * a, -1, keepdims=True)) for n, a in w.items()}
-  o, states = L.fw_scan(st, toks, C, row, use_muon=use_muon)
+  o, states = FW.fw_scan(st, toks, C, row, use_muon=use_muon)
   ref = jax.jit(lambda w, t: _loop_reference(w, t, C, use_muon, use_momentum))(w, toks)
   assert rel_err(o, ref) < 1e-4
   assert states["w0"].shape == (B, T // C + 1, H, 7, dk)

@@ -227,7 +227,8 @@ def test_load_samples_jsonl_and_parquet(tmp_path):
   assert len(TOK.encode(got[2].prompt)) <= 200 and "Who?" in got[2].prompt
   bad = tmp_path / "bad.jsonl"
   bad.write_text(json.dumps({"question": "?"}) + "\n")
-  with pytest.raises(ValueError, match="prompt/answer or context/input/answers"):
+  with pytest.raises(ValueError, match=r"expected prompt \+ answer/answers .* or context \+ "
+                                       r"input/question \+ answers"):
     qa_data.load_samples(str(bad), TOK)
 
 

@@ -18,7 +18,7 @@ from flax import nnx
 from configs import pretrain
 from refine_jax.models import build_model, default_model_config
 from refine_jax.refine import step as refine_step
-from refine_jax.train import loop, midtrain, optim
+from refine_jax.train import loop, midtrain, optim, update
 from refine_jax.train import losses
 from refine_jax.train.validate import validate_config
 
@@ -61,9 +61,9 @@ def test_ntp_step_equals_unaccumulated(microbatches):
   graphdef, p0, rest = _split(T.TinyLM(vocab=V, rngs=nnx.Rngs(0)))
   tx = optax.sgd(0.5)
   batch = _ntp_batch()
-  p1, _, out1 = _run_step(loop.make_train_step(graphdef, losses.ntp_loss, tx), p0, tx, rest,
+  p1, _, out1 = _run_step(update.make_train_step(graphdef, losses.ntp_loss, tx), p0, tx, rest,
                           batch)
-  pm, _, outm = _run_step(loop.make_train_step(graphdef, losses.ntp_loss, tx, microbatches), p0,
+  pm, _, outm = _run_step(update.make_train_step(graphdef, losses.ntp_loss, tx, microbatches), p0,
                           tx, rest, batch)
   np.testing.assert_allclose(float(outm["loss"]), float(out1["loss"]), rtol=1e-5)
   np.testing.assert_allclose(float(outm["grad_norm"]), float(out1["grad_norm"]), rtol=1e-4)
@@ -83,7 +83,7 @@ def test_ntp_epochs_x_minibatches_equal_sequential_updates(microbatches):
   graphdef, p0, rest = _split(T.TinyLM(vocab=V, rngs=nnx.Rngs(0)))
   tx = optax.sgd(0.5, momentum=0.9)
   batch = _ntp_batch()
-  step = loop.ntp_step_builder(2, 2, microbatches)(graphdef, losses.ntp_loss, tx)
+  step = update.ntp_step_builder(2, 2, microbatches)(graphdef, losses.ntp_loss, tx)
   got, opt, out = _run_step(step, p0, tx, rest, batch)
 
   loss_grad = jax.jit(jax.value_and_grad(
@@ -113,7 +113,7 @@ def test_ppo_epochs_apply_the_ntp_term_once_per_update():
   tx, batch = optax.sgd(0.5, momentum=0.9), _refine_batch()
   ppo = midtrain.make_ppo_step_builder(rc)(graphdef, None, tx)
   p_ppo, _, out = _run_step(ppo, p0, tx, rest, batch)
-  ntp = loop.ntp_step_builder(2, 2)(graphdef, losses.ntp_loss, tx)
+  ntp = update.ntp_step_builder(2, 2)(graphdef, losses.ntp_loss, tx)
   p_ntp, _, out_ntp = _run_step(ntp, p0, tx, rest, batch)
   _assert_same_update(p0, p_ntp, p_ppo)
   np.testing.assert_allclose(float(out["ntp_loss"]), float(out_ntp["ntp_loss"]), rtol=1e-5)
@@ -123,14 +123,14 @@ def test_microbatch_step_is_a_loop_and_rows_round_trip():
   graphdef, p0, rest = _split(T.TinyLM(vocab=V, rngs=nnx.Rngs(0)))
   tx = optax.sgd(0.5)
   batch, rng = _ntp_batch(), jax.random.key(0)
-  hlo = {m: jax.jit(loop.make_train_step(graphdef, losses.ntp_loss, tx, m)).lower(
+  hlo = {m: jax.jit(update.make_train_step(graphdef, losses.ntp_loss, tx, m)).lower(
       p0, tx.init(p0), rest, batch, rng).as_text() for m in (1, 4)}
   assert "while" not in hlo[1] and "while" in hlo[4]
   # split/merge are inverses, and a microbatch takes every M-th row (each device keeps a share).
   x = np.arange(24).reshape(12, 2)
-  x_M = loop.split_microbatches(x, 3)
+  x_M = update.split_microbatches(x, 3)
   assert x_M.shape == (3, 4, 2) and list(x_M[1, :, 0]) == [2, 8, 14, 20]
-  np.testing.assert_array_equal(loop.merge_microbatches(x_M), x)
+  np.testing.assert_array_equal(update.merge_microbatches(x_M), x)
 
 
 def _tiny_lm():
@@ -163,8 +163,8 @@ def test_refine_fused_step_equals_unaccumulated():
   graphdef, p0, rest = _split(_tiny_lm())
   rc, tx, batch = _greedy_rcfg(), optax.sgd(0.5), _refine_batch()
   loss_fn = refine_step.make_loss_fn(rc)
-  p1, _, out1 = _run_step(loop.make_train_step(graphdef, loss_fn, tx), p0, tx, rest, batch)
-  p2, _, out2 = _run_step(loop.make_train_step(graphdef, loss_fn, tx, 2), p0, tx, rest, batch)
+  p1, _, out1 = _run_step(update.make_train_step(graphdef, loss_fn, tx), p0, tx, rest, batch)
+  p2, _, out2 = _run_step(update.make_train_step(graphdef, loss_fn, tx, 2), p0, tx, rest, batch)
   assert float(out1["valid_frac"]) == 1.0  # equal rollout-token counts per microbatch
   assert float(out1["rl_loss"]) != 0.0     # the RL term is really in the update
   for k in ("loss", "rl_loss", "ntp_loss", "reward_mean"):

@@ -105,19 +105,26 @@ def read_records(path: str) -> list[dict]:
   except UnicodeDecodeError as e:
     raise UserError(f"{path}: neither parquet (no PAR1 header) nor UTF-8 jsonl text ({e}).") \
         from e
-  records = []
+  return [record for _, record in json_objects(text, path, "a QA file is jsonl (one object "
+                                                          "per line) or parquet")]
+
+
+def json_objects(text: str, path: str, hint: str = "") -> list[tuple[int, dict]]:
+  """(line number, object) of every non-blank jsonl line; one UserError naming the line for
+  text that is not a json object (`hint` says what the file should be)."""
+  out = []
   for line_no, line in enumerate(text.splitlines(), 1):
     if not line.strip():
       continue
     try:
       record = json.loads(line)
     except json.JSONDecodeError as e:
-      raise UserError(f"{path}:{line_no}: not a json object ({e}); a QA file is jsonl (one "
-                      "object per line) or parquet.") from e
+      raise UserError(f"{path}:{line_no}: not a json object ({e})"
+                      f"{'; ' + hint if hint else ''}.") from e
     if not isinstance(record, dict):
       raise UserError(f"{path}:{line_no}: a json {type(record).__name__}, not an object.")
-    records.append(record)
-  return records
+    out.append((line_no, record))
+  return out
 
 
 def _answers(value, where: str) -> tuple[str, ...]:
@@ -206,7 +213,8 @@ def to_sample(r: QARow, tokenizer=None, num_tokens: int | None = None,
       context = _cut_middle(tokenizer, context, budget)
     prompt, target = head + context + tail, " " + r.answers[0]
   meta = {"source": r.source, "row": r.row,
-          "dataset": None if r.task == "qa" else r.task, "all_classes": r.all_classes,
+          "dataset": None if r.task == "qa" else r.task,
+          "all_classes": list(r.all_classes) if r.all_classes else None,
           "max_gen_tokens": r.extra.get("max_gen_tokens")}
   return tasks_lib.TaskSample(task, prompt, r.answers, target, meta)
 

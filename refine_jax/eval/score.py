@@ -45,15 +45,7 @@ def read_predictions(path: str) -> list[dict]:
   except UnicodeDecodeError as e:
     raise UserError(f"--predictions {path} is not UTF-8 jsonl text ({e}).") from e
   rows = []
-  for line_no, line in enumerate(text.splitlines(), 1):
-    if not line.strip():
-      continue
-    try:
-      row = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise UserError(f"{path}:{line_no}: not a json object ({e}).") from e
-    if not isinstance(row, dict):
-      raise UserError(f"{path}:{line_no}: a json {type(row).__name__}, not an object.")
+  for line_no, row in qa_files.json_objects(text, path):
     missing = [k for k in REQUIRED if k not in row]
     if missing:
       raise UserError(f"{path}:{line_no}: no {', '.join(missing)} field; predictions rows "

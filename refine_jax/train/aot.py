@@ -23,7 +23,7 @@ from jax.experimental import topologies
 from refine_jax import parallel
 from refine_jax.models import build_model
 from refine_jax.train import flops as flops_lib
-from refine_jax.train import loop, optim, stages, state as state_lib
+from refine_jax.train import loop, optim, stages, state as state_lib, update
 
 GiB = 1 << 30
 
@@ -108,7 +108,7 @@ def _build(config, mesh):
   opt_sh = state_lib.opt_state_shardings(tx, ms.params, ms.param_shardings, mesh)
   opt_state = state_lib.abstract(jax.eval_shape(tx.init, ms.params), opt_sh)
   micro = int(config.train.get("microbatches", 1))
-  step_fn = loop.build_step(ms.graphdef, spec.loss_fn, tx, spec.step_builder, micro)
+  step_fn = update.build_step(ms.graphdef, spec.loss_fn, tx, spec.step_builder, micro)
   jstep = loop.jit_step(step_fn, ms, opt_sh, mesh)
   rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype,
                              sharding=parallel.replicated(mesh))

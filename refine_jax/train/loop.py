@@ -15,18 +15,15 @@ import dataclasses
 import json
 import math
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import logging
 from flax import nnx
 from tqdm.auto import tqdm
 
 from refine_jax import checkpoint as ckpt_lib
-from refine_jax import losses
 from refine_jax.errors import UserError
 from refine_jax import paths
 from refine_jax import parallel
@@ -35,6 +32,7 @@ from refine_jax.eval import nll, report
 from refine_jax.models import build_model
 from refine_jax.train import init_checkpoint, metrics as metrics_lib, optim
 from refine_jax.train import state as state_lib
+from refine_jax.train.update import build_step
 
 
 @dataclasses.dataclass
@@ -46,185 +44,6 @@ class TrainResult:
   workdir: str
 
 
-def make_train_step(graphdef, loss_fn, tx, microbatches=1):
-  """Default step: one `updates` of loss_fn (an Objective, or a plain per-row-mean
-  loss_fn(model, batch, rng) -> (loss, metrics)), its gradient accumulated over `microbatches`.
-  Custom steps keep this signature:
-  step(params, opt_state, rest, batch, rng) -> (params, opt_state, metrics incl. "loss")."""
-
-  def step(params, opt_state, rest, batch, rng):
-    return updates(model_grad(graphdef, loss_fn, rest), tx, params, opt_state, batch, rng=rng,
-                   microbatches=microbatches)
-
-  return step
-
-
-class GradFn(NamedTuple):
-  """grad(params, batch, rng, norms) -> ((loss, (terms, metrics)), grads) of `objective`, with
-  each term's sum divided by norms[term] (its total weight in the whole update)."""
-  grad: Callable
-  objective: losses.Objective
-
-
-def model_grad(graphdef, loss_fn, rest) -> GradFn:
-  """The one value_and_grad over a model's params of an Objective (losses.as_objective)."""
-  obj = losses.as_objective(loss_fn)
-
-  def f(params, batch, rng, norms):
-    terms, metrics = obj.terms(nnx.merge(graphdef, params, rest), batch, rng)
-    return losses.combine(terms, obj.coefs, norms), (terms, metrics)
-
-  return GradFn(jax.value_and_grad(f, has_aux=True), obj)
-
-
-def with_row_ids(data):
-  """Adds "row_ids" (each row's index in the whole batch) to a batch dict, or to the batch of a
-  (batch, collected) pair, before it is cut into minibatches / microbatches: per-row random
-  draws (refine.step) key on it, so they do not depend on the cut."""
-  if isinstance(data, dict):
-    if "row_ids" in data:
-      return data
-    rows = jax.tree.leaves(data)[0].shape[0]
-    return dict(data, row_ids=jnp.arange(rows, dtype=jnp.int32))
-  if isinstance(data, tuple) and data and isinstance(data[0], dict):
-    return (with_row_ids(data[0]),) + tuple(data[1:])
-  return data
-
-
-def _at_update(data, i):
-  """Tags every row with the index of the step's update that sees it ("update_index"): the
-  PPO objective scores update 0 -- at exactly the weights its rollouts were collected with --
-  on-policy (ratio exactly 1, as the fused step), whatever rounding a recomputation has."""
-  if isinstance(data, dict):
-    rows = jax.tree.leaves(data)[0].shape[0]
-    return dict(data, update_index=jnp.full((rows,), i, jnp.int32))
-  if isinstance(data, tuple) and data and isinstance(data[0], dict):
-    return (_at_update(data[0], i),) + tuple(data[1:])
-  return data
-
-
-def updates(grad_fn: GradFn, tx, params, opt_state, data, *, rng, epochs=1, minibatches=1,
-            microbatches=1):
-  """The one optimiser update every stage makes (plain NTP, PPO epochs x minibatches, nested
-  post-training's inner and outer updates, TTT): epochs x minibatches updates of `tx`; update i
-  takes minibatch i % minibatches of `data` (split_microbatches: strided, so each spans every
-  device) and accumulates its grads over `microbatches`.
-
-  Each update optimises its objective over the update's WHOLE (mini)batch: every term's sum is
-  divided once by the term's total weight there (objective.weights), so the loss and gradient
-  are the same for any `microbatches`, device or process count. Several updates run in ONE
-  lax.scan (one copy of the update in the program); a single update is the plain call.
-  Returns (params, opt_state, metrics): every metric and "loss" weighted over all the step's
-  updates the same way (with a zero lr, the same numbers for any minibatch split), grad_norm the
-  mean over updates."""
-  data = with_row_ids(data)
-  coefs = grad_fn.objective.coefs
-
-  def update(params, opt_state, sub):
-    norms = grad_fn.objective.weights(sub)
-    (_, (terms, metrics)), grads = accumulate(grad_fn.grad, params, sub, microbatches, rng,
-                                              norms)
-    delta, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, delta), opt_state, (terms, metrics, global_norm(grads))
-
-  if int(epochs) * int(minibatches) == 1:
-    params, opt_state, (terms, metrics, gnorm) = update(params, opt_state, _at_update(data, 0))
-    return params, opt_state, _report(terms, metrics, gnorm, coefs)
-  subs = split_microbatches(data, minibatches)
-
-  def body(carry, i):
-    sub = _at_update(jax.tree.map(lambda x: x[i % minibatches], subs), i)
-    params, opt_state, row = update(*carry, sub)
-    return (params, opt_state), row
-
-  n = int(epochs) * int(minibatches)
-  (params, opt_state), (terms, metrics, gnorm) = jax.lax.scan(body, (params, opt_state),
-                                                              jnp.arange(n))
-  total = lambda tree: jax.tree.map(lambda x: jnp.sum(x, axis=0), tree)
-  metrics = {k: total(v) if isinstance(v, losses.Term) else jnp.mean(v, axis=0)
-             for k, v in metrics.items()}
-  return params, opt_state, _report(total(terms), metrics, jnp.mean(gnorm), coefs)
-
-
-def _report(terms, metrics, grad_norm, coefs):
-  """Logged metrics of accumulated Terms; "loss" = sum_t coef_t * mean_t."""
-  loss = losses.combine(terms, coefs, {n: t.weight for n, t in terms.items()})
-  return dict(losses.finalize(terms, metrics, coefs, loss), grad_norm=grad_norm)
-
-
-def ntp_step_builder(epochs, minibatches, microbatches=1):
-  """step_builder making epochs x minibatches updates per batch with a plain loss (the NTP
-  stage's train.ntp_epochs / ntp_minibatches: an SFT baseline with ReFINE's update count)."""
-  def builder(graphdef, loss_fn, tx):
-    def step(params, opt_state, rest, batch, rng):
-      return updates(model_grad(graphdef, loss_fn, rest), tx, params, opt_state, batch,
-                     rng=rng, epochs=int(epochs), minibatches=int(minibatches),
-                     microbatches=int(microbatches))
-    return step
-
-  builder.microbatches = int(microbatches)  # run_training checks it
-  return builder
-
-
-def split_microbatches(tree, microbatches):
-  """Every [B, ...] leaf -> [M, B/M, ...]. Microbatch i holds rows i, i+M, i+2M, ... (strided,
-  not contiguous): with B sharded over mesh.data*mesh.fsdp each device then holds B/(M*dp) rows
-  of EVERY microbatch, so each scan iteration runs on all chips at once."""
-  M = int(microbatches)
-
-  def split(x):
-    if x.ndim == 0 or x.shape[0] % M:
-      raise ValueError(f"a batch entry of shape {x.shape} does not split into train.microbatches="
-                       f"{M} equal parts; make train.batch_size a multiple of it.")
-    return jnp.swapaxes(x.reshape(x.shape[0] // M, M, *x.shape[1:]), 0, 1)
-
-  return jax.tree.map(split, tree)
-
-
-def merge_microbatches(tree_M):
-  """Inverse of split_microbatches: [M, B/M, ...] leaves -> [B, ...] in the original row order."""
-  return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:]), tree_M)
-
-
-def accumulate(value_and_grad_fn, params, batch, microbatches, rng, norms):
-  """Gradient accumulation: ((loss, aux), grads) of value_and_grad_fn(params, batch, rng, norms)
-  computed as `microbatches` sequential microbatches of `batch` (split_microbatches) in a
-  lax.scan, so the compiled body and the activation memory are those of one microbatch
-  whatever M is.
-
-  Everything is SUMMED over microbatches in float32 (grads come back in their own dtype): the
-  loss divides each term by its total weight in the whole batch (`norms`, see losses), so the
-  sum of microbatch losses and gradients is the whole-batch loss and gradient, ragged masks
-  included. Every microbatch gets the same rng (random draws key on each row's id, not on
-  the microbatch); microbatches == 1 is exactly the plain call."""
-  M = int(microbatches)
-  if M < 1:
-    raise ValueError(f"train.microbatches={microbatches} must be >= 1.")
-  if M == 1:
-    return value_and_grad_fn(params, batch, rng, norms)
-  batch_M = split_microbatches(batch, M)
-
-  def one(mb):
-    return value_and_grad_fn(params, mb, rng, norms)
-
-  shapes = jax.eval_shape(one, jax.tree.map(lambda x: x[0], batch_M))
-  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), shapes)
-
-  def body(acc, mb):
-    return jax.tree.map(lambda a, x: a + x.astype(jnp.float32), acc, one(mb)), None
-
-  (loss, aux), grads = jax.lax.scan(body, zeros, batch_M)[0]
-  grads = jax.tree.map(lambda g, s: g.astype(s.dtype), grads, shapes[1])
-  return (loss, aux), grads
-
-
-def build_step(graphdef, loss_fn, tx, step_builder=None, microbatches=1):
-  """The train step function a stage runs: make_train_step, or the stage's step_builder."""
-  if step_builder is None:
-    return make_train_step(graphdef, loss_fn, tx, microbatches)
-  return step_builder(graphdef, loss_fn, tx)
-
-
 def jit_step(step_fn, ms, opt_shardings, mesh):
   """THE jitted train step: explicit in/out shardings, params and optimiser state donated.
   run_training and the ahead-of-time scale check (train/aot.py) both take it from here."""
@@ -233,11 +52,6 @@ def jit_step(step_fn, ms, opt_shardings, mesh):
                  in_shardings=(ms.param_shardings, opt_shardings, ms.rest_shardings, batch_sh,
                                repl),
                  out_shardings=(ms.param_shardings, opt_shardings, repl), donate_argnums=(0, 1))
-
-
-def global_norm(tree):
-  norm = getattr(getattr(optax, "tree", None), "norm", None)  # optax >= 0.2.6
-  return norm(tree) if norm is not None else optax.global_norm(tree)
 
 
 def make_eval_step(graphdef, eval_fn):

@@ -25,7 +25,7 @@ from refine_jax import losses, paths
 from refine_jax.data import tokenizers
 from refine_jax.eval import nll, runner
 from refine_jax.refine import step as refine_step
-from refine_jax.train import loop, metrics as metrics_lib, warmup
+from refine_jax.train import loop, metrics as metrics_lib, update, warmup
 from refine_jax.train.spec import StepSpec, lm_batch
 
 
@@ -63,7 +63,7 @@ def make_ppo_step_builder(rcfg, microbatches=1):
   times per sequence, like any E-epoch pass (tests/test_train_microbatch.py checks it).
   microbatches > 1: the collect pass runs in ppo_minibatches * microbatches parts (the size of an
   update's microbatch: its captured states are the largest ReFINE buffer), and each update
-  accumulates its minibatch's grads over microbatches (loop.accumulate); every update's terms
+  accumulates its minibatch's grads over microbatches (update.accumulate); every update's terms
   are divided by their weight in its whole minibatch (refine_jax.losses)."""
   epochs, mbs, M = int(rcfg.ppo_epochs), int(rcfg.ppo_minibatches), int(microbatches)
   G = int(rcfg.num_chunks) * int(rcfg.rollouts_per_position)
@@ -82,17 +82,17 @@ def make_ppo_step_builder(rcfg, microbatches=1):
         return one(batch)
       # lax.map: rollouts of one update-microbatch of sequences at a time, one compiled body.
       parts = M * mbs
-      return loop.merge_microbatches(jax.lax.map(one, loop.split_microbatches(batch, parts)))
+      return update.merge_microbatches(jax.lax.map(one, update.split_microbatches(batch, parts)))
 
     policy = losses.on_view(refine_step.policy_objective(rcfg),
                             lambda sub: (sub[0], _by_row(sub[1])))
 
     def step(params, opt_state, rest, batch, rng):
       check_microbatches(batch["inputs"].shape[0], mbs, M)  # builders are also used directly
-      batch = loop.with_row_ids(batch)
+      batch = update.with_row_ids(batch)
       col = collect(params, rest, batch, rng)
       # PPO updates over strided (sequence, rollouts) minibatches: every one spans every device.
-      return loop.updates(loop.model_grad(graphdef, policy, rest), tx, params, opt_state,
+      return update.updates(update.model_grad(graphdef, policy, rest), tx, params, opt_state,
                           (batch, col), rng=rng, epochs=epochs, minibatches=mbs, microbatches=M)
 
     return step
@@ -105,7 +105,7 @@ def step_spec(config):
   """The ReFINE step: fused loss (1 update) or collect + ppo_epochs x ppo_minibatches updates."""
   rcfg = config.refine
   updates = int(rcfg.ppo_epochs) * int(rcfg.ppo_minibatches)
-  builder = None  # fused: loop.make_train_step accumulates microbatches itself
+  builder = None  # fused: update.make_train_step accumulates microbatches itself
   if updates > 1:
     builder = make_ppo_step_builder(rcfg, int(config.train.get("microbatches", 1)))
   return StepSpec(refine_step.make_loss_fn(rcfg), builder, updates,

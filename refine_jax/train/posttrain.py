@@ -35,7 +35,7 @@ from refine_jax import losses, paths
 from refine_jax.data.tokenizers import get_tokenizer
 from refine_jax.refine import step as refine_step
 from refine_jax.eval import nll
-from refine_jax.train import loop, midtrain, optim, qa_data, qa_eval, warmup
+from refine_jax.train import loop, midtrain, optim, qa_data, qa_eval, update, warmup
 from refine_jax.train import losses as train_losses
 from refine_jax.train.spec import StepSpec, lm_batch
 
@@ -113,7 +113,7 @@ def make_optimizer(config):
 def make_step_builder(config, pad_id):
   """step_builder for loop.run_training: inner update(s) on the prompt, then the outer update
   on the answer; tx is make_optimizer(config). Every update accumulates its gradient over
-  train.microbatches (loop.accumulate)."""
+  train.microbatches (update.accumulate)."""
   inner = inner_loss_fn(config, pad_id)
   n_inner = inner_updates(config)
   M = int(config.train.get("microbatches", 1))
@@ -137,13 +137,13 @@ def make_step_builder(config, pad_id):
           params, inner_state, aux = ppo(params, inner_state, rest,
                                          qa_data.prompt_only(batch, pad_id), r_in)
         else:
-          params, inner_state, aux = loop.updates(loop.model_grad(graphdef, inner, rest),
+          params, inner_state, aux = update.updates(update.model_grad(graphdef, inner, rest),
                                                   tx.inner, params, inner_state, batch,
                                                   rng=r_in, microbatches=M)
         out.update({f"inner_{k}": v for k, v in aux.items()})
 
       outer_tx = tx.outer if inner is not None else tx
-      params, outer_state, aux = loop.updates(loop.model_grad(graphdef, outer_loss, rest),
+      params, outer_state, aux = update.updates(update.model_grad(graphdef, outer_loss, rest),
                                               outer_tx, params, outer_state, batch, rng=r_out,
                                               microbatches=M)
       out.update({f"answer_{k}": v for k, v in aux.items()

@@ -2,7 +2,7 @@
 --config=configs/pretrain.py)."""
 
 from refine_jax.eval import nll
-from refine_jax.train import loop, losses
+from refine_jax.train import loop, losses, update
 from refine_jax.train.spec import StepSpec, lm_batch
 
 
@@ -13,7 +13,7 @@ def step_spec(config):
   epochs, mbs = int(tc.get("ntp_epochs", 1)), int(tc.get("ntp_minibatches", 1))
   builder = None  # the loop's default step (accumulates train.microbatches itself)
   if epochs * mbs > 1:
-    builder = loop.ntp_step_builder(epochs, mbs, int(tc.get("microbatches", 1)))
+    builder = update.ntp_step_builder(epochs, mbs, int(tc.get("microbatches", 1)))
   return StepSpec(losses.ntp_loss, builder, epochs * mbs,
                   lm_batch(tc.batch_size, config.data.seq_len,
                            segments=config.data.get("reset_at_documents", True)))

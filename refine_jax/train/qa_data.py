@@ -12,7 +12,6 @@ the eos right after them), prompt_len [b].
 """
 from __future__ import annotations
 
-import os
 from typing import Callable, Sequence
 
 import jax.numpy as jnp
@@ -21,78 +20,17 @@ import numpy as np
 from refine_jax.data import tasks as tasks_lib
 from refine_jax.eval import qa_files
 
-QA_FIELDS = "prompt/answer or context/input/answers"
-
-
 def split_list(value) -> list[str]:
   if isinstance(value, str):
     return [v.strip() for v in value.split(",") if v.strip()]
   return [str(v) for v in value]
 
 
-def _rows(path: str) -> list[dict]:
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"QA file {path!r} not found (jsonl or parquet with {QA_FIELDS}).")
-  return qa_files.read_records(path)  # parquet by its magic bytes, whatever the name
-
-
-def _cut_middle(tokenizer, text: str, budget: int) -> str:
-  """`text` cut in the middle (head and tail kept) to at most `budget` tokens."""
-  ids = tokenizer.encode(text)
-  if len(ids) <= budget:
-    return text
-  half = budget // 2
-  return tokenizer.decode(ids[:half]) + tokenizer.decode(ids[len(ids) - (budget - half):])
-
-
-def row_to_sample(row: dict, tokenizer, max_prompt_tokens: int | None,
-                  where: str = "row") -> tasks_lib.TaskSample:
-  """One file row -> TaskSample (prompt ends where the answer starts)."""
-  if "prompt" in row and ("answer" in row or "answers" in row):  # ReFINE parquet: either
-    prompt = str(row["prompt"])
-    answers = row["answers"] if "answers" in row else row["answer"]
-    answers = (answers,) if isinstance(answers, str) else tuple(str(a) for a in answers)
-    if max_prompt_tokens is not None:
-      prompt = _cut_middle(tokenizer, prompt, max_prompt_tokens)
-    # The row's own task (ReFINE files: ruler_squadqa, hotpotqa, ...) is what it is scored by.
-    own = row.get("task") or row.get("dataset")
-    return tasks_lib.TaskSample("qa", prompt, answers, answers[0],
-                                {"source": where, "dataset": own})
-  if "context" in row and ("input" in row or "question" in row) and "answers" in row:
-    question = row.get("input", row.get("question"))
-    answers = row["answers"]
-    answers = (answers,) if isinstance(answers, str) else tuple(str(a) for a in answers)
-    head = tasks_lib.QA_INTRO
-    tail = tasks_lib.QA_QUESTION + tasks_lib.QA_ANSWER_PREFIX.format(question=question)
-    context = str(row["context"])
-    if max_prompt_tokens is not None:
-      budget = max_prompt_tokens - len(tokenizer.encode(head + tail))
-      if budget <= 0:
-        raise ValueError(f"{where}: the question alone exceeds {max_prompt_tokens} prompt "
-                         "tokens; raise data.seq_len.")
-      context = _cut_middle(tokenizer, context, budget)
-    # LongBench rows name their dataset (and classes): scoring.score_sample uses its metric.
-    return tasks_lib.TaskSample("qa", head + context + tail, answers, " " + answers[0],
-                                {"source": where,
-                                 "dataset": row.get("dataset") or row.get("task"),
-                                 "all_classes": row.get("all_classes")})
-  raise ValueError(f"{where}: fields {sorted(row)}; expected {QA_FIELDS}.")
-
-
 def load_samples(paths: str, tokenizer, max_prompt_tokens: int | None = None,
                  limit: int | None = None) -> list[tasks_lib.TaskSample]:
-  """All rows of comma-separated jsonl / parquet paths as TaskSamples."""
-  out = []
-  for path in split_list(paths):
-    for i, row in enumerate(_rows(path)):
-      sample = row_to_sample(row, tokenizer, max_prompt_tokens, f"{path}:{i + 1}")
-      sample.metadata.update(source=os.path.abspath(path), row=i)  # predictions.jsonl keys
-      out.append(sample)
-      if limit is not None and len(out) >= limit:
-        return out
-  if not out:
-    raise ValueError(f"no QA rows in {paths!r}.")
-  return out
+  """All rows of comma-separated jsonl / parquet paths or globs as TaskSamples (eval's one
+  reader, qa_files: every layout, each row keeping its task for scoring)."""
+  return qa_files.samples(paths, tokenizer, max_prompt_tokens, limit=limit)
 
 
 def synthetic_sample(tokenizer, split: str, index: int, *, tasks: Sequence[str],
@@ -142,7 +80,7 @@ def prompt_only(batch: dict, pad_id: int) -> dict:
          "loss_mask": pm,
          # ReFINE's chunks split each prompt's own length, not the padded row.
          "lengths": jnp.asarray(batch["prompt_len"], jnp.int32)}
-  if "row_ids" in batch:  # per-row random draws (loop.with_row_ids)
+  if "row_ids" in batch:  # per-row random draws (update.with_row_ids)
     out["row_ids"] = batch["row_ids"]
   return out
 

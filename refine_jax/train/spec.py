@@ -7,10 +7,10 @@ import numpy as np
 
 
 class StepSpec(NamedTuple):
-  """What a stage's jitted train step is made of (loop.build_step + loop.jit_step), so the
+  """What a stage's jitted train step is made of (update.build_step + loop.jit_step), so the
   ahead-of-time scale check compiles exactly the step the stage runs."""
   loss_fn: Callable
-  step_builder: Callable | None   # None: loop.make_train_step(loss_fn, microbatches)
+  step_builder: Callable | None   # None: update.make_train_step(loss_fn, microbatches)
   updates_per_step: int           # optimiser updates one step makes (lr schedule follows steps;
                                   # a StepSpec with its own tx has accounted for them in it)
   batch: dict                     # global batch: name -> (shape, numpy dtype)

@@ -36,7 +36,7 @@ from refine_jax.data.tokenizers import get_tokenizer
 from refine_jax.eval import decode
 from refine_jax.refine import default_refine_config
 from refine_jax.refine import step as refine_step
-from refine_jax.train import loop, losses, midtrain, optim, posttrain, qa_data, qa_eval, warmup
+from refine_jax.train import loop, losses, midtrain, optim, posttrain, qa_data, qa_eval, update, warmup
 from refine_jax.train.spec import StepSpec, lm_batch
 
 MODES = ("refine", "sft")
@@ -145,7 +145,7 @@ def make_step(graphdef, config, tx):
   loss_fn = _loss_fn(config)
 
   def step(params, opt_state, rest, batch, rng):
-    return loop.updates(loop.model_grad(graphdef, loss_fn, rest), tx, params, opt_state, batch,
+    return update.updates(update.model_grad(graphdef, loss_fn, rest), tx, params, opt_state, batch,
                         rng=rng)
 
   return step
