@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from refine_jax.models import build_model, default_model_config
+from refine_jax.models import build_model, default_model_config, segments
 from refine_jax.refine import rollout, selection
 from refine_jax.refine import step as refine_step
 
@@ -63,5 +63,5 @@ def test_selection_margin_and_continuation_stay_in_the_document():
   # padding (a document of its own, starting at 24): [28, 29]
   want = [t for t in range(32) if 4 <= t <= 7 or 14 <= t <= 21 or 28 <= t <= 29]
   assert list(np.flatnonzero(ok)) == want
-  np.testing.assert_array_equal(selection.document_start(seg)[0],
+  np.testing.assert_array_equal(segments.doc_start(jnp.asarray(seg))[0],
                                 [0] * 10 + [10] * 14 + [24] * 8)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from refine_jax.models import segments
+
 MODES = ("entropy", "uniform", "argmax", "argmin")
 
 
@@ -54,15 +56,6 @@ def _in_chunk(T, num_chunks, lengths_B=None):
   return ids_BT[:, None, :] == c_c1[None]
 
 
-def document_start(segment_ids_BT):
-  """[B, T] int32: the index where each position's document starts (a new document begins at
-  every change of segment id; see data.pipeline)."""
-  seg = jnp.asarray(segment_ids_BT)
-  T = seg.shape[1]
-  new_BT = jnp.concatenate([jnp.ones_like(seg[:, :1], bool), seg[:, 1:] != seg[:, :-1]], axis=1)
-  return jax.lax.cummax(jnp.where(new_BT, jnp.arange(T)[None], 0), axis=1).astype(jnp.int32)
-
-
 def valid_positions(T, rollout_len, margin, loss_mask_BT=None, segment_ids_BT=None):
   """[B or 1, T] bool: positions whose k-token true continuation exists (p + k <= T),
   that leave at least `margin` tokens of prefix (p >= margin), and (with a loss mask) whose
@@ -73,7 +66,7 @@ def valid_positions(T, rollout_len, margin, loss_mask_BT=None, segment_ids_BT=No
   ok_1T = ((t_T + rollout_len <= T) & (t_T >= margin))[None]
   if segment_ids_BT is not None:
     seg = jnp.asarray(segment_ids_BT)
-    start_BT = document_start(seg)
+    start_BT = segments.doc_start(seg)
     # input p + j must be in p's document for j < k (target p + k - 1 is input p + k: the loss
     # mask covers that last step, which the pipeline zeroes across documents).
     last = jnp.minimum(t_T + rollout_len - 1, T - 1)

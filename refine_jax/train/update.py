@@ -47,30 +47,32 @@ def model_grad(graphdef, loss_fn, rest) -> GradFn:
   return GradFn(jax.value_and_grad(f, has_aux=True), obj)
 
 
+def _on_batch(data, fn):
+  """fn(batch dict) applied to a batch dict, or to the batch of a (batch, collected) pair."""
+  if isinstance(data, dict):
+    return fn(data)
+  if isinstance(data, tuple) and data and isinstance(data[0], dict):
+    return (fn(data[0]),) + tuple(data[1:])
+  return data
+
+
+def _rows(batch):
+  return jax.tree.leaves(batch)[0].shape[0]
+
+
 def with_row_ids(data):
   """Adds "row_ids" (each row's index in the whole batch) to a batch dict, or to the batch of a
   (batch, collected) pair, before it is cut into minibatches / microbatches: per-row random
   draws (refine.step) key on it, so they do not depend on the cut."""
-  if isinstance(data, dict):
-    if "row_ids" in data:
-      return data
-    rows = jax.tree.leaves(data)[0].shape[0]
-    return dict(data, row_ids=jnp.arange(rows, dtype=jnp.int32))
-  if isinstance(data, tuple) and data and isinstance(data[0], dict):
-    return (with_row_ids(data[0]),) + tuple(data[1:])
-  return data
+  return _on_batch(data, lambda b: b if "row_ids" in b else
+                   dict(b, row_ids=jnp.arange(_rows(b), dtype=jnp.int32)))
 
 
 def _at_update(data, i):
   """Tags every row with the index of the step's update that sees it ("update_index"): the
   PPO objective scores update 0 -- at exactly the weights its rollouts were collected with --
   on-policy (ratio exactly 1, as the fused step), whatever rounding a recomputation has."""
-  if isinstance(data, dict):
-    rows = jax.tree.leaves(data)[0].shape[0]
-    return dict(data, update_index=jnp.full((rows,), i, jnp.int32))
-  if isinstance(data, tuple) and data and isinstance(data[0], dict):
-    return (_at_update(data[0], i),) + tuple(data[1:])
-  return data
+  return _on_batch(data, lambda b: dict(b, update_index=jnp.full((_rows(b),), i, jnp.int32)))
 
 
 def updates(grad_fn: GradFn, tx, params, opt_state, data, *, rng, epochs=1, minibatches=1,
