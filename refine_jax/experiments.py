@@ -51,7 +51,7 @@ from refine_jax import paths as path_io
 from refine_jax.data import recall
 from refine_jax.data.tokenizers import get_tokenizer
 from refine_jax.eval import gate as gate_lib
-from refine_jax.eval import report, runner, stats
+from refine_jax.eval import logit_tasks, report, runner, stats
 from refine_jax.pretrained import load_pretrained
 from refine_jax.refine import step as refine_step
 from refine_jax.train import init_checkpoint, stages, ttt, validate
@@ -278,7 +278,7 @@ def _pretrain_base(exp, workdir) -> tuple[str, dict | None]:
     return _run_stage(c, base).model
 
   def measure(model, step):
-    score = runner.recall_scores(model, cfg, gcfg, int(cfg.data.seq_len))[g.metric]
+    score = logit_tasks.recall_scores(model, cfg, gcfg, int(cfg.data.seq_len))[g.metric]
     print(f"experiment gate: step {step}: held-out {g.metric} {score:.1f} "
           f"(band [{g.lo}, {g.hi}])", flush=True)
     return score

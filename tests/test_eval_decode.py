@@ -68,3 +68,18 @@ def test_bad_input_errors():
     decode.greedy_decode(model, [[1], []], max_new_tokens=2)
   with pytest.raises(ValueError, match="max_new_tokens"):
     decode.greedy_decode(model, [[1]], max_new_tokens=-1)
+
+
+def test_per_row_budgets_equal_decoding_each_row_alone():
+  """max_new_tokens given per prompt: each row gets exactly its own budget, the same tokens
+  as decoding it alone (a row's budget never depends on its batch mates)."""
+  model = _tiny()
+  prompts = [[3, 1, 4, 1, 5], [9, 2], [6, 5, 3, 5, 8, 9, 7], [2, 7, 1]]
+  budgets = [3, 0, 6, 1]
+  got = decode.greedy_decode(model, prompts, max_new_tokens=budgets, batch_size=4,
+                             prefill_bucket=2)
+  assert [len(g) for g in got] == budgets
+  ref = _reference(model, prompts, max(budgets))  # greedy: a shorter budget is a prefix
+  assert got == [r[:n] for r, n in zip(ref, budgets)]
+  with pytest.raises(ValueError, match="one per prompt"):
+    decode.greedy_decode(model, prompts, max_new_tokens=[1, 2])

@@ -128,11 +128,13 @@ def test_runner_scores_each_row_by_its_task_and_writes_predictions(files, tmp_pa
     return [next(v for k, v in answers.items() if k in p) for p in prompts]
   out = tmp_path / "eval"
   res = runner.run_eval(None, tok, cfg, str(out), predict_fn=predict)
-  # 0 (leading newline) + 100 + 100 + 100 + 100 -> 80.
-  assert res["qa"][2000] == pytest.approx(80.0)
-  # The RULER rows carry no max_gen_tokens, so the budget is the longest target + 8 tokens:
-  # "early 11th century" = 18 bytes -> 26.
-  assert budgets == [26]
+  # Each row's score goes to its own task's row of results.json: RULER's leading newline
+  # gives an empty first line (0); the others are right.
+  assert res == {"ruler_squadqa": {2000: 0.0}, "ruler_hotpotqa": {2000: 100.0},
+                 "trec": {2000: 100.0}, "lcc": {2000: 100.0}, "hotpotqa": {2000: 100.0}}
+  # Each row generates its own budget: RULER's max_answer_length (5), LongBench's
+  # max_gen_tokens (64, 64, 32); a (prompts, n) predictor is called once per budget.
+  assert budgets == [5, 64, 32]
 
 
 def test_predictions_rows_name_source_row_and_task(files, tmp_path):
@@ -143,11 +145,13 @@ def test_predictions_rows_name_source_row_and_task(files, tmp_path):
   out = tmp_path / "eval"
   budgets = []
 
+  answers = {"Where was it": "\nOther location", "Next line": "x", "Who wrote": "Jane Austen"}
+
   def predict(prompts, max_new):
     budgets.append(max_new)
-    return ["\nOther location", "x", "Jane Austen"]
+    return [next(v for k, v in answers.items() if k in p) for p in prompts]
   runner.run_eval(None, tok, cfg, str(out), predict_fn=predict)
-  assert budgets == [64]  # every row has max_gen_tokens: the largest
+  assert budgets == [64, 32]  # each row's own max_gen_tokens
   recs = [json.loads(l) for l in (out / "predictions.jsonl").read_text().splitlines()]
   src = str(files / "lb.parquet")
   assert [(r["source"], r["row"], r["task"], r["context_length"]) for r in recs] == [
@@ -171,3 +175,51 @@ def test_training_qa_data_reads_refine_files_and_keeps_each_rows_task(files):
   assert got[0].answers == ("Other location",) and got[0].target == "Other location"
   assert scoring.score_sample("qa", "\nearly 11th century", got[3]) == 0.0  # RULER's rule
   assert scoring.score_sample("qa", "\nOther location", got[0]) == 100.0   # trec's rule
+
+
+def test_over_long_prompts_are_cut_in_the_middle_as_longbench_cuts():
+  tok = ByteTokenizer()
+  # LongBench: keep the first and the last budget // 2 tokens.
+  assert qa_files.cut_middle(tok, "abcdefghij", 5) == "abij"
+  assert qa_files.cut_middle(tok, "abcdefghij", 6) == "abchij"
+  assert qa_files.cut_middle(tok, "abcdefghij", 10) == "abcdefghij"
+
+
+def test_prompt_and_answer_budget_share_the_context_length(files):
+  """A ready prompt plus its own answer budget fit the context length (the ReFINE scripts'
+  max_prompt_length = max_seq_length - max_response_length); nothing else is added."""
+  tok = ByteTokenizer()
+  rows = qa_files.load(str(files / "ruler_squadqa_4096.parquet"))
+  prompt = rows[0].prompt  # 37 bytes, max_answer_length 5
+  whole = qa_files.to_sample(rows[0], tok, 42)
+  assert whole.prompt == prompt and whole.metadata["max_new_tokens"] == 5
+  cut = qa_files.to_sample(rows[0], tok, 30)  # 25 prompt tokens left -> 12 + 12
+  assert cut.prompt == prompt[:12] + prompt[-12:]
+  forced = qa_files.to_sample(rows[0], tok, 30, max_new_tokens=10)  # 20 left -> 10 + 10
+  assert forced.prompt == prompt[:10] + prompt[-10:]
+  assert forced.metadata["max_new_tokens"] == 10
+  with pytest.raises(UserError, match="no room for the prompt"):
+    qa_files.to_sample(rows[0], tok, 5)
+
+
+def test_auto_context_lengths_take_each_rows_own_length(files, tmp_path):
+  """eval.context_lengths='auto': RULER rows at their max_seq_length, LongBench rows at their
+  file's _<N> suffix, uncut; a file with neither is one clear error."""
+  tok = ByteTokenizer()
+  (files / "trec_16384.parquet").write_bytes((files / "lb.parquet").read_bytes())
+  cfg = runner.default_eval_config()
+  cfg.update(tasks="qa", context_lengths="auto", num_samples=0, progress=False, plots=False,
+             qa_path=f"{files}/ruler_squadqa_4096.parquet,{files}/trec_16384.parquet")
+  seen = []
+
+  def predict(prompts):
+    seen.extend(prompts)
+    return ["x"] * len(prompts)
+  res = runner.run_eval(None, tok, cfg, None, predict_fn=predict)
+  assert sorted({n for row in res.values() for n in row}) == [4096, 16384]
+  assert set(res["ruler_squadqa"]) == {4096} and set(res["trec"]) == {16384}
+  originals = [r.prompt for r in qa_files.load(cfg.qa_path)]
+  assert seen == originals  # every row once, as it ships
+  cfg.qa_path = str(files / "lb.parquet")
+  with pytest.raises(ValueError, match="no max_seq_length and its file name no _<length>"):
+    runner.run_eval(None, tok, cfg, None, predict_fn=predict)

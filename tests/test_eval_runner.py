@@ -1,14 +1,13 @@
 """The eval runner: an oracle predictor scores 100, a wrong one 0; files have the right shape."""
 
 import json
-import os
 
 import numpy as np
 import pytest
 
 from refine_jax.data import tasks as tasks_lib
 from refine_jax.data.tokenizers import ByteTokenizer
-from refine_jax.eval import report, runner
+from refine_jax.eval import logit_tasks, report, runner
 
 
 def _cfg(**kw):
@@ -204,7 +203,7 @@ def test_teacher_forced_accuracy_counts_argmax_hits_on_answer_tokens():
   # A fake model whose argmax after token t is t + 1. Prompt "a", target "bcz": after "a" it
   # says "b" (hit), after "b" "c" (hit), after "c" "d" (miss) -> 2 of 3.
   sample = TaskSample(task="t", prompt="a", answers=("bcz",), target="bcz", metadata={})
-  with mock.patch.object(runner, "_argmax_fn", lambda graphdef: lambda state, ids: ids + 1), \
+  with mock.patch.object(logit_tasks, "_argmax_fn", lambda graphdef: lambda state, ids: ids + 1), \
        mock.patch("flax.nnx.split", lambda model: (None, None)):
-    got = runner.teacher_forced_accuracy(object(), tok, [sample, sample])
+    got = logit_tasks.teacher_forced_accuracy(object(), tok, [sample, sample])
   assert got == pytest.approx(100 * 2 / 3)

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from refine_jax.eval import runner, stats
+from refine_jax.eval import logit_tasks, runner, stats
 
 
 def test_t_interval_by_hand():
@@ -46,7 +46,7 @@ def test_recall_value_scores_by_hand():
   pred[0, 6] = 0          # second value of row 0: one token wrong
   pred[1, 0] = 0          # outside any value: ignored by em/tf
   nll = np.where(mask > 0, 2.0, 1.0)
-  s = runner.value_scores(pred, nll, targets, mask)
+  s = logit_tasks.value_scores(pred, nll, targets, mask)
   assert s["recall_em"] == pytest.approx(100 * 2 / 3)
   assert s["recall_tf"] == pytest.approx(100 * 8 / 9)
   assert s["recall_nll"] == pytest.approx((9 * 2 + 7 * 1) / 16)

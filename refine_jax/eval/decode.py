@@ -54,20 +54,33 @@ def _batches(order: np.ndarray, batch_size: int):
     yield order[i:i + batch_size]
 
 
-def greedy_decode(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
-                  eos_id: int | None = None, batch_size: int = 8, prefill_bucket: int = 16,
-                  progress: bool = False, desc: str = "decode") -> list[list[int]]:
-  """Greedy continuations of token-id prompts, `max_new_tokens` each (cut after eos, which is
-  kept out of the result). Returns one list of new ids per prompt, in input order."""
-  if max_new_tokens < 0:
+def budgets_of(max_new_tokens, n: int) -> np.ndarray:
+  """max_new_tokens (one int, or one per prompt) -> [n] int64 budgets."""
+  budgets = np.asarray(max_new_tokens, np.int64)
+  if budgets.ndim > 1 or (budgets.ndim == 1 and len(budgets) != n):
+    raise ValueError(f"max_new_tokens: give one int or one per prompt ({n}), not "
+                     f"shape {budgets.shape}.")
+  budgets = np.broadcast_to(budgets, (n,))
+  if n and budgets.min() < 0:
     raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0.")
+  return budgets
+
+
+def greedy_decode(model, prompts: Sequence[Sequence[int]], *,
+                  max_new_tokens: int | Sequence[int], eos_id: int | None = None,
+                  batch_size: int = 8, prefill_bucket: int = 16, progress: bool = False,
+                  desc: str = "decode") -> list[list[int]]:
+  """Greedy continuations of token-id prompts, `max_new_tokens` each (one int, or one per
+  prompt: a row's budget never depends on its batch mates), cut after eos, which is kept out
+  of the result. Returns one list of new ids per prompt, in input order."""
+  budgets = budgets_of(max_new_tokens, len(prompts))
   if batch_size < 1:
     raise ValueError(f"batch_size={batch_size} must be >= 1.")
   lens = np.array([len(p) for p in prompts], np.int64)
   if len(prompts) and lens.min() == 0:
     raise ValueError(f"prompt {int(np.argmin(lens))} is empty; give at least one token (bos).")
   results: list[list[int]] = [[] for _ in prompts]
-  if not len(prompts) or max_new_tokens == 0:
+  if not len(prompts) or budgets.max() == 0:
     return results
   dec = _Decoder(model)
   order = np.argsort(lens, kind="stable")
@@ -75,7 +88,7 @@ def greedy_decode(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: in
   if progress:
     bar = tqdm(total=len(prompts), desc=desc, dynamic_ncols=True, leave=False)
   for idx in _batches(order, batch_size):
-    for i, new in zip(idx, _decode_batch(dec, [prompts[i] for i in idx], max_new_tokens,
+    for i, new in zip(idx, _decode_batch(dec, [prompts[i] for i in idx], budgets[idx],
                                          eos_id, prefill_bucket)):
       results[i] = new
     if bar is not None:
@@ -85,15 +98,15 @@ def greedy_decode(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: in
   return results
 
 
-def _decode_batch(dec: _Decoder, prompts, max_new_tokens, eos_id, bucket):
+def _decode_batch(dec: _Decoder, prompts, budgets_B, eos_id, bucket):
   b = len(prompts)
   lens_B = np.array([len(p) for p in prompts], np.int64)
   # Prefill a common prefix (>= 1 token, a multiple of `bucket` when possible).
   pre = int(lens_B.min())
   if pre > bucket:
     pre = (pre // bucket) * bucket
-  tail = int(lens_B.max()) - pre                # forced prompt tokens of the longest row
-  steps = tail + max_new_tokens                 # every row's last new token is fed at < steps
+  start_B = lens_B - pre                        # step at which row r feeds its first new token
+  steps = int((start_B + budgets_B).max())      # every row's last new token is fed at < steps
   ids_BT = np.stack([np.asarray(p[:pre], np.int32) for p in prompts])
   forced_BS = np.zeros((b, max(steps, 1)), np.int32)
   for r, p in enumerate(prompts):
@@ -101,31 +114,32 @@ def _decode_batch(dec: _Decoder, prompts, max_new_tokens, eos_id, bucket):
   cache = dec.model.init_cache(b, pre + steps)
   logits_BV, cache = dec.prefill(dec.state, jnp.asarray(ids_BT), cache)
   toks = np.zeros((b, steps), np.int32)
-  start_B = lens_B - pre                        # step at which row r feeds its first new token
-  done_B = np.zeros(b, bool)
+  done_B = budgets_B == 0
   for s in range(steps):
     is_forced = jnp.asarray(s < start_B)
     tok_B, logits_BV, cache = dec.step(dec.state, cache, logits_BV, jnp.asarray(forced_BS[:, s]),
                                        is_forced)
     toks[:, s] = np.asarray(tok_B)
-    if eos_id is not None:  # stop early once every row has emitted eos or its budget
-      gen = s >= start_B
-      done_B |= gen & ((toks[:, s] == eos_id) | (s - start_B + 1 >= max_new_tokens))
-      if done_B.all():
-        break
+    gen = s >= start_B  # stop early once every row has emitted eos or used its budget
+    done_B |= gen & (s - start_B + 1 >= budgets_B)
+    if eos_id is not None:
+      done_B |= gen & (toks[:, s] == eos_id)
+    if done_B.all():
+      break
   out = []
   for r in range(b):
-    new = toks[r, start_B[r]:start_B[r] + max_new_tokens].tolist()
+    new = toks[r, start_B[r]:start_B[r] + budgets_B[r]].tolist()
     if eos_id is not None and eos_id in new:
       new = new[:new.index(eos_id)]
     out.append(new)
   return out
 
 
-def decode_text(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int,
-                add_bos: bool = True, batch_size: int = 8, progress: bool = False,
-                desc: str = "decode") -> list[str]:
-  """Greedy text continuations of string prompts (bos prepended when add_bos)."""
+def decode_text(model, tokenizer, prompts: Sequence[str], *,
+                max_new_tokens: int | Sequence[int], add_bos: bool = True, batch_size: int = 8,
+                progress: bool = False, desc: str = "decode") -> list[str]:
+  """Greedy text continuations of string prompts (bos prepended when add_bos); max_new_tokens
+  is one int or one per prompt."""
   ids = [([tokenizer.bos_id] if add_bos else []) + tokenizer.encode(p) for p in prompts]
   new = greedy_decode(model, ids, max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id,
                       batch_size=batch_size, progress=progress, desc=desc)

@@ -24,6 +24,7 @@ import glob as globlib
 import io
 import json
 import os
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -37,6 +38,7 @@ from refine_jax.eval import scoring
 LAYOUTS = ("prompt + answer/answers (ReFINE RULER QA / LongBench parquet, or your own), or "
            "context + input/question + answers (THUDM LongBench jsonl)")
 PARQUET_MAGIC = b"PAR1"
+_LENGTH_SUFFIX = re.compile(r"_(\d+)$")
 _WILDCARDS = "*?["
 
 
@@ -183,42 +185,84 @@ def load(spec, limit: int | None = None) -> list[QARow]:
   return rows
 
 
-def _cut_middle(tokenizer, text: str, budget: int) -> str:
+def cut_middle(tokenizer, text: str, budget: int) -> str:
+  """LongBench's truncation: a text over `budget` tokens keeps its first and last budget // 2
+  tokens (decoded and joined); a shorter one is returned as it is."""
   ids = tokenizer.encode(text)
   if len(ids) <= budget:
     return text
   half = budget // 2
-  return tokenizer.decode(ids[:half]) + tokenizer.decode(ids[len(ids) - (budget - half):])
+  return tokenizer.decode(ids[:half]) + tokenizer.decode(ids[len(ids) - half:])
 
 
-def to_sample(r: QARow, tokenizer=None, num_tokens: int | None = None,
-              task: str = "qa") -> tasks_lib.TaskSample:
-  """A QARow as the TaskSample the runner decodes: a ready prompt is used as it is (cut in
-  the middle to num_tokens when longer); context + question rows get the project's QA prompt
-  around the context (cut in the middle to fit). metadata carries source, row, the row's task
-  ("dataset", what scoring.score_sample scores by), all_classes and max_gen_tokens."""
+def answer_budget(r: QARow, override: int = 0) -> int | None:
+  """Tokens the model may generate for row r: `override` when > 0; else the row's own
+  max_gen_tokens (ReFINE LongBench files) or max_answer_length (ReFINE RULER files); None when
+  the row has neither (the caller decides)."""
+  if override > 0:
+    return int(override)
+  for field in ("max_gen_tokens", "max_answer_length"):
+    n = r.extra.get(field)
+    if isinstance(n, int) and n > 0:
+      return n
+  return None
+
+
+def own_length(r: QARow) -> int | None:
+  """The context length a row was built for: its max_seq_length (ReFINE RULER files), else the
+  <name>_<N> suffix of its file (ReFINE LongBench files, e.g. trec_16384.parquet)."""
+  n = r.extra.get("max_seq_length")
+  if isinstance(n, int) and n > 0:
+    return n
+  m = _LENGTH_SUFFIX.search(os.path.basename(r.source).split(".")[0])
+  return int(m.group(1)) if m else None
+
+
+def to_sample(r: QARow, tokenizer=None, num_tokens: int | None = None, task: str = "qa", *,
+              max_new_tokens: int = 0) -> tasks_lib.TaskSample:
+  """A QARow as the TaskSample the runner decodes.
+
+  A ready prompt is used as it is; context + question rows get the project's QA prompt around
+  the context. With a tokenizer and `num_tokens` (the context length), prompt + answer budget
+  fit it, as the ReFINE scripts set max_prompt_length = max_seq_length - max_response_length:
+  a longer prompt (the context alone, for context + question rows) is cut in the middle
+  (cut_middle, LongBench's rule). Nothing else is added. metadata carries source, row, the
+  row's task ("dataset", what scoring.score_sample scores by), all_classes and max_new_tokens
+  (answer_budget; None when the row has no budget of its own)."""
+  budget = answer_budget(r, max_new_tokens)
   fit = tokenizer is not None and num_tokens is not None
+  room = (int(num_tokens) - (budget or 0)) if fit else None
+  if fit and room <= 0:
+    raise UserError(f"{r.source}:{r.row}: an answer budget of {budget} tokens leaves no room "
+                    f"for the prompt in {num_tokens} tokens; raise the context length.")
   if r.prompt is not None:
-    prompt = _cut_middle(tokenizer, r.prompt, num_tokens) if fit else r.prompt
+    prompt = cut_middle(tokenizer, r.prompt, room) if fit else r.prompt
     target = r.answers[0]
   else:
     head = tasks_lib.QA_INTRO
     tail = tasks_lib.QA_QUESTION + tasks_lib.QA_ANSWER_PREFIX.format(question=r.question)
     context = r.context
     if fit:
-      budget = num_tokens - len(tokenizer.encode(head + tail))
-      if budget <= 0:
-        raise UserError(f"{r.source}:{r.row}: the question alone exceeds {num_tokens} prompt "
-                        "tokens; raise the context length.")
-      context = _cut_middle(tokenizer, context, budget)
+      room -= len(tokenizer.encode(head + tail))
+      if room <= 0:
+        raise UserError(f"{r.source}:{r.row}: the question alone exceeds {num_tokens} tokens; "
+                        "raise the context length.")
+      context = cut_middle(tokenizer, context, room)
     prompt, target = head + context + tail, " " + r.answers[0]
   meta = {"source": r.source, "row": r.row,
           "dataset": None if r.task == "qa" else r.task,
           "all_classes": list(r.all_classes) if r.all_classes else None,
-          "max_gen_tokens": r.extra.get("max_gen_tokens")}
+          "max_new_tokens": budget}
   return tasks_lib.TaskSample(task, prompt, r.answers, target, meta)
 
 
 def samples(spec, tokenizer=None, num_tokens: int | None = None, *, limit: int | None = None,
-            task: str = "qa") -> list[tasks_lib.TaskSample]:
-  return [to_sample(r, tokenizer, num_tokens, task) for r in load(spec, limit)]
+            task: str = "qa", max_new_tokens: int = 0,
+            length: int | None = None) -> list[tasks_lib.TaskSample]:
+  """The rows of `spec` as TaskSamples (to_sample). With `length`, only the rows built for that
+  context length (own_length), the first `limit` of them."""
+  rows = load(spec, None if length is not None else limit)
+  if length is not None:
+    rows = [r for r in rows if own_length(r) == length][:limit]
+  return [to_sample(r, tokenizer, num_tokens, task, max_new_tokens=max_new_tokens)
+          for r in rows]

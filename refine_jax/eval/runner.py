@@ -15,27 +15,22 @@ Scores are percent (perplexity excepted).
 
 from __future__ import annotations
 
-import functools
 import inspect
 import json
 import os
 from typing import Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from flax import nnx
 from tqdm.auto import tqdm
 
 from refine_jax import paths
-from refine_jax.data import pipeline, recall
+from refine_jax.data import pipeline
 from refine_jax.data import tasks as tasks_lib
 from refine_jax.data.tokenizers import get_tokenizer
-from refine_jax.eval import decode, qa_files, report, scoring
-from refine_jax.eval.nll import ntp_eval
-from refine_jax.losses import token_nll
+from refine_jax.eval import decode, logit_tasks, qa_files, report, scoring
 
 TEXT_TASKS = tasks_lib.TASK_NAMES + ("qa", "qa_f1")
 MODEL_TASKS = ("mqar", "perplexity", "recall")
@@ -52,11 +47,15 @@ def default_eval_config() -> ml_collections.ConfigDict:
   # same predictions as qa), mqar, perplexity, recall (-> recall_em, recall_tf, recall_nll,
   # recall_value_nll; needs data.recall in the run config).
   c.tasks = "niah_single,niah_multikey,niah_multivalue,niah_multiquery,variable_tracking"
-  c.context_lengths = "256,512"  # prompt tokens per sample, one column each
-  c.num_samples = 8              # samples per (task, context length)
+  c.context_lengths = "256,512"  # one column each: a generated prompt's tokens; for file
+                                 # rows, prompt + answer budget (longer prompts are cut in the
+                                 # middle). "auto": each file row at its own length only
+                                 # (qa_files.own_length), uncut unless it overflows that
+  c.num_samples = 8              # samples per (task, context length); 0: every file row
   c.batch_size = 8               # prompts decoded together
-  c.max_new_tokens = 0           # 0: the rows' max_gen_tokens (ReFINE LongBench files), else
-                                 # longest reference answer of the batch + 8 tokens
+  c.max_new_tokens = 0           # > 0: every row's answer budget. 0: a file row's own
+                                 # max_gen_tokens / max_answer_length (ReFINE files, as the
+                                 # paper), else the cell's longest reference + 8 tokens
   c.base_seed = 0                # eval seed stream: sample_seed("eval", i, base_seed)
   c.haystack = "noise"           # "noise" (RULER's), "held_out" (held-out corpus text) or a .txt path
   c.num_needles = 4              # multikey / multivalue / multiquery needles
@@ -83,7 +82,13 @@ def _split(value) -> list[str]:
   return [str(v) for v in value]
 
 
-def parse_lengths(value) -> list[int]:
+AUTO = "auto"
+
+
+def parse_lengths(value) -> list[int] | None:
+  """Comma-separated context lengths; None for "auto" (each file row at its own length)."""
+  if isinstance(value, str) and value.strip().lower() == AUTO:
+    return None
   try:
     lengths = [int(v) for v in _split(value)]
   except ValueError as e:
@@ -116,13 +121,40 @@ def _haystack(ecfg, config):
   return paths.read_text(h)
 
 
-def task_samples(tokenizer, ecfg, task: str, length: int, haystack="noise"):
-  """The eval samples of one (task, context length) cell."""
+FILE_TASKS = ("qa", "qa_f1")
+
+
+def _qa_path(ecfg, task):
+  if not ecfg.qa_path:
+    raise ValueError(f"task {task!r} needs eval.qa_path ({qa_files.LAYOUTS}).")
+  return ecfg.qa_path
+
+
+def auto_lengths(ecfg, task: str) -> list[int]:
+  """eval.context_lengths="auto": the context lengths the task's file rows were built for."""
+  if task not in FILE_TASKS:
+    raise ValueError(f"eval.context_lengths='auto' reads each QA file row's own length; task "
+                     f"{task!r} has no rows: give its lengths, e.g. '1024,2048'.")
+  rows = qa_files.load(_qa_path(ecfg, task))
+  missing = [r for r in rows if qa_files.own_length(r) is None]
+  if missing:
+    raise ValueError(f"eval.context_lengths='auto': {missing[0].source} row {missing[0].row} "
+                     "has no max_seq_length and its file name no _<length> suffix; give the "
+                     "lengths, e.g. eval.context_lengths=16384.")
+  return sorted({qa_files.own_length(r) for r in rows})
+
+
+def task_samples(tokenizer, ecfg, task: str, length: int, haystack="noise", *,
+                 auto: bool = False):
+  """The eval samples of one (task, context length) cell. auto: the file rows built for
+  `length` (eval.context_lengths="auto")."""
   n = int(ecfg.num_samples)
-  if task in ("qa", "qa_f1"):
-    if not ecfg.qa_path:
-      raise ValueError(f"task {task!r} needs eval.qa_path ({qa_files.LAYOUTS}).")
-    return qa_files.samples(ecfg.qa_path, tokenizer, length, limit=n)
+  if task in FILE_TASKS:
+    return qa_files.samples(_qa_path(ecfg, task), tokenizer, length, limit=n or None,
+                            max_new_tokens=int(ecfg.max_new_tokens),
+                            length=length if auto else None)
+  if n <= 0:
+    raise ValueError(f"eval.num_samples={n}: generated task {task!r} needs a positive count.")
   kwargs = {"haystack": haystack}
   if task.startswith("niah_"):
     kwargs["num_needles"] = int(ecfg.num_needles)
@@ -134,23 +166,33 @@ def task_samples(tokenizer, ecfg, task: str, length: int, haystack="noise"):
 
 
 def model_predictor(model, tokenizer, ecfg):
-  """predict(prompts, max_new_tokens) -> answers, by greedy cached decoding of `model`."""
+  """predict(prompts, budgets) -> answers, by greedy cached decoding of `model` (one answer
+  budget per prompt)."""
 
-  def predict(prompts, max_new_tokens):
-    return decode.decode_text(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+  def predict(prompts, budgets):
+    return decode.decode_text(model, tokenizer, prompts, max_new_tokens=list(budgets),
                               add_bos=bool(ecfg.add_bos), batch_size=int(ecfg.batch_size))
   return predict
 
 
-def _max_new_tokens(tokenizer, ecfg, samples) -> int:
-  """eval.max_new_tokens; 0: the rows' own max_gen_tokens (ReFINE LongBench files) when every
-  row has one, else the longest target + 8 tokens."""
-  if int(ecfg.max_new_tokens) > 0:
-    return int(ecfg.max_new_tokens)
-  own = [(s.metadata or {}).get("max_gen_tokens") for s in samples]
-  if own and all(isinstance(n, int) and n > 0 for n in own):
-    return max(own)
-  return max(len(tokenizer.encode(s.target)) for s in samples) + 8
+def answer_budgets(tokenizer, max_new_tokens: int, samples) -> list[int]:
+  """Tokens each sample may generate: max_new_tokens when > 0; else the row's own budget
+  (metadata "max_new_tokens": the ReFINE files' max_gen_tokens / max_answer_length, as the
+  paper generates); rows without one get the cell's longest target + 8 tokens."""
+  if int(max_new_tokens) > 0:
+    return [int(max_new_tokens)] * len(samples)
+  own = [(s.metadata or {}).get("max_new_tokens") for s in samples]
+  if any(n is None for n in own):
+    fallback = max(len(tokenizer.encode(s.target)) for s in samples) + 8
+    own = [fallback if n is None else n for n in own]
+  return [int(n) for n in own]
+
+
+def score_key(task: str, sample) -> str:
+  """The results row a sample's score goes to: a file row's own task (each row is scored by
+  it), "qa_f1" when token F1 was asked for, else the eval task."""
+  own = (getattr(sample, "metadata", None) or {}).get("dataset")
+  return own if own and task in FILE_TASKS and task != "qa_f1" else task
 
 
 def prediction_record(task: str, length: int, index: int, sample, prediction: str,
@@ -170,125 +212,42 @@ def prediction_record(task: str, length: int, index: int, sample, prediction: st
           "prompt_tail": sample.prompt[-120:]}
 
 
-def _score_text(task, samples, predictions):
-  if task == "qa_f1":  # token F1 asked for explicitly, whatever the rows' dataset
+def score_text(task, samples, predictions) -> tuple[dict[str, float], list[float]]:
+  """({results row: mean score}, per-sample scores): file rows by their own task's metric
+  (score_key), "qa_f1" as token F1 whatever the rows' dataset, generated rows by the task's."""
+  if task == "qa_f1":
     per = [scoring.score_task("qa", [p], [s.answers], metric="qa_f1")
            for p, s in zip(predictions, samples)]
-  else:  # LongBench rows by their dataset's metric, the rest by the task's
+  else:
     per = [scoring.score_sample(task, p, s) for p, s in zip(predictions, samples)]
-  return float(np.mean(per)), per
-
-
-def mqar_score(model, ecfg, length: int) -> float:
-  """MQAR accuracy (percent) of the model's argmax over one batch of held-out sequences."""
-  batch = tasks_lib.mqar_batch(int(ecfg.num_samples), split="eval", base_seed=int(ecfg.base_seed),
-                               seq_len=length, num_kv_pairs=int(ecfg.mqar_kv_pairs),
-                               vocab_size=int(ecfg.mqar_vocab))
-  graphdef, state = nnx.split(model)
-  pred = np.asarray(_argmax_fn(graphdef)(state, jnp.asarray(batch["inputs"])))
-  return scoring.mqar_accuracy(pred, batch["targets"], batch["query_mask"])
-
-
-def recall_scores(model, config, ecfg, length: int) -> dict[str, float]:
-  """Held-out recall rows of `length` tokens (eval stream, base eval.base_seed, the run's
-  data.recall): recall_em = percent of queries whose whole value is argmax-right given the true
-  prefix, which is exactly greedy decoding's exact match (greedy follows the true prefix until
-  its first wrong token); recall_tf = percent of value tokens right; recall_nll / recall_value_nll
-  = mean NLL (nats) over all tokens / value tokens."""
-  b = recall.batch(get_tokenizer(config.data), int(length), int(ecfg.num_samples),
-                   base_seed=int(ecfg.base_seed), spec=recall.RecallSpec.of(config.data.recall),
-                   add_bos=bool(config.data.add_bos))
-  graphdef, state = nnx.split(model)
-  fn, rows = _pred_nll_fn(graphdef), max(1, int(ecfg.batch_size))
-  outs = [fn(state, jnp.asarray(b["inputs"][i:i + rows]), jnp.asarray(b["targets"][i:i + rows]))
-          for i in range(0, len(b["inputs"]), rows)]
-  pred_BT = np.concatenate([np.asarray(p) for p, _ in outs])
-  nll_BT = np.concatenate([np.asarray(n) for _, n in outs])
-  return value_scores(pred_BT, nll_BT, b["targets"], b["value_mask"])
-
-
-def value_scores(pred_BT, nll_BT, targets_BT, value_mask_BT) -> dict[str, float]:
-  """recall_* scores from argmax predictions and per-token NLL; a query's value is one run of
-  consecutive value_mask positions (two values never touch: a key and '=' sit between)."""
-  m = np.asarray(value_mask_BT) > 0
-  hit = (np.asarray(pred_BT) == np.asarray(targets_BT)) & m
-  starts = m & ~np.pad(m, ((0, 0), (1, 0)))[:, :-1]
-  run = np.cumsum(starts.reshape(-1)).reshape(m.shape)  # value id per position (global)
-  n_values = int(starts.sum())
-  wrong = np.zeros(n_values + 1, bool)
-  np.logical_or.at(wrong, run[m & ~hit], True)
-  return {"recall_em": 100.0 * (n_values - int(wrong[1:].sum())) / max(n_values, 1),
-          "recall_tf": 100.0 * float(hit.sum()) / max(int(m.sum()), 1),
-          "recall_nll": float(np.mean(nll_BT)),
-          "recall_value_nll": float(np.asarray(nll_BT)[m].mean()) if m.any() else float("nan")}
-
-
-@functools.lru_cache(maxsize=8)
-def _pred_nll_fn(graphdef):
-
-  def fn(state, ids_BT, targets_BT):
-    logits_BTV = nnx.merge(graphdef, state)(ids_BT).logits
-    return logits_BTV.argmax(-1), token_nll(logits_BTV, targets_BT)
-  return jax.jit(fn)
-
-
-def teacher_forced_accuracy(model, tokenizer, samples, *, add_bos: bool = True) -> float:
-  """Percent of target tokens (sample.target) that the model's argmax predicts given the
-  prompt and the true target prefix; one right-padded forward (causal, so padding is inert)."""
-  rows = []
-  for s in samples:
-    prompt = ([tokenizer.bos_id] if add_bos else []) + tokenizer.encode(s.prompt)
-    rows.append((prompt, tokenizer.encode(s.target)))
-  width = max(len(p) + len(t) for p, t in rows)
-  ids_BT = np.full((len(rows), width), tokenizer.pad_id, np.int32)
-  for r, (p, t) in enumerate(rows):
-    ids_BT[r, :len(p) + len(t)] = p + t
-  graphdef, state = nnx.split(model)
-  pred_BT = np.asarray(_argmax_fn(graphdef)(state, jnp.asarray(ids_BT)))
-  hits = total = 0
-  for r, (p, t) in enumerate(rows):
-    pos = np.arange(len(p) - 1, len(p) + len(t) - 1)  # logits at pos predict token pos + 1
-    hits += int((pred_BT[r, pos] == ids_BT[r, pos + 1]).sum())
-    total += len(t)
-  return 100.0 * hits / max(total, 1)
-
-
-@functools.lru_cache(maxsize=8)
-def _argmax_fn(graphdef):
-  return jax.jit(lambda state, ids: nnx.merge(graphdef, state)(ids).logits.argmax(-1))
-
-
-@functools.lru_cache(maxsize=8)
-def _nll_step(graphdef):
-  return jax.jit(lambda state, batch: ntp_eval(nnx.merge(graphdef, state), batch))
-
-
-def perplexity_score(model, config, ecfg, length: int) -> float:
-  """Held-out perplexity with sequences of `length` tokens (data.* from the run config)."""
-  cfg = ml_collections.ConfigDict(config.to_dict())
-  cfg.data.seq_len = int(length)
-  batches = pipeline.make_eval_batches(cfg, int(ecfg.ppl_batches),
-                                       batch_size=int(ecfg.batch_size))
-  graphdef, state = nnx.split(model)
-  step = _nll_step(graphdef)
-  nll, tokens = 0.0, 0.0
-  for b in batches:
-    out = jax.device_get(step(state, {k: np.asarray(v) for k, v in b.items()}))
-    nll += float(out["nll_sum"])
-    tokens += float(out["tokens"])
-  return scoring.perplexity(nll, tokens)
+  by_key: dict[str, list[float]] = {}
+  for s, sc in zip(samples, per):
+    by_key.setdefault(score_key(task, s), []).append(sc)
+  return {k: float(np.mean(v)) for k, v in by_key.items()}, per
 
 
 def _with_budget(predict_fn):
-  """predict(prompts, max_new_tokens) from a predict_fn taking (prompts) or (prompts, n)."""
+  """predict(prompts, budgets) from a predict_fn taking (prompts) or (prompts, n): the latter
+  is called once per distinct budget, on the prompts that have it."""
   try:
     params = [p for p in inspect.signature(predict_fn).parameters.values()
               if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
   except (TypeError, ValueError):
     params = []
-  if len(params) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params):
-    return lambda prompts, n: list(predict_fn(prompts, n))
-  return lambda prompts, _: list(predict_fn(prompts))
+  if not (len(params) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)):
+    return lambda prompts, _: list(predict_fn(prompts))
+
+  def predict(prompts, budgets):
+    out = [None] * len(prompts)
+    for n in dict.fromkeys(budgets):
+      idx = [i for i, b in enumerate(budgets) if b == n]
+      answers = list(predict_fn([prompts[i] for i in idx], n))
+      if len(answers) != len(idx):
+        raise ValueError(f"predict_fn returned {len(answers)} answers for {len(idx)} prompts.")
+      for i, a in zip(idx, answers):
+        out[i] = a
+    return out
+  return predict
 
 
 def stage_eval_config() -> ml_collections.ConfigDict:
@@ -309,6 +268,31 @@ def eval_stage(config, workdir: str, model) -> dict:
                   config=config, title=os.path.basename(paths.norm(workdir)))
 
 
+def _text_cell(model, tokenizer, ecfg, task, length, predict, cache, *, haystack, auto):
+  """({results row: score}, prediction records) of one decoded (task, length) cell; qa and
+  qa_f1 share one decode through `cache`. A task too long for the length leaves the cell out."""
+  key = ("qa" if task == "qa_f1" else task, length)
+  if key not in cache:
+    try:
+      samples = task_samples(tokenizer, ecfg, task, length, haystack, auto=auto)
+    except tasks_lib.TaskTooShortError as e:
+      logging.warning("skipping %s at context length %d: %s", task, length, e)
+      return {}, []
+    preds = predict([s.prompt for s in samples],
+                    answer_budgets(tokenizer, int(ecfg.max_new_tokens), samples))
+    if len(preds) != len(samples):
+      raise ValueError(f"predict_fn returned {len(preds)} answers for {len(samples)} prompts.")
+    cache[key] = (samples, preds)
+  samples, preds = cache[key]
+  scores, per = score_text(task, samples, preds)
+  records = [prediction_record(task, length, i, s, p, sc)
+             for i, (s, p, sc) in enumerate(zip(samples, preds, per))]
+  if ecfg.teacher_forced and model is not None and task != "qa_f1":
+    scores[f"{task}_tf"] = logit_tasks.teacher_forced_accuracy(model, tokenizer, samples,
+                                                   add_bos=bool(ecfg.add_bos))
+  return scores, records
+
+
 def run_eval(model, tokenizer=None, eval_cfg=None, out_dir: str | None = None, /, *,
              config=None, predict_fn: PredictFn | None = None, title: str = "eval") -> dict:
   """Evaluates tasks x context lengths; returns {task: {context_len: score}}.
@@ -325,6 +309,7 @@ def run_eval(model, tokenizer=None, eval_cfg=None, out_dir: str | None = None, /
     raise TypeError("run_eval(model, tokenizer, eval_cfg, out_dir): eval_cfg is missing.")
   ecfg = eval_cfg.eval if "eval" in eval_cfg else eval_cfg
   names, lengths = parse_tasks(ecfg.tasks), parse_lengths(ecfg.context_lengths)
+  auto = lengths is None
   if model is None and predict_fn is None:
     raise ValueError("run_eval needs a model or a predict_fn(prompts) -> answers.")
   if tokenizer is None and any(n in TEXT_TASKS for n in names):
@@ -338,7 +323,7 @@ def run_eval(model, tokenizer=None, eval_cfg=None, out_dir: str | None = None, /
       else "noise"
   results: dict = {}
   records = []
-  cells = [(t, n) for t in names for n in lengths]
+  cells = [(t, n) for t in names for n in (auto_lengths(ecfg, t) if auto else lengths)]
   # Every process computes (the model is sharded over all of them); one draws and writes.
   primary = jax.process_index() == 0
   bar = None
@@ -346,49 +331,16 @@ def run_eval(model, tokenizer=None, eval_cfg=None, out_dir: str | None = None, /
     bar = tqdm(total=len(cells), desc=title, dynamic_ncols=True)
   cache: dict = {}  # qa and qa_f1 share predictions
   for task, length in cells:
-    tf = None
     if bar is not None:
       bar.set_postfix(task=task, len=length)
     if task in MODEL_TASKS:
-      if model is None:
-        raise ValueError(f"task {task!r} needs a model (it reads logits), not a predict_fn.")
-      if task == "mqar":
-        score = mqar_score(model, ecfg, length)
-      elif task == "recall":
-        if config is None:
-          raise ValueError("task 'recall' needs the run config (data.recall); pass config=.")
-        for name, value in recall_scores(model, config, ecfg, length).items():
-          results.setdefault(name, {})[length] = float(value)
-        if bar is not None:
-          bar.update(1)
-        continue
-      else:
-        if config is None:
-          raise ValueError("task 'perplexity' needs the run config (data.*); pass config=.")
-        score = perplexity_score(model, config, ecfg, length)
+      scores = logit_tasks.scores(model, config, ecfg, task, length)
     else:
-      key = ("qa" if task == "qa_f1" else task, length)
-      if key not in cache:
-        try:
-          samples = task_samples(tokenizer, ecfg, task, length, haystack)
-        except tasks_lib.TaskTooShortError as e:  # leave the cell out, keep the others
-          logging.warning("skipping %s at context length %d: %s", task, length, e)
-          if bar is not None:
-            bar.update(1)
-          continue
-        preds = predict([s.prompt for s in samples], _max_new_tokens(tokenizer, ecfg, samples))
-        if len(preds) != len(samples):
-          raise ValueError(f"predict_fn returned {len(preds)} answers for {len(samples)} prompts.")
-        cache[key] = (samples, preds)
-      samples, preds = cache[key]
-      score, per = _score_text(task, samples, preds)
-      records += [prediction_record(task, length, i, s, p, sc)
-                  for i, (s, p, sc) in enumerate(zip(samples, preds, per))]
-      if ecfg.teacher_forced and model is not None and task != "qa_f1":
-        tf = teacher_forced_accuracy(model, tokenizer, samples, add_bos=bool(ecfg.add_bos))
-    results.setdefault(task, {})[length] = float(score)
-    if tf is not None:
-      results.setdefault(f"{task}_tf", {})[length] = tf
+      scores, recs = _text_cell(model, tokenizer, ecfg, task, length, predict, cache,
+                                haystack=haystack, auto=auto)
+      records += recs
+    for name, value in scores.items():
+      results.setdefault(name, {})[length] = float(value)
     if bar is not None:
       bar.update(1)
   if bar is not None:

@@ -18,11 +18,11 @@ from flax import nnx
 
 from refine_jax import paths
 from refine_jax.data import tasks as tasks_lib
-from refine_jax.eval import decode, report, runner, scoring
+from refine_jax.eval import decode, report, runner
 from refine_jax.models import build_model
 from refine_jax.train import init_checkpoint
 
-Predict = Callable[[Sequence[tasks_lib.TaskSample], int], Sequence[str]]
+Predict = Callable[[Sequence[tasks_lib.TaskSample], Sequence[int]], Sequence[str]]
 
 
 def eval_cells(config, tokenizer, samples_from_file=None) -> dict:
@@ -43,19 +43,17 @@ def eval_cells(config, tokenizer, samples_from_file=None) -> dict:
   return cells
 
 
-def max_new_tokens(tokenizer, config, samples) -> int:
-  n = int(config.eval.max_new_tokens)
-  return n if n > 0 else max(len(tokenizer.encode(s.target)) for s in samples) + 8
-
-
 def score_cells(cells: dict, predict: Predict, tokenizer, config, out_dir: str | None,
                 title: str) -> dict:
-  """Predicts and scores every cell; writes results when out_dir is given."""
+  """Predicts (one answer budget per row: runner.answer_budgets) and scores every cell, each
+  file row by its own task (runner.score_text); writes results when out_dir is given."""
   results, records = {}, []
   for (task, length), samples in cells.items():
-    preds = list(predict(samples, max_new_tokens(tokenizer, config, samples)))
-    per = [scoring.score_sample(task, p, s) for p, s in zip(preds, samples)]
-    results.setdefault(task, {})[length] = float(np.mean(per))
+    budgets = runner.answer_budgets(tokenizer, int(config.eval.max_new_tokens), samples)
+    preds = list(predict(samples, budgets))
+    scores, per = runner.score_text(task, samples, preds)
+    for name, value in scores.items():
+      results.setdefault(name, {})[length] = value
     records += [runner.prediction_record(task, length, i, s, p, sc)  # eval.score reads these
                 for i, (s, p, sc) in enumerate(zip(samples, preds, per))]
   if out_dir and jax.process_index() == 0:  # every process scored; one writes
@@ -67,9 +65,9 @@ def score_cells(cells: dict, predict: Predict, tokenizer, config, out_dir: str |
 
 def greedy_predictor(model, tokenizer, config) -> Predict:
 
-  def predict(samples, max_new):
+  def predict(samples, budgets):
     return decode.decode_text(model, tokenizer, [s.prompt for s in samples],
-                              max_new_tokens=max_new, add_bos=bool(config.data.add_bos),
+                              max_new_tokens=budgets, add_bos=bool(config.data.add_bos),
                               batch_size=int(config.eval.batch_size))
   return predict
 

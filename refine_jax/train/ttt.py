@@ -216,7 +216,9 @@ class Session:
     self.metrics: list = []
     self.last_adapted = None
 
-  def answer(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+  def answer(self, prompts: Sequence[str], max_new_tokens) -> list[str]:
+    """Greedy answers after test-time training on the prompts; max_new_tokens: one int or one
+    per prompt."""
     bos = [self.tok.bos_id] if bool(self.config.data.add_bos) else []
     ids = [bos + self.tok.encode(p) for p in prompts]
     adapted, rows = adapt(self.model, self.config, ids, return_metrics=True)
@@ -290,14 +292,15 @@ def run(config, workdir):
 
   cell_of = {id(samples): key for key, samples in cells.items()}
 
-  def predict(samples, max_new):
+  def predict(samples, budgets):
     task, length = cell_of[id(samples)]
     out = []
     for j in range(0, len(samples), bs):
       key = f"{task}|{length}|{j // bs}|{tag:08x}"
       if key not in progress.done:
         n = len(session.metrics)
-        progress.add(key, session.answer([s.prompt for s in samples[j:j + bs]], max_new),
+        progress.add(key, session.answer([s.prompt for s in samples[j:j + bs]],
+                                          budgets[j:j + bs]),
                      session.metrics[n:])
       out += progress.done[key]["answers"]
     return out
