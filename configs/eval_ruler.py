@@ -6,8 +6,8 @@ held-out perplexity.
       [--config.eval.context_lengths=1024,2048,4096] [--config.eval.num_samples=50]
 
 checkpoint: anything refine_jax.load_pretrained takes (run dir, Orbax checkpoint, bundle,
-HF/FLA dir). Results go to <run dir>/eval (results.json, results.md, PNGs, predictions.jsonl)
-unless out_dir is set. With the byte tokenizer the NIAH prompts need >= 768 tokens (multiquery); shorter cells
+HF/FLA dir). Results go to <run dir>/eval/eval_ruler/ (results.json, results.md, PNGs,
+predictions.jsonl) unless out_dir is set; the training-time eval in <run dir>/eval/ stays. With the byte tokenizer the NIAH prompts need >= 768 tokens (multiquery); shorter cells
 are skipped with a warning.
 """
 
@@ -26,7 +26,8 @@ import ml_collections
 def get_config():
   c = ml_collections.ConfigDict()
   c.checkpoint = ""  # run dir / Orbax checkpoint / bundle / HF dir (required)
-  c.out_dir = ""     # default: <run dir>/eval, or ./eval_<name> for non-run checkpoints
+  c.out_dir = ""     # default: <run dir>/eval/<config name>, or ./eval_<ckpt>/<config name>
+  c.overwrite = False  # replace the results already in out_dir (refused otherwise)
   c.eval = runner.default_eval_config()
   c.eval.tasks = ("niah_single,niah_multikey,niah_multivalue,niah_multiquery,"
                   "variable_tracking,mqar,perplexity")

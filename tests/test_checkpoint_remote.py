@@ -175,9 +175,9 @@ def test_midtrain_on_gs_resumes_after_kill_then_eval_and_load_pretrained(gcs, tm
            f"--config.checkpoint={RUN}", "--config.eval.tasks=niah_single,perplexity",
            "--config.eval.context_lengths=128", "--config.eval.num_samples=2",
            "--config.eval.ppl_batches=1", "--config.eval.progress=False"], env)
-  results = json.loads(_get(url, "run/eval/results.json"))
-  assert _get(url, "run/eval/perplexity.png")[:8] == b"\x89PNG\r\n\x1a\n"
-  assert _get(url, "run/eval/results.md")
+  results = json.loads(_get(url, "run/eval/eval_ruler/results.json"))
+  assert _get(url, "run/eval/eval_ruler/perplexity.png")[:8] == b"\x89PNG\r\n\x1a\n"
+  assert _get(url, "run/eval/eval_ruler/results.md")
 
   # load_pretrained, and what init_checkpoint=gs://... goes through (validation, the model
   # config taken from the run, params-only loading).

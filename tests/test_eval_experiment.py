@@ -99,8 +99,8 @@ def test_tiny_recall_experiment_end_to_end(tmp_path):
   cfg = eval_ruler.get_config()
   cfg.checkpoint = os.path.join(work, "pretrain")
   cfg.eval = exp.eval
-  res = eval_main.evaluate_checkpoint(cfg)
-  assert report.load_results(os.path.join(work, "pretrain", "eval")) == res
+  res = eval_main.evaluate_checkpoint(cfg, "eval_ruler")
+  assert report.load_results(os.path.join(work, "pretrain", "eval", "eval_ruler")) == res
   assert res["recall_nll"][256] == pytest.approx(
       summary["per_seed"]["base"][0]["recall_nll"][256], rel=1e-5)
 
