@@ -57,6 +57,7 @@ def get_config():
   # each); override e.g. --config.refine.reward=hybrid --config.refine.num_chunks=16.
   c.refine = default_refine_config()
   c.refine.log_rollouts_every = 20
+  c.refine.log_grad_share = True  # grad_share in metrics.jsonl and the training curves
 
   # midtrain.*: what happens around the ReFINE loop.
   c.midtrain = config_dict.ConfigDict()

@@ -98,11 +98,14 @@ class Objective(NamedTuple):
   weights(batch) -> {name: total weight of term `name` in `batch`} -- must equal the sum of
       terms[name].weight over any row split of `batch` (tests check it); depends on the
       batch's masks only.
+  share_of: names of terms whose part of the update's gradient is logged as "grad_share" =
+      |g_S| / (|g_S| + |g - g_S|) (train/update.py; costs one more backward pass; () = off).
   Calling an Objective on a whole batch gives the plain (loss, metrics) of that batch.
   """
   terms: Callable
   coefs: Mapping[str, float]
   weights: Callable
+  share_of: tuple = ()
 
   def __call__(self, model, batch, rng):
     terms, metrics = self.terms(model, batch, rng)
@@ -128,7 +131,7 @@ def finalize(terms, metrics, coefs, loss):
 def on_view(obj: Objective, view: Callable) -> Objective:
   """The same objective on view(batch) (e.g. post-training's prompt-only inner update)."""
   return Objective(lambda model, batch, rng: obj.terms(model, view(batch), rng), obj.coefs,
-                   lambda batch: obj.weights(view(batch)))
+                   lambda batch: obj.weights(view(batch)), obj.share_of)
 
 
 def per_row(loss_fn: Callable) -> Objective:

@@ -59,13 +59,13 @@ def test_eval_plots_label_every_length_and_keep_zero_lines_visible(tmp_path):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   captured = {}
-  real_save = report._save
-  report._save = lambda fig, path: captured.setdefault(path, fig.axes[0])
+  real_save = report.save_png
+  report.save_png = lambda fig, path: captured.setdefault(path, fig.axes[0])
   try:
     report.plot_results({"a": {128: 0.0, 256: 0.0, 512: 0.0}, "b": {128: 0.0, 512: 0.0},
                          "recall_nll": {128: 2.01, 256: 2.02}}, str(tmp_path))
   finally:
-    report._save = real_save
+    report.save_png = real_save
   scores = captured[str(tmp_path / report.SCORES_PNG)]
   assert [t.get_text() for t in scores.get_xticklabels()] == ["128", "256", "512"]
   lines = scores.get_lines()
@@ -74,6 +74,31 @@ def test_eval_plots_label_every_length_and_keep_zero_lines_visible(tmp_path):
   nll = captured[str(tmp_path / report.NLL_PNG)]
   assert nll.get_ylim()[0] == 0.0  # no zoom into a 0.01 difference
   plt.close("all")
+
+
+def test_plots_say_what_they_show(tmp_path):
+  """_tf rows are named teacher-forced in the legend, the figure and results.md; a metric at
+  one context length is drawn as its number, not as a single point on an axis."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  captured = {}
+  real_save = report.save_png
+  report.save_png = lambda fig, path: captured.setdefault(path, fig)
+  try:
+    report.plot_results({"niah_single": {512: 0.0, 1024: 0.0},
+                         "niah_single_tf": {512: 10.0, 1024: 20.0},
+                         "perplexity": {512: 12.34}}, str(tmp_path))
+  finally:
+    report.save_png = real_save
+  scores = captured[str(tmp_path / report.SCORES_PNG)]
+  assert [t.get_text() for t in scores.axes[0].get_legend().get_texts()] == [
+      "niah_single", "niah_single_tf (teacher-forced)"]
+  assert any("teacher-forced accuracy" in t.get_text() for t in scores.texts)
+  ppl = captured[str(tmp_path / report.PERPLEXITY_PNG)].axes[0]
+  assert not ppl.axison
+  assert [t.get_text() for t in ppl.texts] == ["12.34", "perplexity at 512 tokens"]
+  md = report.markdown_table({"niah_single_tf": {512: 10.0}})
+  assert "teacher-forced accuracy" in md
 
 
 def test_markdown_table_of_one_run():

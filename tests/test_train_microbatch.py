@@ -189,6 +189,31 @@ def test_ppo_builder_equals_unaccumulated():
     _run_step(midtrain.make_ppo_step_builder(rc, 4)(graphdef, None, tx), p0, tx, rest, batch)
 
 
+def test_grad_share_is_the_rl_terms_part_of_the_gradient():
+  """refine.log_grad_share logs |g_RL| / (|g_RL| + |g_NTP|) of the update's gradient: checked
+  against g_NTP from the plain NTP objective and g_RL = g - g_NTP read off an SGD(lr=1) step,
+  on a ragged mask; the update itself is bit-identical with the metric off, and microbatches
+  do not change it."""
+  graphdef, p0, rest = _split(_tiny_lm())
+  tx, batch = optax.sgd(1.0), _refine_batch()
+  batch["loss_mask"] = (np.arange(SEQ)[None] < np.array([[SEQ], [9], [SEQ], [5]])).astype(
+      np.float32)
+  plain = refine_step.make_loss_fn(_greedy_rcfg())
+  shared = refine_step.make_loss_fn(_greedy_rcfg(log_grad_share=True))
+  p1, _, out = _run_step(update.make_train_step(graphdef, plain, tx), p0, tx, rest, batch)
+  p2, _, out2 = _run_step(update.make_train_step(graphdef, shared, tx), p0, tx, rest, batch)
+  assert "grad_share" not in out
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)))
+  g = jax.tree.map(lambda a, b: a - b, p0, p1)  # SGD, lr 1: the step's gradient
+  g_ntp = jax.grad(lambda p: losses.ntp_loss(nnx.merge(graphdef, p, rest), batch, None)[0])(p0)
+  g_rl = jax.tree.map(lambda a, b: a - b, g, g_ntp)
+  a, b = update.global_norm(g_rl), update.global_norm(g_ntp)
+  assert 0.02 < float(a / (a + b)) < 0.98  # both parts really there
+  np.testing.assert_allclose(float(out2["grad_share"]), float(a / (a + b)), rtol=2e-3)
+  _, _, out4 = _run_step(update.make_train_step(graphdef, shared, tx, 2), p0, tx, rest, batch)
+  np.testing.assert_allclose(float(out4["grad_share"]), float(out2["grad_share"]), rtol=1e-4)
+
+
 def test_bad_microbatch_configs_are_refused(tmp_path):
   c = pretrain.get_config()
   c.train.batch_size, c.train.microbatches = 8, 3

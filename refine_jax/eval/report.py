@@ -21,7 +21,6 @@ RESULTS_MD = "results.md"
 SCORES_PNG = "scores.png"
 PERPLEXITY_PNG = "perplexity.png"
 NLL_PNG = "nll.png"
-TRAINING_CURVES_PNG = "training_curves.png"
 NLL_TASKS = ("recall_nll", "recall_value_nll")
 LOWER_IS_BETTER = ("perplexity",) + NLL_TASKS
 _MARKERS = "osD^v<>ph*"
@@ -69,8 +68,17 @@ def average(row: Mapping) -> float:
   return float(np.mean(vals)) if vals else float("nan")
 
 
+TF_NOTE = ("<task>_tf: teacher-forced accuracy, the percent of answer tokens the model's "
+           "argmax gets right given the prompt and the true answer so far")
+
+
+def _label(task: str) -> str:
+  return f"{task} (teacher-forced)" if task.endswith("_tf") else task
+
+
 def markdown_table(results: Mapping, title: str | None = None) -> str:
-  """Tasks as rows, context lengths as columns, plus the row average."""
+  """Tasks as rows, context lengths as columns, plus the row average (and what _tf means when
+  such rows are there)."""
   lengths = lengths_of(results)
   lines = [f"### {title}", ""] if title else []
   lines.append("| task | " + " | ".join(str(n) for n in lengths) + " | avg |")
@@ -80,10 +88,12 @@ def markdown_table(results: Mapping, title: str | None = None) -> str:
     d = _digits(task)
     cells = [_fmt(row.get(n, float("nan")), d) for n in lengths]
     lines.append(f"| {task} | " + " | ".join(cells) + f" | {_fmt(average(row), d)} |")
+  if any(t.endswith("_tf") for t in results):
+    lines += ["", f"{TF_NOTE}."]
   return "\n".join(lines) + "\n"
 
 
-def _pyplot():
+def pyplot():
   """matplotlib.pyplot on the Agg backend, imported on first plot: importing report must
   neither pay matplotlib's import nor switch the backend of a notebook that imports it."""
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -94,8 +104,15 @@ def _pyplot():
 
 def _plot(series: Mapping[str, Mapping], path: str, ylabel: str, title: str,
           errors: Mapping[str, Mapping] | None = None):
-  plt = _pyplot()
+  plt = pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
+  if len({int(k) for row in series.values() for k in row}) == 1:  # one length: numbers
+    number_card(ax, title, [(f"{_label(name)} at {int(k)} tokens", float(v))
+                            for name, row in series.items() for k, v in row.items()])
+    fig.tight_layout()
+    save_png(fig, path)
+    plt.close(fig)
+    return
   all_x, all_y = set(), []
   for j, (name, row) in enumerate(series.items()):
     xs = sorted(int(k) for k in row)
@@ -104,7 +121,7 @@ def _plot(series: Mapping[str, Mapping], path: str, ylabel: str, title: str,
     all_y += ys
     # Lines that coincide (e.g. every task at 0) stay visible: own marker, small x offset.
     shift = 2.0 ** (0.04 * (j - (len(series) - 1) / 2))
-    style = dict(marker=_MARKERS[j % len(_MARKERS)], label=name, alpha=0.85)
+    style = dict(marker=_MARKERS[j % len(_MARKERS)], label=_label(name), alpha=0.85)
     if errors is not None and name in errors:
       err = errors[name]
       es = [float(err[x] if x in err else err[str(x)]) for x in xs]
@@ -118,12 +135,25 @@ def _plot(series: Mapping[str, Mapping], path: str, ylabel: str, title: str,
   ax.set_title(title)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  _save(fig, path)
+  if any(name.endswith("_tf") for name in series):
+    fig.text(0.01, 0.005, TF_NOTE, fontsize=6, color="gray")
+  fig.tight_layout(rect=(0, 0.03, 1, 1))
+  save_png(fig, path)
   plt.close(fig)
 
 
-def _save(fig, path):
+def number_card(ax, title: str, items: Sequence[tuple[str, float]]):
+  """A panel showing one value per line instead of an axis with a single point."""
+  ax.axis("off")
+  ax.set_title(title, fontsize=10)
+  step = 0.8 / max(len(items), 1)
+  for i, (label, v) in enumerate(items):
+    y = 0.9 - step * (i + 0.5)
+    ax.text(0.5, y + 0.06, f"{v:.4g}", ha="center", va="center", fontsize=18)
+    ax.text(0.5, y - 0.06, label, ha="center", va="center", fontsize=8, color="gray")
+
+
+def save_png(fig, path):
   """PNG into memory, then one write through refine_jax.paths (local or gs://)."""
   buf = io.BytesIO()
   fig.savefig(buf, format="png", dpi=100)
@@ -275,7 +305,7 @@ def plot_experiment(intervals_by_arm: Mapping[str, Mapping], path: str, *,
   none). Bottom row (with `paired`): per-seed differences arm - reference as bars with their
   t-interval, the seeds as dots, a zero line. intervals_by_arm: {arm: {task: {length:
   stats.t_interval dict}}}; paired: {arm: {task: {length: t_interval + diffs}}}."""
-  plt = _pyplot()
+  plt = pyplot()
   tasks = list(tasks or dict.fromkeys(t for a in intervals_by_arm.values() for t in a))
   rows = 2 if paired else 1
   fig, axes = plt.subplots(rows, len(tasks), figsize=(4.6 * len(tasks), 3.6 * rows),
@@ -302,12 +332,12 @@ def plot_experiment(intervals_by_arm: Mapping[str, Mapping], path: str, *,
       ax.set_ylim(-lim, lim)
       ax.set_title(f"{task}: arm - {reference} (per seed)", fontsize=9)
       ax.set_ylabel("difference")
-  from matplotlib import patches  # pylint: disable=g-import-not-at-top  (as _pyplot: lazy)
+  from matplotlib import patches  # pylint: disable=g-import-not-at-top  (as pyplot: lazy)
   handles = [patches.Patch(color=c, label=a) for a, c in arm_color.items()]
   fig.legend(handles=handles, loc="upper right", fontsize=8)
   fig.suptitle(title + "  (whiskers: 95% t-interval over seeds)", fontsize=10)
   fig.tight_layout(rect=(0, 0, 0.9, 0.95))
-  _save(fig, path)
+  save_png(fig, path)
   plt.close(fig)
   return path
 
@@ -329,56 +359,3 @@ def _bars(ax, cells_by_arm: Mapping[str, Mapping], lengths, arm_color, *, dots: 
   ax.set_xticklabels([str(n) for n in lengths])
   ax.set_xlabel("context length (tokens)")
   ax.grid(alpha=0.3, axis="y")
-
-
-# ----------------------------------------------------------------------------- training
-
-
-def plot_training_curves(rows: Sequence[Mapping], path: str, title: str = "training") -> str | None:
-  """Loss / ntp_loss, reward mean ± std (ReFINE runs) and held-out perplexity vs step from
-  metrics.jsonl rows; None when there is nothing to plot."""
-  rows = [r for r in rows if "step" in r]
-  if not rows:
-    return None
-  plt = _pyplot()
-
-  def series(key):
-    pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
-    return [p[0] for p in pts], [float(p[1]) for p in pts]
-
-  panels = [("loss", ["loss", "ntp_loss"])]
-  if series("reward_mean")[0]:
-    panels.append(("reward", ["reward_mean"]))
-  if series("eval_ppl")[0]:
-    panels.append(("held-out perplexity", ["eval_ppl"]))
-  fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.4), squeeze=False)
-  for ax, (name, keys) in zip(axes[0], panels):
-    for j, key in enumerate(keys):
-      xs, ys = series(key)
-      if not xs:
-        continue
-      ax.plot(xs, ys, marker=_MARKERS[j] if len(xs) < 40 else None, ms=3, label=key,
-              ls=("-", "--", ":")[j % 3])  # loss == ntp_loss for NTP runs: both stay visible
-      if key == "reward_mean":
-        _, sd = series("reward_std")
-        if len(sd) == len(ys):
-          lo, hi = np.subtract(ys, sd), np.add(ys, sd)
-          ax.fill_between(xs, lo, hi, alpha=0.2, label="± reward_std")
-    ax.set_title(name, fontsize=10)
-    ax.set_xlabel("step")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-  fig.suptitle(title, fontsize=10)
-  fig.tight_layout()
-  _save(fig, path)
-  plt.close(fig)
-  return path
-
-
-def write_training_curves(workdir: str) -> str | None:
-  """<workdir>/eval/training_curves.png from <workdir>/metrics.jsonl (local or gs://)."""
-  rows = path_io.read_jsonl(path_io.join(workdir, "metrics.jsonl"))
-  out = path_io.join(workdir, "eval")
-  path_io.makedirs(out)
-  name = "/".join(path_io.norm(workdir).rstrip("/").split("/")[-3:])  # e.g. arm/seed0/stage0
-  return plot_training_curves(rows, path_io.join(out, TRAINING_CURVES_PNG), title=name)

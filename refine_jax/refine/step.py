@@ -50,10 +50,16 @@ def default_refine_config() -> ml_collections.ConfigDict:
   c.ppo_minibatches = 1
   c.log_rollouts_every = 50    # steps between rollouts.jsonl / TensorBoard text samples; 0 = off
   c.num_logged_rollouts = 4
+  c.log_grad_share = False     # log grad_share: the RL terms' share of the update's gradient
+                               # norm (one more backward pass per step)
   return c
 
 
 GROUPS = ("auto", "position", "sequence")
+
+
+def _share_of(rcfg) -> tuple:
+  return ("pg_loss", "kl") if rcfg.log_grad_share else ()
 
 
 def group_of(rcfg) -> str:
@@ -305,7 +311,7 @@ def objective(rcfg, ref_model=None) -> losses.Objective:
     w = rl_weight(valid_chunks(batch, rcfg), rcfg)
     return {"ntp_loss": jnp.sum(losses.loss_mask(batch)), "pg_loss": w, "kl": w}
 
-  return losses.Objective(terms, _coefs(rcfg), weights)
+  return losses.Objective(terms, _coefs(rcfg), weights, _share_of(rcfg))
 
 
 make_loss_fn = objective  # the stages' name for it
@@ -374,7 +380,7 @@ def policy_objective(rcfg, ref_model=None) -> losses.Objective:
     w = rl_weight(col.valid_Bc, rcfg)
     return {"ntp_loss": jnp.sum(losses.loss_mask(batch)), "pg_loss": w, "kl": w}
 
-  return losses.Objective(terms, _coefs(rcfg), weights)
+  return losses.Objective(terms, _coefs(rcfg), weights, _share_of(rcfg))
 
 
 def policy_loss(model, batch, col: Collected, rcfg, ref_model=None):

@@ -28,7 +28,7 @@ from refine_jax.errors import UserError
 from refine_jax import paths
 from refine_jax import parallel
 from refine_jax.data import pipeline
-from refine_jax.eval import nll, report
+from refine_jax.eval import curves, nll
 from refine_jax.models import build_model
 from refine_jax.train import init_checkpoint, metrics as metrics_lib, optim
 from refine_jax.train import state as state_lib
@@ -278,7 +278,7 @@ def run_training(config, workdir, loss_fn, *, eval_fn=nll.ntp_eval,
                time.time() - t_start, last_saved)
   if jax.process_index() == 0 and start < steps:  # <workdir>/eval/training_curves.png
     try:
-      report.write_training_curves(workdir)
+      curves.write_training_curves(workdir)
     except Exception as e:  # pylint: disable=broad-except  (a plot never fails a run)
       logging.warning("training curves not plotted: %s", e)
   return TrainResult(model=ms.model(), step=max(start, steps), metrics=last_row,

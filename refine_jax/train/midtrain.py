@@ -23,7 +23,7 @@ from flax import nnx
 
 from refine_jax import losses, paths
 from refine_jax.data import tokenizers
-from refine_jax.eval import nll, runner
+from refine_jax.eval import curves, nll, runner
 from refine_jax.refine import step as refine_step
 from refine_jax.train import loop, metrics as metrics_lib, update, warmup
 from refine_jax.train.spec import StepSpec, lm_batch
@@ -278,6 +278,7 @@ def run(config, workdir):
   if jax.process_index() == 0:
     paths.write_text(paths.join(workdir, "midtrain_summary.json"),
                      json.dumps(summary, indent=2, default=_num))
+    curves.write_training_curves(workdir)  # now with next-sequence match before / after
   last = summary["refine"]["last"]
   print(f"midtrain done: step {result.step}, reward_mean {last['reward_mean']}, ntp_loss "
         f"{last['ntp_loss']}, eval_ppl {summary['refine']['eval_ppl']}, run dir {workdir}")

@@ -36,15 +36,38 @@ class GradFn(NamedTuple):
   objective: losses.Objective
 
 
+_PART_GRADS = "_share_of_grads"  # carried through accumulation, turned into "grad_share"
+
+
 def model_grad(graphdef, loss_fn, rest) -> GradFn:
-  """The one value_and_grad over a model's params of an Objective (losses.as_objective)."""
+  """The one value_and_grad over a model's params of an Objective (losses.as_objective).
+  With objective.share_of, the grads of those terms alone ride along in the metrics (summed
+  over microbatches like the grads) so `updates` can log their share of the gradient."""
   obj = losses.as_objective(loss_fn)
 
-  def f(params, batch, rng, norms):
+  def f(params, batch, rng, norms, coefs=obj.coefs):
     terms, metrics = obj.terms(nnx.merge(graphdef, params, rest), batch, rng)
-    return losses.combine(terms, obj.coefs, norms), (terms, metrics)
+    return losses.combine(terms, coefs, norms), (terms, metrics)
 
-  return GradFn(jax.value_and_grad(f, has_aux=True), obj)
+  vg = jax.value_and_grad(f, has_aux=True)
+  if not obj.share_of:
+    return GradFn(vg, obj)
+  part_coefs = {k: c for k, c in obj.coefs.items() if k in obj.share_of}
+
+  def with_part(params, batch, rng, norms):
+    (loss, (terms, metrics)), grads = vg(params, batch, rng, norms)
+    part = jax.grad(lambda p: f(p, batch, rng, norms, part_coefs)[0])(params)
+    return (loss, (terms, dict(metrics, **{_PART_GRADS: part}))), grads
+
+  return GradFn(with_part, obj)
+
+
+def grad_share(part, grads):
+  """|g_S| / (|g_S| + |g - g_S|): how much of the update's gradient the terms S make."""
+  a = global_norm(part)
+  b = global_norm(jax.tree.map(lambda g, p: g.astype(jnp.float32) - p.astype(jnp.float32),
+                               grads, part))
+  return a / jnp.maximum(a + b, 1e-30)
 
 
 def _on_batch(data, fn):
@@ -96,6 +119,9 @@ def updates(grad_fn: GradFn, tx, params, opt_state, data, *, rng, epochs=1, mini
     norms = grad_fn.objective.weights(sub)
     (_, (terms, metrics)), grads = accumulate(grad_fn.grad, params, sub, microbatches, rng,
                                               norms)
+    if _PART_GRADS in metrics:
+      metrics = dict(metrics)
+      metrics["grad_share"] = grad_share(metrics.pop(_PART_GRADS), grads)
     delta, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, delta), opt_state, (terms, metrics, global_norm(grads))
 
