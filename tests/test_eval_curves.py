@@ -38,7 +38,7 @@ def test_curve_panels_follow_the_metrics(tmp_path):
   curves.save_png = capture
   try:
     refine = [{"step": s, "loss": 1.9 / s + 1e-8, "ntp_loss": 1.9 / s, "reward_mean": 0.1 * s,
-               "reward_std": 0.05, "clip_frac": 0.01 * s, "grad_share": 0.2,
+               "reward_std": 0.05, "clip_frac": 0.0, "grad_share": 0.2 + 0.01 * s,
                **({"eval_ppl": 9.0} if s == 6 else {})} for s in range(1, 7)]
     curves.plot_training_curves(refine, os.path.join(tmp_path, "a.png"),
                                 summary={"next_sequence_match_before": 0.25,
@@ -51,13 +51,15 @@ def test_curve_panels_follow_the_metrics(tmp_path):
     curves.save_png = real
   a = seen[os.path.join(tmp_path, "a.png")]
   # ReFINE: NTP loss alone (loss ~ ntp_loss is not drawn over it), reward, clip fraction, RL
-  # gradient share; perplexity logged once and next-sequence match are numbers, not axes.
+  # gradient share; a constant (clip_frac 0 at one update per batch), perplexity logged once
+  # and next-sequence match are numbers, not axes.
   assert [p[0] for p in a] == [
       "NTP loss", "rollout reward (mean ± std over rollouts)", "PPO clip fraction",
       "RL share of the gradient |g_RL| / (|g_RL| + |g_NTP|)", "held-out perplexity",
       "greedy next-sequence match"]
   assert a[0][3] == ["ntp_loss"]
-  assert [p[1] for p in a] == [True, True, True, True, False, False]
+  assert [p[1] for p in a] == [True, True, False, True, False, False]
+  assert a[2][2] == ["0", "clip_frac at every step (1-6)"]
   assert a[4][2] == ["9", "eval_ppl at step 6"]
   assert a[5][2] == ["0.25", "before ReFINE", "0.5", "after ReFINE"]
   b = seen[os.path.join(tmp_path, "b.png")]

@@ -55,8 +55,12 @@ def plot_training_curves(rows: Sequence[Mapping], path: str, title: str = "train
     return [p[0] for p in pts], [float(p[1]) for p in pts]
 
   panels = _panels(rows, summary)
-  fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
-  for ax, (name, keys) in zip(axes[0], panels):
+  cols = min(3, len(panels))
+  nrows = -(-len(panels) // cols)
+  fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.3 * nrows), squeeze=False)
+  for ax in axes.flat[len(panels):]:
+    ax.remove()
+  for ax, (name, keys) in zip(axes.flat, panels):
     if not keys:  # next-sequence match: before / after ReFINE
       before = summary.get("next_sequence_match_before")
       items = ([("before ReFINE", float(before))] if isinstance(before, (int, float)) else [])
@@ -66,6 +70,9 @@ def plot_training_curves(rows: Sequence[Mapping], path: str, title: str = "train
     xs, ys = series(key)
     if len(xs) == 1:
       number_card(ax, name, [(f"{label} at step {xs[0]}", ys[0])])
+      continue
+    if len(set(ys)) == 1:  # e.g. clip_frac 0 when each batch makes one (on-policy) update
+      number_card(ax, name, [(f"{label} at every step ({xs[0]}-{xs[-1]})", ys[0])])
       continue
     ax.plot(xs, ys, marker="o" if len(xs) < 40 else None, ms=3, label=label)
     if key == "reward_mean":
