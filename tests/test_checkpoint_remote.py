@@ -229,6 +229,39 @@ def test_posttrain_then_ttt_from_gs(gcs):
   assert summary["init_checkpoint"] == f"{RUN}-post"
 
 
+def test_qa_files_and_globs_on_gs(gcs, tmp_path):
+  """eval.qa_path / score --data with gs:// files and a gs:// glob: parquet known by its bytes,
+  each row with its own task, sources named by their gs:// path."""
+  from test_eval_qa_files import longbench_parquet, ruler_parquet  # pylint: disable=g-import-not-at-top
+  url, env = gcs
+  ruler_parquet(tmp_path / "r.parquet", [(0, "Q: a?\nAnswer:", ["a"], "ruler_squadqa"),
+                                        (1, "Q: b?\nAnswer:", ["b"], "ruler_hotpotqa")])
+  longbench_parquet(tmp_path / "l.parquet", [("Question: x ?\nType:", ["City"], "trec", 8)])
+  for local, name in (("r.parquet", "qa/ruler_squadqa_4096_test.parquet"),
+                      ("r.parquet", "qa/ruler_hotpotqa_4096_test.parquet"),
+                      ("l.parquet", "qa/trec_16384.parquet")):
+    req = urllib.request.Request(
+        f"{url}/upload/storage/v1/b/{BUCKET}/o?uploadType=media&name="
+        f"{urllib.parse.quote(name, safe='')}", method="POST",
+        data=(tmp_path / local).read_bytes(), headers={"Content-Type": "application/octet-stream"})
+    urllib.request.urlopen(req, timeout=30).read()
+  spec = f"gs://{BUCKET}/qa/ruler_*_test.parquet,gs://{BUCKET}/qa/trec_16384.parquet"
+  proc = _python(["-c", f"""
+from refine_jax.eval import qa_files
+for r in qa_files.load({spec!r}):
+  print(r.source, r.row, r.task, qa_files.own_length(r))
+"""], env)
+  assert proc.stdout.split("\n")[:5] == [
+      f"gs://{BUCKET}/qa/ruler_hotpotqa_4096_test.parquet 0 ruler_squadqa 4096",
+      f"gs://{BUCKET}/qa/ruler_hotpotqa_4096_test.parquet 1 ruler_hotpotqa 4096",
+      f"gs://{BUCKET}/qa/ruler_squadqa_4096_test.parquet 0 ruler_squadqa 4096",
+      f"gs://{BUCKET}/qa/ruler_squadqa_4096_test.parquet 1 ruler_hotpotqa 4096",
+      f"gs://{BUCKET}/qa/trec_16384.parquet 0 trec 16384"]
+  bad = _python(["-c", f"from refine_jax.eval import qa_files; "
+                       f"qa_files.load('gs://{BUCKET}/qa/*.jsonl')"], env, check=False)
+  assert bad.returncode and "matches no file" in bad.stderr
+
+
 def test_missing_bucket_fails_at_startup(gcs):
   url, env = gcs
   proc = _python(["-m", "refine_jax.main"] + _TINY + ["--workdir=gs://no-such-bucket/run"], env,
