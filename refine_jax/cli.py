@@ -42,7 +42,11 @@ def _field_message(e: AttributeError, argv) -> str:
 def parse_flags(argv):
   """app.run's flags_parser: bad flags and config files give one line."""
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
+    config = flags.FLAGS["config"].value if "config" in flags.FLAGS else None
+    if config is not None:  # a file that failed to load raises on first use: use it here
+      config.keys()
+    return rest
   except flags.Error as e:
     fail(f"{e}. Flags look like --config=configs/<stage>.py --config.train.steps=100 (the "
          "--config file first, then its overrides).")
@@ -53,9 +57,22 @@ def parse_flags(argv):
     given = [a for a in argv if a.startswith("--config=")]
     fail(f"{given[0] if given else '--config'}: the config file could not be loaded "
          f"({errno_line[-1] if errno_line else str(e).splitlines()[0]}); give the path of a "
-         "file in configs/ (e.g. --config=configs/midtrain.py), relative to where you run.")
+         f"config file, relative to where you run: {_config_files()}.")
   except (ValueError, TypeError) as e:  # e.g. --config.train.steps=abc
     fail(f"{' '.join(str(e).split())}")
+
+
+def _config_files() -> str:
+  """The configs/*.py a user can pass (those of the checkout this package runs from, else of
+  the working directory)."""
+  here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+  for d in (here, "configs"):
+    if os.path.isdir(d):
+      names = sorted(n for n in os.listdir(d) if n.endswith(".py") and not n.startswith("_")
+                     and n not in ("base.py",))
+      if names:
+        return ", ".join(f"configs/{n}" for n in names)
+  return "e.g. configs/midtrain.py"
 
 
 def run(main):

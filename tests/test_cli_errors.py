@@ -59,6 +59,18 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("module,config", [(MAIN, "configs/midtrian.py"),
+                                           ("refine_jax.eval", "configs/eval_rulr.py")])
+def test_misspelled_config_alone_is_one_line_listing_the_configs(tmp_path, module, config):
+  """The bare form, no overrides: ml_collections loads the file lazily, after flag parsing."""
+  proc = _run(module, [f"--config={config}"], tmp_path)
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  errors = [l for l in proc.stderr.splitlines() if "error: " in l]
+  assert len(errors) == 1, proc.stderr
+  assert f"--config={config}" in errors[0] and "configs/midtrain.py" in errors[0]
+  assert "configs/eval_ruler.py" in errors[0]
+
+
 @pytest.mark.parametrize("module,args,want", CASES,
                          ids=[f"{m.split('.')[-1]}:{' '.join(a[1:]) or a[0]}"[:60]
                               for m, a, _ in CASES])
