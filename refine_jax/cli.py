@@ -33,7 +33,9 @@ def fail(message: str):
 def _field_message(e: AttributeError, argv) -> str:
   text = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'").replace("\n", " ")
   name = re.match(r"'?([\w.]+)'?", text)
-  bad = [a.split("=")[0] for a in argv if name and a.split("=")[0].endswith("." + name.group(1))]
+  flag = lambda a: a.split("=")[0] + "."
+  bad = [flag(a)[:-1] for a in argv
+         if name and a.startswith("--config.") and f".{name.group(1)}." in flag(a)]
   where = bad[0] if bad else "a --config.* override"
   return (f"{where}: no such config field ({' '.join(text.split())}); see the config file's "
           "fields, or python -m refine_jax.main --config=FILE --helpfull.")
@@ -50,7 +52,7 @@ def parse_flags(argv):
   except flags.Error as e:
     fail(f"{e}. Flags look like --config=configs/<stage>.py --config.train.steps=100 (the "
          "--config file first, then its overrides).")
-  except AttributeError as e:
+  except (AttributeError, KeyError) as e:  # KeyError: a section the config does not have
     fail(_field_message(e, argv))
   except OSError as e:  # the config file: missing, unreadable, or raising while it loads
     errno_line = [l.strip() for l in str(e).splitlines() if "Errno" in l or "Error" in l]
