@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 
 import jax
 import ml_collections
+from ml_collections import config_dict
 import numpy as np
 from absl import logging
 from tqdm.auto import tqdm
@@ -69,7 +70,8 @@ def default_eval_config() -> ml_collections.ConfigDict:
   c.ppl_batches = 2              # held-out batches per perplexity column
   c.teacher_forced = False       # also <task>_tf: argmax accuracy on the true answer tokens
                                  # given prompt + true answer prefix (moves before exact match)
-  c.add_bos = True
+  c.add_bos = config_dict.placeholder(bool)  # bos before each prompt; None: the run's
+                                 # data.add_bos (what the model was trained with)
   c.progress = True              # tqdm bar over (task, length) cells
   c.plots = True                 # PNG plots beside results.json
   c.save_predictions = True      # predictions.jsonl (prompt tail, prediction, references, score)
@@ -165,13 +167,21 @@ def task_samples(tokenizer, ecfg, task: str, length: int, haystack="noise", *,
           for i in range(n)]
 
 
-def model_predictor(model, tokenizer, ecfg):
+def add_bos(ecfg, config=None) -> bool:
+  """eval.add_bos, or (None) the run config's data.add_bos: prompts go in as the model was
+  trained, with nothing else added."""
+  if ecfg.add_bos is not None:
+    return bool(ecfg.add_bos)
+  return bool(config.data.add_bos) if config is not None and "data" in config else True
+
+
+def model_predictor(model, tokenizer, ecfg, config=None):
   """predict(prompts, budgets) -> answers, by greedy cached decoding of `model` (one answer
   budget per prompt)."""
 
   def predict(prompts, budgets):
     return decode.decode_text(model, tokenizer, prompts, max_new_tokens=list(budgets),
-                              add_bos=bool(ecfg.add_bos), batch_size=int(ecfg.batch_size))
+                              add_bos=add_bos(ecfg, config), batch_size=int(ecfg.batch_size))
   return predict
 
 
@@ -268,7 +278,8 @@ def eval_stage(config, workdir: str, model) -> dict:
                   config=config, title=os.path.basename(paths.norm(workdir)))
 
 
-def _text_cell(model, tokenizer, ecfg, task, length, predict, cache, *, haystack, auto):
+def _text_cell(model, tokenizer, ecfg, task, length, predict, cache, *, haystack, auto,
+               bos):
   """({results row: score}, prediction records) of one decoded (task, length) cell; qa and
   qa_f1 share one decode through `cache`. A task too long for the length leaves the cell out."""
   key = ("qa" if task == "qa_f1" else task, length)
@@ -289,7 +300,7 @@ def _text_cell(model, tokenizer, ecfg, task, length, predict, cache, *, haystack
              for i, (s, p, sc) in enumerate(zip(samples, preds, per))]
   if ecfg.teacher_forced and model is not None and task != "qa_f1":
     scores[f"{task}_tf"] = logit_tasks.teacher_forced_accuracy(model, tokenizer, samples,
-                                                   add_bos=bool(ecfg.add_bos))
+                                                   add_bos=bos)
   return scores, records
 
 
@@ -318,7 +329,7 @@ def run_eval(model, tokenizer=None, eval_cfg=None, out_dir: str | None = None, /
   if predict_fn is not None:
     predict = _with_budget(predict_fn)
   else:
-    predict = model_predictor(model, tokenizer, ecfg)
+    predict = model_predictor(model, tokenizer, ecfg, config)
   haystack = _haystack(ecfg, config) if any(n.startswith(("niah", "variable")) for n in names) \
       else "noise"
   results: dict = {}
@@ -337,7 +348,7 @@ def run_eval(model, tokenizer=None, eval_cfg=None, out_dir: str | None = None, /
       scores = logit_tasks.scores(model, config, ecfg, task, length)
     else:
       scores, recs = _text_cell(model, tokenizer, ecfg, task, length, predict, cache,
-                                haystack=haystack, auto=auto)
+                                haystack=haystack, auto=auto, bos=add_bos(ecfg, config))
       records += recs
     for name, value in scores.items():
       results.setdefault(name, {})[length] = float(value)
