@@ -50,15 +50,19 @@ def get_config():
   c.pretrain_config = "configs/recall.py"
   # train.steps here is the gate's ceiling: the base stops at the first in-band check.
   c.pretrain_overrides = "stage=pretrain train.steps=1500 train.eval_every=100"
-  # Headroom gate: held-out value-token accuracy of the base (data.recall.eval_seed rows, the
-  # development set) must land in [lo, hi] percent, checked every check_every steps.
+  # Headroom gate (refine_jax/eval/gate.py): held-out value-token accuracy of the base
+  # (data.recall.eval_seed rows, the development set), a mean over rows with its standard
+  # error se, must land in [lo, hi] percent with its lower bound score - z * se >= lo.
   c.gate = ml_collections.ConfigDict()
   c.gate.enabled = True
   c.gate.metric = "recall_tf"
   c.gate.lo = 20.0
   c.gate.hi = 70.0
-  c.gate.check_every = 25
-  c.gate.num_samples = 64
+  c.gate.z = 2.0
+  c.gate.check_every = 25        # steps between checks while the score is at its start level
+  c.gate.fine_every = 5          # ... once it has risen (recall is learned in a jump)
+  c.gate.rise_share = 0.5        # not risen by this share of the ceiling: void there, early
+  c.gate.num_samples = 512       # held-out rows per check: se ~0.5 point, small next to 50
   c.seeds = "0,1,2"
   c.steps = 100                   # optimiser steps of every stage of every arm (0 = config's)
   c.overrides = ""                # applied to every stage of every arm, e.g. "train.lr=3e-4"

@@ -278,16 +278,19 @@ def _pretrain_base(exp, workdir) -> tuple[str, dict | None]:
     return _run_stage(c, base).model
 
   def measure(model, step):
-    score = logit_tasks.recall_scores(model, cfg, gcfg, int(cfg.data.seq_len))[g.metric]
-    print(f"experiment gate: step {step}: held-out {g.metric} {score:.1f} "
+    _, rows = logit_tasks.recall_scores(model, cfg, gcfg, int(cfg.data.seq_len), per_row=True)
+    score, se = gate_lib.mean_se([r[g.metric] for r in rows])
+    print(f"experiment gate: step {step}: held-out {g.metric} {score:.1f} ± {se:.1f} "
           f"(band [{g.lo}, {g.hi}])", flush=True)
-    return score
+    return score, se
 
   def save(hist):
     path_io.write_text(gate_path, json.dumps({"history": hist}))
 
   result = gate_lib.headroom_gate(train_to, measure, lo=float(g.lo), hi=float(g.hi),
                                   check_every=int(g.check_every),
+                                  fine_every=int(g.fine_every), z=float(g.z),
+                                  rise_share=float(g.rise_share),
                                   max_steps=int(cfg.train.steps), history=history,
                                   on_check=save)
   result["metric"] = str(g.metric)
@@ -491,8 +494,9 @@ def write_summary(summary: dict, workdir: str, title: str = "NTP vs ReFINE") -> 
           "meta", "void")
   path_io.write_text(paths["json"], json.dumps(_json_keys({k: summary.get(k) for k in keep}),
                                                indent=2, default=_nan_none))
+  gate = (summary.get("meta") or {}).get("gate") or {}
   path_io.write_text(paths["md"], f"# {title}\n\n" + _setup_line(summary) +
-                     "\n".join(summary["tables"]))
+                     "\n".join(summary["tables"] + _gate_lines(gate, workdir)))
   report.plot_experiment(summary["intervals"], paths["png"], title=title,
                          paired=summary.get("paired") or None,
                          reference=summary.get("reference", ""))
@@ -508,8 +512,8 @@ def _setup_line(summary) -> str:
     bits.append(f"{arm}: batch {b['batch_size']}, {b['steps']} steps, {b['updates']} updates")
   g = meta.get("gate")
   if g:
-    bits.append(f"base: gate {g.get('metric', '')} {g['score']:.1f} at step {g['step']} "
-                f"(band {g['band']})")
+    bits.append(f"base: gate {g.get('metric', '')} {g['score']:.1f} ± {g.get('se', 0.0):.1f} "
+                f"at step {g['step']} (band {g['band']})")
   if meta.get("wall_s", {}).get("total") is not None:
     bits.append(f"wall {meta['wall_s']['total'] / 60:.1f} min")
   return ("; ".join(bits) + "\n\n") if bits else ""
@@ -529,12 +533,22 @@ def write_void(workdir: str, reason: str, *, title: str = "NTP vs ReFINE",
   lines = [f"# {title}", "", f"**VOID**: {reason}.", "",
            "No arm was trained: a base outside the headroom band cannot show a difference "
            "between objectives.", ""]
-  hist = ((meta or {}).get("gate") or {}).get("history") or []
-  if hist:
-    lines += ["| base step | held-out score |", "|---|---|"]
-    lines += [f"| {s} | {v:.1f} |" for s, v in hist]
+  gate = (meta or {}).get("gate") or {}
+  lines += _gate_lines(gate, workdir)
   path_io.write_text(paths["md"], "\n".join(lines) + "\n")
   return paths
+
+
+def _gate_lines(gate: dict, workdir: str) -> list[str]:
+  """experiment.md's gate section: the picture (gate.png beside it) and the checks' table."""
+  hist = gate.get("history") or []
+  if not hist:
+    return []
+  report.plot_gate(gate, path_io.join(workdir, "gate.png"))
+  lines = ["## Headroom gate", "", "![gate](gate.png)", "",
+           "| base step | held-out score | standard error |", "|---|---|---|"]
+  return lines + [f"| {h[0]} | {h[1]:.1f} | {h[2] if len(h) > 2 else 0.0:.2f} |"
+                  for h in hist] + [""]
 
 
 def main(argv):

@@ -32,12 +32,13 @@ def mqar_score(model, ecfg, length: int) -> float:
   return scoring.mqar_accuracy(pred, batch["targets"], batch["query_mask"])
 
 
-def recall_scores(model, config, ecfg, length: int) -> dict[str, float]:
+def recall_scores(model, config, ecfg, length: int, *, per_row: bool = False):
   """Held-out recall rows of `length` tokens (eval stream, base eval.base_seed, the run's
   data.recall): recall_em = percent of queries whose whole value is argmax-right given the true
   prefix, which is exactly greedy decoding's exact match (greedy follows the true prefix until
   its first wrong token); recall_tf = percent of value tokens right; recall_nll / recall_value_nll
-  = mean NLL (nats) over all tokens / value tokens."""
+  = mean NLL (nats) over all tokens / value tokens. per_row: also {recall_em, recall_tf: [rows]}
+  (each row's own percent: their spread gives a standard error)."""
   b = recall.batch(get_tokenizer(config.data), int(length), int(ecfg.num_samples),
                    base_seed=int(ecfg.base_seed), spec=recall.RecallSpec.of(config.data.recall),
                    add_bos=bool(config.data.add_bos))
@@ -47,7 +48,11 @@ def recall_scores(model, config, ecfg, length: int) -> dict[str, float]:
           for i in range(0, len(b["inputs"]), rows)]
   pred_BT = np.concatenate([np.asarray(p) for p, _ in outs])
   nll_BT = np.concatenate([np.asarray(n) for _, n in outs])
-  return value_scores(pred_BT, nll_BT, b["targets"], b["value_mask"])
+  scores = value_scores(pred_BT, nll_BT, b["targets"], b["value_mask"])
+  if not per_row:
+    return scores
+  return scores, [value_scores(pred_BT[r:r + 1], nll_BT[r:r + 1], b["targets"][r:r + 1],
+                               b["value_mask"][r:r + 1]) for r in range(len(pred_BT))]
 
 
 def value_scores(pred_BT, nll_BT, targets_BT, value_mask_BT) -> dict[str, float]:

@@ -359,3 +359,27 @@ def _bars(ax, cells_by_arm: Mapping[str, Mapping], lengths, arm_color, *, dots: 
   ax.set_xticklabels([str(n) for n in lengths])
   ax.set_xlabel("context length (tokens)")
   ax.grid(alpha=0.3, axis="y")
+
+
+def plot_gate(gate: Mapping, path: str, title: str = "headroom gate") -> str:
+  """The gate's checks: held-out score ± z * se vs base step, the band shaded, the verdict in
+  the title (gate: eval/gate.py's result dict)."""
+  plt = pyplot()
+  hist = [h if len(h) > 2 else (*h, 0.0) for h in gate["history"]]
+  lo, hi = gate["band"]
+  z = float(gate.get("z", 2.0))
+  fig, ax = plt.subplots(figsize=(6, 3.6))
+  ax.axhspan(lo, hi, color="tab:green", alpha=0.12, label=f"band [{lo:g}, {hi:g}]")
+  ax.errorbar([h[0] for h in hist], [h[1] for h in hist], yerr=[z * h[2] for h in hist],
+              marker="o", ms=3, capsize=2, label=f"held-out score ± {z:g} se")
+  ax.set_xlabel("base step")
+  ax.set_ylabel(f"{gate.get('metric', 'score')} (%)")
+  ax.set_ylim(0, max(100.0, max(h[1] + z * h[2] for h in hist) + 3))
+  verdict = "pass" if gate.get("ok") else "VOID"
+  ax.set_title(f"{title}: {verdict} at step {gate['step']}", fontsize=10)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  save_png(fig, path)
+  plt.close(fig)
+  return path
