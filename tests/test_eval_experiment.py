@@ -92,6 +92,10 @@ def test_tiny_recall_experiment_end_to_end(tmp_path):
       "refine_cos"]["updates"]
   md = open(os.path.join(work, "experiment.md")).read()
   assert "recall_em (higher is better)" in md and "| refine_bin | recall_tf |" in md
+  assert "![gate](gate.png)" in md and open(os.path.join(work, "gate.png"), "rb").read(4) == \
+      b"\x89PNG"
+  env = data["meta"]["environment"]  # what produced the numbers
+  assert env["machine"]["cores"] == os.cpu_count() and env["packages"]["jax"]
   assert open(os.path.join(work, "experiment.png"), "rb").read(4) == b"\x89PNG"
   curves = os.path.join(work, "refine_cos", "seed0", "stage0", "eval", "training_curves.png")
   assert open(curves, "rb").read(4) == b"\x89PNG"
