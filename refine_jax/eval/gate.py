@@ -5,7 +5,8 @@ scores 0) cannot show a difference between training objectives, so it must not p
 as if it could. `headroom_gate` trains in increments and measures after each; every check is a
 mean with its standard error (se), so one noisy check cannot decide the verdict:
 
-- pass: the lower confidence bound (score - z * se) is at least `lo` and the score at most `hi`;
+- pass: the lower confidence bound (score - z * se, scores being percentages: at least 0) is at
+  least `lo` and the score at most `hi`;
 - void, ceiling: the lower bound is above `hi` (the score jumped past the band);
 - void, floor: `max_steps` reached without a pass, or, earlier, the score has not started to
   rise by `rise_share` of max_steps (a base that is still at chance there will not make it);
@@ -79,13 +80,14 @@ def history_text(hist) -> str:
 
 def _verdict(hist, lo, hi, max_steps, z, rise_share):
   step, score, se = hist[-1]
+  low = max(score - z * se, 0.0)  # scores are percentages: the bound stops at 0
   out = {"step": step, "score": score, "se": se, "history": [list(h) for h in hist],
          "band": [lo, hi], "z": z}
   where = f" (held-out score ± se by step: {history_text(hist)})"
-  if score - z * se >= lo and score <= hi:
+  if low >= lo and score <= hi:
     return dict(out, ok=True, reason=f"score {score:.1f} ± {se:.1f} in [{lo}, {hi}] at step "
-                f"{step} (lower bound {score - z * se:.1f})")
-  if score - z * se > hi:
+                f"{step} (lower bound {low:.1f})")
+  if low > hi:
     return dict(out, ok=False, reason=(
         f"score jumped to {score:.1f} ± {se:.1f} at step {step}, past the band [{lo}, {hi}]: "
         "no headroom left; check more often (gate.fine_every) or lower train.lr of the base"
