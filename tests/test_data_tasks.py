@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from refine_jax.data import tasks
+from refine_jax.data import mqar, tasks
 from refine_jax.data.tokenizers import ByteTokenizer
 from refine_jax.eval import scoring
 
@@ -80,7 +80,7 @@ def test_determinism_by_seed():
   c = tasks.niah(TOK, 2000, seed=6, variant="multiquery", haystack=HAYSTACK)
   assert a == b and a.prompt != c.prompt
   assert tasks.variable_tracking(TOK, 800, 3) == tasks.variable_tracking(TOK, 800, 3)
-  m1, m2 = tasks.mqar_batch(4, seq_len=64, num_kv_pairs=8, vocab_size=300), tasks.mqar_batch(
+  m1, m2 = mqar.mqar_batch(4, seq_len=64, num_kv_pairs=8, vocab_size=300), mqar.mqar_batch(
       4, seq_len=64, num_kv_pairs=8, vocab_size=300)
   assert all((m1[k] == m2[k]).all() for k in m1)
 
@@ -101,7 +101,7 @@ def test_train_and_eval_seed_streams_are_disjoint():
 
 
 def test_mqar_structure():
-  m = tasks.mqar(seq_len=128, num_kv_pairs=16, vocab_size=259, seed=3, low=3)
+  m = mqar.mqar(seq_len=128, num_kv_pairs=16, vocab_size=259, seed=3, low=3)
   x, y, mask = m["inputs"], m["targets"], m["query_mask"]
   assert x.shape == y.shape == mask.shape == (128,) and mask.sum() == 16
   assert x.min() >= 3 and y.min() >= 3
@@ -112,7 +112,7 @@ def test_mqar_structure():
   assert (x[32:][mask[32:] == 0] == 3).all()  # the filler elsewhere
   assert scoring.mqar_accuracy(y, y, mask) == 100.0
   with pytest.raises(ValueError, match="too short"):
-    tasks.mqar(seq_len=40, num_kv_pairs=16, vocab_size=259, seed=0)
+    mqar.mqar(seq_len=40, num_kv_pairs=16, vocab_size=259, seed=0)
 
 
 def test_variable_tracking_chain_and_encode_sample():
@@ -139,19 +139,20 @@ def test_too_small_target_is_a_clear_error():
 
 
 def test_qa_from_jsonl(tmp_path):
+  from refine_jax.eval import qa_files  # pylint: disable=g-import-not-at-top
   path = tmp_path / "qa.jsonl"
   rows = [{"context": "Paris is the capital of France. " * 200, "input": "Capital of France?",
            "answers": ["Paris"]}, {"context": "short", "question": "q?", "answers": "a"}]
   path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-  samples = tasks.qa_samples_from_jsonl(str(path), TOK, 1000)
+  samples = qa_files.samples(str(path), TOK, 1000)
   assert [s.answers for s in samples] == [("Paris",), ("a",)]
   assert len(TOK.encode(samples[0].prompt)) <= 1000
   assert samples[0].prompt.endswith("Question: Capital of France?\nAnswer:")
   (tmp_path / "bad.jsonl").write_text('{"context": "x"}\n')
-  with pytest.raises(ValueError, match="bad.jsonl:1"):
-    tasks.qa_samples_from_jsonl(str(tmp_path / "bad.jsonl"))
+  with pytest.raises(ValueError, match="bad.jsonl:0"):
+    qa_files.samples(str(tmp_path / "bad.jsonl"))
   with pytest.raises(FileNotFoundError):
-    tasks.qa_samples_from_jsonl(str(tmp_path / "missing.jsonl"))
+    qa_files.samples(str(tmp_path / "missing.jsonl"))
 
 
 def test_task_batch_masks_prompt_and_answer():

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from refine_jax.data import mqar
 from refine_jax.data import tasks as tasks_lib
 from refine_jax.data.tokenizers import ByteTokenizer
 from refine_jax.eval import logit_tasks, report, runner
@@ -190,7 +191,7 @@ def test_mqar_scores_the_models_argmax_on_query_positions():
   model = build_model(c, rngs=nnx.Rngs(0))
   cfg = _cfg(tasks="mqar", context_lengths="48", num_samples=3, mqar_kv_pairs=4, mqar_vocab=64)
   got = runner.run_eval(model, None, cfg, None)["mqar"][48]
-  batch = tasks_lib.mqar_batch(3, split="eval", seq_len=48, num_kv_pairs=4, vocab_size=64)
+  batch = mqar.mqar_batch(3, split="eval", seq_len=48, num_kv_pairs=4, vocab_size=64)
   pred = np.asarray(model(jnp.asarray(batch["inputs"])).logits).argmax(-1)
   m = batch["query_mask"] > 0
   assert got == pytest.approx(100.0 * (pred[m] == batch["targets"][m]).mean())

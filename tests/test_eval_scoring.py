@@ -107,14 +107,14 @@ def test_score_sample_uses_the_rows_dataset():
 
 def test_longbench_rows_keep_dataset_and_classes(tmp_path):
   import json  # pylint: disable=g-import-not-at-top
-  from refine_jax.data import tasks  # pylint: disable=g-import-not-at-top
   from refine_jax.data.tokenizers import ByteTokenizer  # pylint: disable=g-import-not-at-top
+  from refine_jax.eval import qa_files  # pylint: disable=g-import-not-at-top
   from refine_jax.train import qa_data  # pylint: disable=g-import-not-at-top
   row = {"context": "ctx", "input": "q?", "answers": ["Date"], "dataset": "trec",
          "all_classes": ["Date", "Location"]}
   path = tmp_path / "trec.jsonl"
   path.write_text(json.dumps(row) + "\n")
-  for s in (tasks.qa_samples_from_jsonl(str(path))[0],
+  for s in (qa_files.samples(str(path))[0],
             qa_data.load_samples(str(path), ByteTokenizer())[0]):
     assert s.metadata["dataset"] == "trec" and s.metadata["all_classes"] == ["Date", "Location"]
     assert scoring.score_sample("qa", "Date\nLocation", s) == 100.0  # trec: first line only

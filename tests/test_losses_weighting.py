@@ -20,7 +20,7 @@ from flax import nnx
 from refine_jax import losses
 from refine_jax.models import build_model, default_model_config
 from refine_jax.refine import step as refine_step
-from refine_jax.train import midtrain, optim, posttrain, qa_data, ttt, update
+from refine_jax.train import optim, posttrain, ppo, qa_data, ttt, update
 from refine_jax.train import losses as train_losses
 
 import test_posttrain as PT
@@ -129,9 +129,9 @@ def test_ppo_microbatches_and_minibatch_split_ragged():
   batch, rc = _ragged_batch(), _rcfg(ppo_epochs=1, ppo_minibatches=1)
   keys = ("loss", "ntp_loss", "pg_loss", "reward_mean", "clip_frac", "valid_frac")
   tx = optax.sgd(0.5)
-  p1, _, out1 = _run(midtrain.make_ppo_step_builder(rc, 1)(graphdef, None, tx), p0,
+  p1, _, out1 = _run(ppo.make_ppo_step_builder(rc, 1)(graphdef, None, tx), p0,
                      tx.init(p0), rest, batch)
-  p2, _, out2 = _run(midtrain.make_ppo_step_builder(rc, 2)(graphdef, None, tx), p0,
+  p2, _, out2 = _run(ppo.make_ppo_step_builder(rc, 2)(graphdef, None, tx), p0,
                      tx.init(p0), rest, batch)
   _assert_same(p0, p1, p2, out1, out2, keys + ("grad_norm",))
   # Minibatch splits: each update is its own minibatch's mean; at lr 0 the weights do not move,
@@ -140,7 +140,7 @@ def test_ppo_microbatches_and_minibatch_split_ragged():
   outs = {}
   for mbs, M in ((1, 1), (2, 2), (4, 1)):
     rcm = _rcfg(ppo_epochs=2, ppo_minibatches=mbs)
-    outs[mbs, M] = _run(midtrain.make_ppo_step_builder(rcm, M)(graphdef, None, zero), p0,
+    outs[mbs, M] = _run(ppo.make_ppo_step_builder(rcm, M)(graphdef, None, zero), p0,
                         zero.init(p0), rest, batch)[2]
   for key in outs:
     _assert_same(None, None, None, outs[1, 1], outs[key], keys)

@@ -13,7 +13,7 @@ from flax import nnx
 
 from refine_jax.models import build_model, default_model_config
 from refine_jax.refine import step as refine_step
-from refine_jax.train import midtrain
+from refine_jax.train import ppo
 
 V, SEQ = 64, 48
 BF16_EPS = 2.0 ** -8  # bf16 has 8 significant bits
@@ -47,7 +47,7 @@ def test_first_ppo_update_ratio_is_exactly_one_in_bf16():
   graphdef, params, rest = nnx.split(_model("bfloat16"), nnx.Param, ...)
   sgd = optax.sgd(1e-2)
   rc = _rcfg(ppo_epochs=1, ppo_minibatches=1)
-  step = midtrain.make_ppo_step_builder(rc, 2)(graphdef, None, sgd)
+  step = ppo.make_ppo_step_builder(rc, 2)(graphdef, None, sgd)
   _, _, out = jax.jit(step)(params, sgd.init(params), rest, _batch(), jax.random.key(1))
   assert float(out["valid_frac"]) > 0.5
   assert float(out["ratio_dev"]) == 0.0, float(out["ratio_dev"])

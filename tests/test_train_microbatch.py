@@ -18,7 +18,7 @@ from flax import nnx
 from configs import pretrain
 from refine_jax.models import build_model, default_model_config
 from refine_jax.refine import step as refine_step
-from refine_jax.train import loop, midtrain, optim, update
+from refine_jax.train import loop, optim, ppo, update
 from refine_jax.train import losses
 from refine_jax.train.validate import validate_config
 
@@ -111,8 +111,8 @@ def test_ppo_epochs_apply_the_ntp_term_once_per_update():
   graphdef, p0, rest = _split(_tiny_lm())
   rc = _greedy_rcfg(ppo_epochs=2, ppo_minibatches=2, lambda_rl=0.0)
   tx, batch = optax.sgd(0.5, momentum=0.9), _refine_batch()
-  ppo = midtrain.make_ppo_step_builder(rc)(graphdef, None, tx)
-  p_ppo, _, out = _run_step(ppo, p0, tx, rest, batch)
+  ppo_step = ppo.make_ppo_step_builder(rc)(graphdef, None, tx)
+  p_ppo, _, out = _run_step(ppo_step, p0, tx, rest, batch)
   ntp = update.ntp_step_builder(2, 2)(graphdef, losses.ntp_loss, tx)
   p_ntp, _, out_ntp = _run_step(ntp, p0, tx, rest, batch)
   _assert_same_update(p0, p_ntp, p_ppo)
@@ -176,7 +176,7 @@ def test_refine_fused_step_equals_unaccumulated():
 def test_ppo_builder_equals_unaccumulated():
   graphdef, p0, rest = _split(_tiny_lm())
   rc, tx, batch = _greedy_rcfg(ppo_epochs=1, ppo_minibatches=2), optax.sgd(0.5), _refine_batch()
-  b1, b2 = midtrain.make_ppo_step_builder(rc), midtrain.make_ppo_step_builder(rc, 2)
+  b1, b2 = ppo.make_ppo_step_builder(rc), ppo.make_ppo_step_builder(rc, 2)
   assert b2.microbatches == 2
   p1, _, out1 = _run_step(b1(graphdef, None, tx), p0, tx, rest, batch)
   p2, _, out2 = _run_step(b2(graphdef, None, tx), p0, tx, rest, batch)
@@ -186,7 +186,7 @@ def test_ppo_builder_equals_unaccumulated():
   # Minibatches of 2 sequences do not split into 4 microbatches.
   with pytest.raises(ValueError, match=r"train.batch_size=4 .*refine.ppo_minibatches=2.*"
                                        r"train.microbatches=4"):
-    _run_step(midtrain.make_ppo_step_builder(rc, 4)(graphdef, None, tx), p0, tx, rest, batch)
+    _run_step(ppo.make_ppo_step_builder(rc, 4)(graphdef, None, tx), p0, tx, rest, batch)
 
 
 def test_grad_share_is_the_rl_terms_part_of_the_gradient():

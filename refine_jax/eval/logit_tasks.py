@@ -14,8 +14,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from refine_jax.data import pipeline, recall
-from refine_jax.data import tasks as tasks_lib
+from refine_jax.data import mqar, pipeline, recall
 from refine_jax.data.tokenizers import get_tokenizer
 from refine_jax.eval import scoring
 from refine_jax.eval.nll import ntp_eval
@@ -24,7 +23,7 @@ from refine_jax.losses import token_nll
 
 def mqar_score(model, ecfg, length: int) -> float:
   """MQAR accuracy (percent) of the model's argmax over one batch of held-out sequences."""
-  batch = tasks_lib.mqar_batch(int(ecfg.num_samples), split="eval", base_seed=int(ecfg.base_seed),
+  batch = mqar.mqar_batch(int(ecfg.num_samples), split="eval", base_seed=int(ecfg.base_seed),
                                seq_len=length, num_kv_pairs=int(ecfg.mqar_kv_pairs),
                                vocab_size=int(ecfg.mqar_vocab))
   graphdef, state = nnx.split(model)

@@ -21,84 +21,12 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from refine_jax import losses, paths
+from refine_jax import paths
 from refine_jax.data import tokenizers
 from refine_jax.eval import curves, nll, runner
 from refine_jax.refine import step as refine_step
-from refine_jax.train import loop, metrics as metrics_lib, update, warmup
+from refine_jax.train import loop, metrics as metrics_lib, ppo, warmup
 from refine_jax.train.spec import StepSpec, lm_batch
-
-
-_ROW_FIELDS = ("tokens_Gk", "true_Gk", "old_logp_Gk")  # Collected fields with G rows per sequence
-
-
-def _by_sequence(col, G):
-  """Collected with [B*G, k] row fields viewed as [B, G, k]: every leaf then has one entry per
-  sequence on axis 0, so minibatches and microbatches are plain row splits of it."""
-  return col._replace(**{f: getattr(col, f).reshape(-1, G, *getattr(col, f).shape[1:])
-                         for f in _ROW_FIELDS})
-
-
-def _by_row(col):
-  return col._replace(**{f: getattr(col, f).reshape(-1, *getattr(col, f).shape[2:])
-                         for f in _ROW_FIELDS})
-
-
-def check_microbatches(batch_size, ppo_minibatches, microbatches):
-  """The batch splits into ppo_minibatches minibatches, each into `microbatches` equal parts."""
-  if batch_size % ppo_minibatches or (batch_size // ppo_minibatches) % microbatches:
-    raise ValueError(
-        f"train.batch_size={batch_size} does not split into refine.ppo_minibatches="
-        f"{ppo_minibatches} minibatches of train.microbatches={microbatches} equal "
-        f"microbatches; make train.batch_size a multiple of {ppo_minibatches * microbatches}.")
-
-
-def make_ppo_step_builder(rcfg, microbatches=1):
-  """step_builder for the loop when ppo_epochs * ppo_minibatches > 1: collect rollouts once
-  with the current weights, then several clipped-PPO updates over sequence minibatches (a
-  lax.scan over updates; minibatch j = sequences j, j + mbs, ... so it spans every device).
-  run_training gets updates_per_step = epochs * minibatches, so the lr follows train steps.
-  Every update's loss is the whole ReFINE loss on its minibatch, lambda_rl * GRPO + lambda_ntp
-  * NTP (as the official code's per-minibatch loss): with E epochs the NTP term is applied E
-  times per sequence, like any E-epoch pass (tests/test_train_microbatch.py checks it).
-  microbatches > 1: the collect pass runs in ppo_minibatches * microbatches parts (the size of an
-  update's microbatch: its captured states are the largest ReFINE buffer), and each update
-  accumulates its minibatch's grads over microbatches (update.accumulate); every update's terms
-  are divided by their weight in its whole minibatch (refine_jax.losses)."""
-  epochs, mbs, M = int(rcfg.ppo_epochs), int(rcfg.ppo_minibatches), int(microbatches)
-  G = int(rcfg.num_chunks) * int(rcfg.rollouts_per_position)
-
-  def builder(graphdef, loss_fn, tx):
-    del loss_fn
-
-    def collect(params, rest, batch, rng):
-      """Collected for the whole batch, per-sequence layout (_by_sequence). Rows draw with
-      their own keys (refine.step), so the parts give the whole batch's rollouts."""
-      def one(mb):
-        col = refine_step.collect(nnx.merge(graphdef, params, rest), mb, rng, rcfg)
-        return _by_sequence(col, G)
-
-      if M == 1:
-        return one(batch)
-      # lax.map: rollouts of one update-microbatch of sequences at a time, one compiled body.
-      parts = M * mbs
-      return update.merge_microbatches(jax.lax.map(one, update.split_microbatches(batch, parts)))
-
-    policy = losses.on_view(refine_step.policy_objective(rcfg),
-                            lambda sub: (sub[0], _by_row(sub[1])))
-
-    def step(params, opt_state, rest, batch, rng):
-      check_microbatches(batch["inputs"].shape[0], mbs, M)  # builders are also used directly
-      batch = update.with_row_ids(batch)
-      col = collect(params, rest, batch, rng)
-      # PPO updates over strided (sequence, rollouts) minibatches: every one spans every device.
-      return update.updates(update.model_grad(graphdef, policy, rest), tx, params, opt_state,
-                          (batch, col), rng=rng, epochs=epochs, minibatches=mbs, microbatches=M)
-
-    return step
-
-  builder.microbatches = M  # run_training checks it against config.train.microbatches
-  return builder
 
 
 def step_spec(config):
@@ -107,7 +35,7 @@ def step_spec(config):
   updates = int(rcfg.ppo_epochs) * int(rcfg.ppo_minibatches)
   builder = None  # fused: update.make_train_step accumulates microbatches itself
   if updates > 1:
-    builder = make_ppo_step_builder(rcfg, int(config.train.get("microbatches", 1)))
+    builder = ppo.make_ppo_step_builder(rcfg, int(config.train.get("microbatches", 1)))
   return StepSpec(refine_step.make_loss_fn(rcfg), builder, updates,
                   lm_batch(config.train.batch_size, config.data.seq_len,
                            segments=config.data.get("reset_at_documents", True)))
@@ -220,7 +148,7 @@ def validate(config):
                      "reference model yet (the paper uses none); set refine.kl_coef=0, or call "
                      "refine.make_loss_fn(rcfg, ref_model=...) from your own stage.")
   mbs, microbatches = int(rcfg.ppo_minibatches), int(config.train.get("microbatches", 1))
-  check_microbatches(int(config.train.batch_size), mbs, microbatches)
+  ppo.check_microbatches(int(config.train.batch_size), mbs, microbatches)
 
 
 def run(config, workdir):

@@ -29,13 +29,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 
 from refine_jax import losses, paths
 from refine_jax.data.tokenizers import get_tokenizer
 from refine_jax.refine import step as refine_step
 from refine_jax.eval import nll
-from refine_jax.train import loop, midtrain, optim, qa_data, qa_eval, update, warmup
+from refine_jax.train import loop, optim, ppo, qa_data, qa_eval, update, warmup
 from refine_jax.train import losses as train_losses
 from refine_jax.train.spec import StepSpec, lm_batch
 
@@ -58,7 +57,7 @@ def validate(config):
     refine_step.validate(config.refine, int(config.data.seq_len))
   # Before the warm-up runs: every update splits the batch into these parts.
   mbs = int(config.refine.ppo_minibatches) if inner_updates(config) > 1 else 1
-  midtrain.check_microbatches(int(config.train.batch_size), mbs,
+  ppo.check_microbatches(int(config.train.batch_size), mbs,
                               int(config.train.get("microbatches", 1)))
 
 
@@ -125,7 +124,7 @@ def make_step_builder(config, pad_id):
                       "(separate inner and outer optimiser states).")
     ppo = None
     if n_inner > 1:  # collect on the prompts once, then epochs x minibatches PPO updates
-      ppo = midtrain.make_ppo_step_builder(config.refine, M)(graphdef, None, tx.inner)
+      ppo = ppo.make_ppo_step_builder(config.refine, M)(graphdef, None, tx.inner)
 
     def step(params, opt_state, rest, batch, rng):
       r_in, r_out = jax.random.split(rng)
@@ -227,32 +226,6 @@ def held_out_batches(config, tok, held):
 # ----------------------------------------------------------------------------- stage
 
 
-def answer_scores(model, batches):
-  """Held-out teacher-forced answer scores: {"answer_nll": per token, "answer_token_acc":
-  fraction of answer tokens that are the argmax} (finer-grained than exact-match accuracy)."""
-  graphdef, state = nnx.split(model)
-  f = jax.jit(lambda s, b: nll.ntp_eval(nnx.merge(graphdef, s), b))
-  nll_sum = tok = correct = 0.0
-  for b in batches:
-    o = jax.device_get(f(state, {k: np.asarray(v) for k, v in b.items()}))
-    nll_sum, tok = nll_sum + float(o["nll_sum"]), tok + float(o["tokens"])
-    correct += float(o["correct"])
-  return {"answer_nll": nll_sum / max(tok, 1.0), "answer_token_acc": correct / max(tok, 1.0)}
-
-
-def no_adaptation(config, out_dir, cells, tok, nll_batches, start_from, title):
-  """Scores of the starting weights; cached in out_dir (a rerun does not redo them)."""
-  path = paths.join(out_dir, "summary.json")
-  if paths.exists(path):
-    return json.loads(paths.read_text(path))
-  model = qa_eval.load_model(config, start_from)
-  res = qa_eval.score_cells(cells, qa_eval.greedy_predictor(model, tok, config), tok, config,
-                            out_dir, title)
-  summary = {"results": res, **(answer_scores(model, nll_batches) if nll_batches else {})}
-  paths.write_text(path, json.dumps(summary, indent=2))
-  return summary
-
-
 def run(config, workdir):
   validate(config)
   workdir = paths.norm(workdir)
@@ -273,7 +246,7 @@ def run(config, workdir):
   nll_batches = held_out_batches(config, tok, held)
   cells = qa_eval.eval_cells(config, tok, held)
   eval_dir = paths.join(workdir, "eval")
-  base = no_adaptation(config, paths.join(eval_dir, "no_adaptation"), cells, tok,
+  base = qa_eval.no_adaptation(config, paths.join(eval_dir, "no_adaptation"), cells, tok,
                         nll_batches, start_from, "no adaptation")
 
   spec = step_spec(config, tok.pad_id)
@@ -288,7 +261,7 @@ def run(config, workdir):
   summary = {"mode": p.mode, "steps": result.step, "init_checkpoint": start_from,
              "no_adaptation": base["results"], "posttrain": res,
              "before": {k: base.get(k) for k in ("answer_nll", "answer_token_acc")},
-             "after": answer_scores(result.model, nll_batches),
+             "after": qa_eval.answer_scores(result.model, nll_batches),
              "last_metrics": {k: float(v) for k, v in result.metrics.items()
                               if isinstance(v, (int, float, np.number))}}
   table = qa_eval.comparison({"no adaptation": base["results"], p.mode: res})

@@ -18,7 +18,7 @@ from flax import nnx
 
 from refine_jax import paths
 from refine_jax.data import tasks as tasks_lib
-from refine_jax.eval import decode, report, runner
+from refine_jax.eval import decode, nll, report, runner
 from refine_jax.models import build_model
 from refine_jax.train import init_checkpoint
 
@@ -83,6 +83,31 @@ def load_model(config, path: str = ""):
     params, _ = init_checkpoint.load_params(path, target)
     model = nnx.merge(graphdef, params, rest)
   return model
+
+
+def answer_scores(model, batches):
+  """Held-out teacher-forced answer scores: {"answer_nll": per token, "answer_token_acc":
+  fraction of answer tokens that are the argmax} (finer-grained than exact-match accuracy)."""
+  graphdef, state = nnx.split(model)
+  f = jax.jit(lambda s, b: nll.ntp_eval(nnx.merge(graphdef, s), b))
+  nll_sum = tok = correct = 0.0
+  for b in batches:
+    o = jax.device_get(f(state, {k: np.asarray(v) for k, v in b.items()}))
+    nll_sum, tok = nll_sum + float(o["nll_sum"]), tok + float(o["tokens"])
+    correct += float(o["correct"])
+  return {"answer_nll": nll_sum / max(tok, 1.0), "answer_token_acc": correct / max(tok, 1.0)}
+
+
+def no_adaptation(config, out_dir, cells, tok, nll_batches, start_from, title):
+  """Scores of the starting weights; cached in out_dir (a rerun does not redo them)."""
+  path = paths.join(out_dir, "summary.json")
+  if paths.exists(path):
+    return json.loads(paths.read_text(path))
+  model = load_model(config, start_from)
+  res = score_cells(cells, greedy_predictor(model, tok, config), tok, config, out_dir, title)
+  summary = {"results": res, **(answer_scores(model, nll_batches) if nll_batches else {})}
+  paths.write_text(path, json.dumps(summary, indent=2))
+  return summary
 
 
 def comparison(named: dict) -> str:

@@ -36,7 +36,7 @@ from refine_jax.data.tokenizers import get_tokenizer
 from refine_jax.eval import decode
 from refine_jax.refine import default_refine_config
 from refine_jax.refine import step as refine_step
-from refine_jax.train import loop, losses, midtrain, optim, posttrain, qa_data, qa_eval, update, warmup
+from refine_jax.train import loop, losses, optim, ppo, qa_data, qa_eval, update, warmup
 from refine_jax.train.spec import StepSpec, lm_batch
 
 MODES = ("refine", "sft")
@@ -141,7 +141,7 @@ def make_step(graphdef, config, tx):
   mode with refine.ppo_epochs x ppo_minibatches > 1 the step collects rollouts once and makes
   that many clipped PPO updates (as mid-training does)."""
   if _ppo_updates(config) > 1:
-    return midtrain.make_ppo_step_builder(config.refine)(graphdef, None, tx)
+    return ppo.make_ppo_step_builder(config.refine)(graphdef, None, tx)
   loss_fn = _loss_fn(config)
 
   def step(params, opt_state, rest, batch, rng):
@@ -281,7 +281,7 @@ def run(config, workdir):
     held = qa_data.load_samples(t.data_path, tok, max_prompt_tokens=int(config.data.seq_len),
                                 limit=int(t.max_samples) or None)
   cells = qa_eval.eval_cells(config, tok, held)
-  base = posttrain.no_adaptation(config, paths.join(eval_dir, "no_adaptation"), cells, tok,
+  base = qa_eval.no_adaptation(config, paths.join(eval_dir, "no_adaptation"), cells, tok,
                                  None, start_from, "no adaptation")
   model = qa_eval.load_model(config, start_from)
   session = Session(model, config, tok)
