@@ -282,3 +282,21 @@ def test_module_cli_entry(tmp_path):
                      capture_output=True, text=True, cwd=root, timeout=120)
   assert r.returncode == 2
   assert "refine_jax.convert: error:" in r.stderr and "does not exist" in r.stderr
+
+
+def test_tokenizer_warning_only_when_the_tokenizer_does_not_fit(tmp_path):
+  """No tokenizer files: the byte tokenizer (259 ids) fits a vocab of 259 silently, and is
+  named in a warning for a model with fewer ids (vocab 61)."""
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  seen = []
+  real = absl_logging.warning
+  absl_logging.warning = lambda msg, *a: seen.append(msg % a)
+  try:
+    for vocab in (259, 61):
+      c = dict(TINY_DELTANET, vocab_size=vocab)
+      hf_checkpoint.load_hf(write_fla_checkpoint(str(tmp_path / f"v{vocab}"), c,
+                                                 random_fla_tensors(c, 0)))
+  finally:
+    absl_logging.warning = real
+  warned = [m for m in seen if "tokenizer" in m]
+  assert len(warned) == 1 and "vocab_size=61" in warned[0] and "'byte'" in warned[0], seen

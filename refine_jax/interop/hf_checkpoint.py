@@ -75,15 +75,25 @@ def load_hf(hf_dir: str, *, config=None):
     if data_fields and "data" in config:
       with config.data.unlocked():
         config.data.update(data_fields)
-    elif not data_fields:
-      logging.warning("%s has no tokenizer.json / tokenizer.model; data.tokenizer stays %r, "
-                      "which does not match this model's vocab_size=%d unless you set "
-                      "data.tokenizer and data.tokenizer_path.", hf_dir,
+    elif not data_fields and not _tokenizer_fits(config):
+      logging.warning("%s has no tokenizer.json / tokenizer.model, and data.tokenizer=%r has "
+                      "more ids than this model's vocab_size=%d; set data.tokenizer and "
+                      "data.tokenizer_path.", hf_dir,
                       config.get("data", {}).get("tokenizer", None), config.model.vocab_size)
   table = hf_weights.param_table(modelio.abstract_params(config.model))
   tied = bool(hf_config.resolved_fla_fields(hf_cfg)["tie_word_embeddings"])
   params = hf_weights.hf_to_params(tensors, table, tied=tied)
   return modelio.model_from_params(config.model, params), config, hf_cfg
+
+
+def _tokenizer_fits(config) -> bool:
+  """The config's tokenizer (e.g. the byte tokenizer's 259 ids) fits the model's vocab_size."""
+  if "data" not in config:
+    return False
+  try:
+    return get_tokenizer(config.data).vocab_size <= int(config.model.vocab_size)
+  except Exception:  # pylint: disable=broad-except  (no tokenizer file: it does not fit)
+    return False
 
 
 def save_hf(model, config, out_dir: str, *, hf_base: dict | None = None, dtype=None,
