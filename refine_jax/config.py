@@ -4,6 +4,10 @@ that library code (bundles, tests' stand-ins) can rebuild a config without impor
 configs/ folder; configs/base.py re-exports it for the stage files.
 """
 
+import importlib.util
+import os
+import sys
+
 from ml_collections import config_dict
 
 from refine_jax.data.config import default_data_config
@@ -89,3 +93,23 @@ def tiny_deltanet(c):
   c.model.heads = 2
   c.model.chunk_size = 64
   return c
+
+
+def config_file(here: str, relpath: str):
+  """The config module at `relpath` beside the file `here` (a config file's __file__), loaded by
+  its path: config files build on one another (recall.py on midtrain.py, the paper presets on
+  paper/common.py) from any working directory, with no sys.path edits. Loaded once per path."""
+  path = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(here)), relpath))
+  key = f"refine_jax_config_file:{path}"
+  if key not in sys.modules:
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"{here}: the config file {relpath!r} it builds on is not at {path}.")
+    spec = importlib.util.spec_from_file_location(key, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[key] = module
+    try:
+      spec.loader.exec_module(module)
+    except BaseException:
+      del sys.modules[key]
+      raise
+  return sys.modules[key]

@@ -27,11 +27,12 @@ from refine_jax import checkpoint as ckpt_lib
 from refine_jax.errors import UserError
 from refine_jax import paths
 from refine_jax import parallel
-from refine_jax.data import pipeline
 from refine_jax.eval import curves, nll
 from refine_jax.models import build_model
 from refine_jax.train import init_checkpoint, metrics as metrics_lib, optim
 from refine_jax.train import state as state_lib
+from refine_jax.train.batches import (default_eval_batches, default_train_iter, global_batch,
+                                      host_split)
 from refine_jax.train.update import build_step
 
 
@@ -62,51 +63,6 @@ def make_eval_step(graphdef, eval_fn):
 
 def default_model_fn(config):
   return lambda: build_model(config.model, rngs=nnx.Rngs(int(config.seed)))
-
-
-def host_split(config) -> str:
-  """How processes share the train stream (data.host_split): "global" = every process reads the
-  whole stream and keeps the rows its devices hold, so a step's global batch is the same for
-  any process count; "documents" = each process reads 1/P of the documents and packs its own
-  rows (less host work on big pods; the stream then depends on the process count)."""
-  split = str(config.get("data", {}).get("host_split", "global"))
-  if split not in ("global", "documents"):
-    raise ValueError(f"data.host_split={split!r}: use 'global' (the same batches for any "
-                     "process count) or 'documents' (each process reads its own documents).")
-  return split
-
-
-def default_train_iter(config):
-  if host_split(config) == "global":
-    return pipeline.make_train_iterator(config)
-  return pipeline.make_train_iterator(config, shard_index=jax.process_index(),
-                                      shard_count=jax.process_count())
-
-
-def default_eval_batches(config, num_batches):
-  """The held-out batches, whole (global) on every process: eval is small, and a score that
-  does not depend on the process count is worth the duplicate reads."""
-  return pipeline.make_eval_batches(config, num_batches)
-
-
-def _global_batch(batch, sharding, *, per_process=False):
-  """Numpy batch -> global jax arrays sharded over (data, fsdp).
-
-  batch holds the whole global batch (the same on every process; each process copies only the
-  rows its devices hold), or with per_process=True this process's rows (data.host_split =
-  "documents")."""
-  arrays = {k: np.asarray(v) for k, v in batch.items() if np.asarray(v).ndim >= 1}
-  dp = math.prod(sharding.mesh.shape[a] for a in parallel.BATCH_AXES)
-  procs = jax.process_count() if per_process else 1
-  for k, v in arrays.items():
-    if (v.shape[0] * procs) % dp:
-      raise ValueError(f"batch entry {k!r} has {v.shape[0] * procs} rows, not divisible over "
-                       f"mesh.data*mesh.fsdp={dp}; make train.batch_size (and "
-                       "data.eval_batch_size) multiples of it.")
-  if per_process:
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in arrays.items()}
-  return {k: jax.make_array_from_callback(v.shape, sharding, lambda idx, v=v: v[idx])
-          for k, v in arrays.items()}
 
 
 def write_config(config, workdir):
@@ -140,8 +96,67 @@ def run_training(config, workdir, loss_fn, *, eval_fn=nll.ntp_eval,
   optim.make_optimizer(config.train, updates_per_step); its step_builder knows its layout.
   config.train.microbatches: gradient accumulation inside the one step (`accumulate`).
   on_step(step, metrics, model_state) runs on the host after each step.
+
+  Three parts: _setup (mesh, state, data, restore / init_checkpoint, the jitted step), _loop
+  (steps with their hooks: NaN guard, eval, metrics, on_step, checkpoints) and the end (the
+  training-curves plot).
   """
   t_start = time.time()
+  run = _setup(config, workdir, loss_fn, eval_fn=eval_fn, model_fn=model_fn,
+               train_iter=train_iter, eval_batches=eval_batches, step_builder=step_builder,
+               updates_per_step=updates_per_step, tx=tx, stage=stage)
+  steps = int(config.train.steps)
+  try:
+    last_row, last_eval, last_saved = _loop(run, config, on_step)
+    if run.start >= steps:
+      _say(f"{run.workdir} is already at step {run.start} (train.steps={steps}): nothing to "
+           "train; raise --config.train.steps to continue")
+      # The summary reports the last logged step and held-out eval, not blanks.
+      last_row, last_eval = _last_logged(run.workdir, run.start)
+  finally:
+    run.close()
+  logging.info("trained to step %d in %.1fs (last checkpoint %d)", max(run.start, steps),
+               time.time() - t_start, last_saved)
+  if jax.process_index() == 0 and run.start < steps:  # <workdir>/eval/training_curves.png
+    try:
+      curves.write_training_curves(run.workdir)
+    except Exception as e:  # pylint: disable=broad-except  (a plot never fails a run)
+      logging.warning("training curves not plotted: %s", e)
+  return TrainResult(model=run.ms.model(), step=max(run.start, steps), metrics=last_row,
+                     eval_metrics=last_eval, workdir=run.workdir)
+
+
+@dataclasses.dataclass
+class _Run:
+  """What the loop needs, from _setup: sharded state, data, checkpoints, the jitted step."""
+  workdir: str
+  stage: str
+  mesh: Any
+  ms: Any                 # state_lib model state (params, rest, shardings)
+  opt_state: Any
+  schedule: Callable      # lr per train step, for the metrics
+  it: Any                 # the train iterator (get_state / set_state)
+  per_process: bool       # data.host_split="documents": batches hold this process's rows
+  eval_batches: list
+  ck: Any                 # checkpoint.Checkpointer
+  writer: Any             # metrics_lib.MetricsWriter
+  jstep: Any              # jit_step(...), lowered and compiled on the first batch
+  jeval: Any              # jitted eval step, or None
+  start: int              # the step restored from (0: a new run)
+  bar: Any = None
+
+  def close(self):
+    if self.bar is not None:
+      self.bar.close()
+    self.ck.close()
+    if self.writer is not None:
+      self.writer.close()
+
+
+def _setup(config, workdir, loss_fn, *, eval_fn, model_fn, train_iter, eval_batches,
+           step_builder, updates_per_step, tx, stage) -> _Run:
+  """Mesh, sharded model and optimiser state, data, checkpoint restore (or init_checkpoint),
+  config.json, the metrics writer and the jitted train / eval steps."""
   tc = config.train
   stage = stage or config.get("stage", "train")
   microbatches = int(tc.get("microbatches", 1))
@@ -155,7 +170,6 @@ def run_training(config, workdir, loss_fn, *, eval_fn=nll.ntp_eval,
 
   mesh = parallel.make_mesh(config.mesh)
   batch_sh = parallel.batch_sharding(mesh)
-  repl = parallel.replicated(mesh)
   logging.info("mesh %s over %d devices", dict(mesh.shape), mesh.size)
 
   ms = state_lib.init_model_state(model_fn or default_model_fn(config), mesh)
@@ -171,12 +185,12 @@ def run_training(config, workdir, loss_fn, *, eval_fn=nll.ntp_eval,
   per_process = train_iter is None and host_split(config) == "documents"
   if eval_batches is None and eval_fn is not None and tc.eval_every > 0 and tc.eval_batches > 0:
     eval_batches = default_eval_batches(config, int(tc.eval_batches))
-  eval_batches = [_global_batch(b, batch_sh) for b in (eval_batches or [])]
+  eval_batches = [global_batch(b, batch_sh) for b in (eval_batches or [])]
 
   ck = ckpt_lib.Checkpointer(paths.join(workdir, "checkpoints"),
                              keep=int(config.checkpoint.keep),
                              async_save=bool(config.checkpoint.async_save))
-  try:  # until the loop's own try/finally: close Orbax's threads on any error
+  try:  # until the run owns it: close Orbax's threads on any error
     abs_params = state_lib.abstract(ms.params, ms.param_shardings)
     mismatch = ck.params_shape_mismatch(abs_params)
     if mismatch:
@@ -206,83 +220,85 @@ def run_training(config, workdir, loss_fn, *, eval_fn=nll.ntp_eval,
     if eval_fn is not None and eval_batches:
       jeval = jax.jit(make_eval_step(ms.graphdef, eval_fn),
                       in_shardings=(ms.param_shardings, ms.rest_shardings, batch_sh),
-                      out_shardings=repl)
+                      out_shardings=parallel.replicated(mesh))
   except BaseException:
     ck.close()
     raise
+  return _Run(workdir, stage, mesh, ms, opt_state, schedule, it, per_process, eval_batches, ck,
+              writer, jstep, jeval, start)
 
+
+def _loop(run: _Run, config, on_step) -> tuple[dict, dict, int]:
+  """Steps run.start + 1 .. train.steps; returns (last metrics row, last eval, last saved
+  step). Per step: the NaN guard, held-out eval, the metrics row, on_step, the checkpoint."""
+  tc, ms, mesh = config.train, run.ms, run.mesh
+  batch_sh = parallel.batch_sharding(mesh)
   base_key = jax.random.key(int(config.seed))
   steps, every = int(tc.steps), int(config.checkpoint.every_steps)
-  last_row, last_eval, last_saved = {}, {}, start
-  bar = _progress_bar(tc, start, steps)
+  last_row, last_eval, last_saved = {}, {}, run.start
+  run.bar = _progress_bar(tc, run.start, steps)
   compiled = None
-  try:
-    for step in range(start + 1, steps + 1):
-      batch = _global_batch(next(it), batch_sh, per_process=per_process)
-      rng = jax.random.fold_in(base_key, step)
-      if compiled is None:  # compile once, outside the timed region (AOT, same shardings)
-        t0 = time.perf_counter()
-        with parallel.mesh_context(mesh):  # Pallas ops then run per device (shard_map)
-          compiled = jstep.lower(ms.params, opt_state, ms.rest, batch, rng).compile()
-        compile_s = time.perf_counter() - t0
-        _say(f"train step compiled in {compile_s:.1f}s")
+  for step in range(run.start + 1, steps + 1):
+    batch = global_batch(next(run.it), batch_sh, per_process=run.per_process)
+    rng = jax.random.fold_in(base_key, step)
+    if compiled is None:  # compile once, outside the timed region (AOT, same shardings)
       t0 = time.perf_counter()
-      ms.params, opt_state, out = compiled(ms.params, opt_state, ms.rest, batch, rng)
-      out = jax.device_get(out)  # blocks: step_time_s is the step's wall time
-      dt = time.perf_counter() - t0
-      loss, gnorm = float(out["loss"]), float(out.get("grad_norm", 0.0))
-      tokens = int(np.prod(batch["inputs"].shape)) if "inputs" in batch else 0
-      row = {"loss": loss, "step_time_s": dt, "tokens_per_s": tokens / dt if dt > 0 else 0.0,
-             "lr": float(schedule(step - 1)), "grad_norm": gnorm}
-      row.update({k: v for k, v in out.items() if k not in row})
-      if step == start + 1:
-        row["compile_time_s"] = compile_s
-      if not (math.isfinite(loss) and math.isfinite(gnorm)):
-        row["nonfinite"] = True
-        writer.write(step, row)
-        ck.wait()
-        last_good = ck.all_steps()[-1] if ck.all_steps() else None
-        raise FloatingPointError(
-            f"non-finite {'loss' if not math.isfinite(loss) else 'grad_norm'} at step {step} "
-            f"(loss={loss}, grad_norm={gnorm}); stopped without saving this step. Last good "
-            f"checkpoint: step {last_good} in {ck.directory}. Lower train.lr, raise "
-            "train.warmup_steps or check the data, then rerun the same command to resume.")
-      if jeval is not None and ((tc.eval_every > 0 and step % int(tc.eval_every) == 0)
-                                or step == steps):
-        with parallel.mesh_context(mesh):
-          last_eval = _evaluate(jeval, ms, eval_batches)
-        row.update(last_eval)
-      writer.write(step, row)
-      last_row = dict(row, step=step)
-      if on_step is not None:
-        on_step(step, last_row, ms)
-      if (every > 0 and step % every == 0) or step == steps:
-        writer.flush()  # on gs://: every row up to this step is stored before its checkpoint
-        ck.save(step, ms.params, opt_state, data=_snapshot(it, per_process),
-                meta={"stage": stage})
-        last_saved = step
-      if bar is not None:
-        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
-        bar.update(1)
-    if start >= steps:
-      _say(f"{workdir} is already at step {start} (train.steps={steps}): nothing to train; "
-           "raise --config.train.steps to continue")
-      # The summary reports the last logged step and held-out eval, not blanks.
-      last_row, last_eval = _last_logged(workdir, start)
-  finally:
-    if bar is not None:
-      bar.close()
-    ck.close()
-    writer.close()
-  logging.info("trained to step %d in %.1fs (last checkpoint %d)", max(start, steps),
-               time.time() - t_start, last_saved)
-  if jax.process_index() == 0 and start < steps:  # <workdir>/eval/training_curves.png
-    try:
-      curves.write_training_curves(workdir)
-    except Exception as e:  # pylint: disable=broad-except  (a plot never fails a run)
-      logging.warning("training curves not plotted: %s", e)
-  return TrainResult(model=ms.model(), step=max(start, steps), metrics=last_row,
-                     eval_metrics=last_eval, workdir=workdir)
+      with parallel.mesh_context(mesh):  # Pallas ops then run per device (shard_map)
+        compiled = run.jstep.lower(ms.params, run.opt_state, ms.rest, batch, rng).compile()
+      compile_s = time.perf_counter() - t0
+      _say(f"train step compiled in {compile_s:.1f}s")
+    t0 = time.perf_counter()
+    ms.params, run.opt_state, out = compiled(ms.params, run.opt_state, ms.rest, batch, rng)
+    out = jax.device_get(out)  # blocks: step_time_s is the step's wall time
+    row = _metrics_row(out, batch, time.perf_counter() - t0, float(run.schedule(step - 1)))
+    if step == run.start + 1:
+      row["compile_time_s"] = compile_s
+    _guard_finite(run, step, row)
+    if run.jeval is not None and ((tc.eval_every > 0 and step % int(tc.eval_every) == 0)
+                                  or step == steps):
+      with parallel.mesh_context(mesh):
+        last_eval = _evaluate(run.jeval, ms, run.eval_batches)
+      row.update(last_eval)
+    run.writer.write(step, row)
+    last_row = dict(row, step=step)
+    if on_step is not None:
+      on_step(step, last_row, ms)
+    if (every > 0 and step % every == 0) or step == steps:
+      run.writer.flush()  # on gs://: every row up to this step is stored before its checkpoint
+      run.ck.save(step, ms.params, run.opt_state, data=_snapshot(run.it, run.per_process),
+                  meta={"stage": run.stage})
+      last_saved = step
+    if run.bar is not None:
+      run.bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
+      run.bar.update(1)
+  return last_row, last_eval, last_saved
+
+
+def _metrics_row(out, batch, dt, lr) -> dict:
+  """The logged row of one step: loss, timing, throughput, lr, grad_norm, then the step's own
+  metrics."""
+  loss, gnorm = float(out["loss"]), float(out.get("grad_norm", 0.0))
+  tokens = int(np.prod(batch["inputs"].shape)) if "inputs" in batch else 0
+  row = {"loss": loss, "step_time_s": dt, "tokens_per_s": tokens / dt if dt > 0 else 0.0,
+         "lr": lr, "grad_norm": gnorm}
+  row.update({k: v for k, v in out.items() if k not in row})
+  return row
+
+
+def _guard_finite(run: _Run, step: int, row: dict):
+  """A non-finite loss or grad norm: the row is logged, nothing is saved, one clear error."""
+  loss, gnorm = row["loss"], row["grad_norm"]
+  if math.isfinite(loss) and math.isfinite(gnorm):
+    return
+  row["nonfinite"] = True
+  run.writer.write(step, row)
+  run.ck.wait()
+  last_good = run.ck.all_steps()[-1] if run.ck.all_steps() else None
+  raise FloatingPointError(
+      f"non-finite {'loss' if not math.isfinite(loss) else 'grad_norm'} at step {step} "
+      f"(loss={loss}, grad_norm={gnorm}); stopped without saving this step. Last good "
+      f"checkpoint: step {last_good} in {run.ck.directory}. Lower train.lr, raise "
+      "train.warmup_steps or check the data, then rerun the same command to resume.")
 
 
 def _load_init_params(path, ms):
