@@ -224,5 +224,4 @@ def build_step(graphdef, loss_fn, tx, step_builder=None, microbatches=1):
 
 
 def global_norm(tree):
-  norm = getattr(getattr(optax, "tree", None), "norm", None)  # optax >= 0.2.6
-  return norm(tree) if norm is not None else optax.global_norm(tree)
+  return optax.tree.norm(tree)
