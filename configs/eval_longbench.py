@@ -17,14 +17,8 @@ middle. Expect near-zero scores from the tiny CPU checkpoints of this repo; the 
 models score in LongBench's usual range.
 """
 
-import os
-import sys
-
-try:
-  from configs import eval_ruler
-except ImportError:  # loaded by path from outside the repo root
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from configs import eval_ruler
+from refine_jax import config
+eval_ruler = config.config_file(__file__, "eval_ruler.py")
 
 
 def get_config():

@@ -11,14 +11,7 @@ predictions.jsonl) unless out_dir is set; the training-time eval in <run dir>/ev
 are skipped with a warning.
 """
 
-import os
-import sys
-
-try:
-  from refine_jax.eval import runner
-except ImportError:  # loaded by path from outside the repo root
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from refine_jax.eval import runner
+from refine_jax.eval import runner
 
 import ml_collections
 

@@ -12,14 +12,8 @@ per context length read from each row's max_seq_length; 200 rows per cell. The `
 files are post-training data (configs/posttrain.py, posttrain.data_path).
 """
 
-import os
-import sys
-
-try:
-  from configs import eval_ruler
-except ImportError:  # loaded by path from outside the repo root
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from configs import eval_ruler
+from refine_jax import config
+eval_ruler = config.config_file(__file__, "eval_ruler.py")
 
 
 def get_config():

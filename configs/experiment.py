@@ -30,14 +30,7 @@ Scale with --config.steps, --config.seeds, --config.overrides="model.hidden=128 
 train.ntp_epochs x ntp_minibatches to match (checked before training).
 """
 
-import os
-import sys
-
-try:
-  from refine_jax.eval import runner
-except ImportError:  # loaded by path from outside the repo root
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from refine_jax.eval import runner
+from refine_jax.eval import runner
 
 import ml_collections
 

@@ -22,21 +22,14 @@ presets make 4 PPO minibatch updates). The ReFINE step itself (c=8, k=5, cosine 
 lambda_rl 0.2, lambda_ntp 1, clip 0.2 / dual clip 3, GRPO per sequence for n=1) is the paper's.
 """
 
-import os
-import sys
-
-try:
-  from configs import base
-except ImportError:  # loaded by path from outside the repo root
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from configs import base
+from refine_jax import config as base
 
 from ml_collections import config_dict
 
 
 def get_config():
   from refine_jax.refine import default_refine_config  # pylint: disable=g-import-not-at-top
-  c = base.get_config()
+  c = base.base_config()
   c.stage = "midtrain"
   base.tiny_deltanet(c)
   c.data.seq_len = 256

@@ -19,14 +19,7 @@ instead of the paper's data. The step (inner ReFINE on the prompt with the hybri
 SFT on the answer, separate optimiser states) follows the paper.
 """
 
-import os
-import sys
-
-try:
-  from configs import base
-except ImportError:  # loaded by path from outside the repo root
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from configs import base
+from refine_jax import config as base
 
 from ml_collections import config_dict
 
@@ -34,7 +27,7 @@ from ml_collections import config_dict
 def get_config():
   from refine_jax.eval.runner import default_eval_config  # pylint: disable=g-import-not-at-top
   from refine_jax.refine import default_refine_config  # pylint: disable=g-import-not-at-top
-  c = base.get_config()
+  c = base.base_config()
   c.stage = "posttrain"
   base.tiny_deltanet(c)
   c.data.seq_len = 512

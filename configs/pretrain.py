@@ -8,18 +8,11 @@ Measured on an idle 2-core CPU: 40 s wall (median step 0.09 s, ~11 steps/s); tra
 Scale up with e.g. --config.model.hidden=1024 --config.model.layers=24 --config.data.seq_len=2048.
 """
 
-import os
-import sys
-
-try:
-  from configs import base
-except ImportError:  # loaded by path from outside the repo root
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from configs import base
+from refine_jax import config as base
 
 
 def get_config():
-  c = base.get_config()
+  c = base.base_config()
   c.stage = "pretrain"
   base.tiny_deltanet(c)
   c.data.seq_len = 128

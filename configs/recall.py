@@ -14,14 +14,9 @@ configs/experiment.py). ReFINE rollouts (k=5) start after the pairs (refine.marg
 rollout from `K=` holds the whole value.
 """
 
-import os
-import sys
+from refine_jax import config as base
 
-try:
-  from configs import base, midtrain
-except ImportError:  # loaded by path from outside the repo root
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from configs import base, midtrain
+midtrain = base.config_file(__file__, "midtrain.py")  # recall.py builds on midtrain.py
 
 
 def get_config():

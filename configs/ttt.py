@@ -17,21 +17,14 @@ matrices only; the official ones in configs/paper/deltanet_1b3_ttt_official.py).
 (binary reward, lambda_rl 0.4, weights reset per batch) is the paper's.
 """
 
-import os
-import sys
-
-try:
-  from configs import base
-except ImportError:  # loaded by path from outside the repo root
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from configs import base
+from refine_jax import config as base
 
 
 def get_config():
   from refine_jax.eval.runner import default_eval_config  # pylint: disable=g-import-not-at-top
   from refine_jax.refine import default_refine_config  # pylint: disable=g-import-not-at-top
   from refine_jax.train.ttt import default_ttt_config  # pylint: disable=g-import-not-at-top
-  c = base.get_config()
+  c = base.base_config()
   c.stage = "ttt"
   base.tiny_deltanet(c)
   c.data.seq_len = 512

@@ -38,3 +38,21 @@ def test_no_library_module_over_400_lines():
           if n > 400:
             long.append(f"{os.path.relpath(path, ROOT)}: {n}")
   assert not long, long
+
+
+def test_config_files_load_from_anywhere_without_sys_path_edits(tmp_path, monkeypatch):
+  """Configs import the installed refine_jax and load the files they build on by path
+  (refine_jax.config.config_file): none edits sys.path, and each loads from another cwd."""
+  import glob  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from refine_jax.experiments.arms import load_config_file  # pylint: disable=g-import-not-at-top
+  files = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.py"), recursive=True))
+  assert len(files) > 20
+  monkeypatch.chdir(tmp_path)
+  before = list(sys.path)
+  for f in files:
+    text = open(f).read()
+    assert "sys.path" not in text and "from configs" not in text, f
+    if not f.endswith(("__init__.py", "base.py", "common.py")):
+      assert load_config_file(f) is not None, f
+  assert sys.path == before

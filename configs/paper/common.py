@@ -12,18 +12,13 @@ rollouts ([L, micro-batch, T/64, H, K, V] float32) are the largest ReFINE-only b
 one 16K sequence per chip per microbatch.
 """
 
-import os
-import sys
-
-try:
-  from configs import base
-except ImportError:  # loaded by path from outside the repo root
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
-      __file__)))))
-  from configs import base  # noqa: F401
-
-from configs import midtrain, posttrain, ttt  # noqa: E402
 from ml_collections import config_dict
+
+from refine_jax import config as base
+
+midtrain = base.config_file(__file__, "../midtrain.py")
+posttrain = base.config_file(__file__, "../posttrain.py")
+ttt = base.config_file(__file__, "../ttt.py")
 
 SEQ_LEN = 16384          # paper: 16K-token sequences
 GLOBAL_BATCH = 128       # paper: 128 sequences per step

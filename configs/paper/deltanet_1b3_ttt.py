@@ -13,15 +13,8 @@ Measured by benchmarks/scale_check.py (libtpu 0.0.42.1, AOT for v5p-8 = 4 chips,
   step 0.9 s at 40% of bf16 peak (0.4 s at 100%), 72,968 tokens/s at 40%.
 """
 
-import os
-import sys
-
-try:
-  from configs.paper import common
-except ImportError:  # loaded by path from outside the repo root
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
-      __file__)))))
-  from configs.paper import common
+from refine_jax import config
+common = config.config_file(__file__, "common.py")
 
 
 def get_config():

@@ -6,7 +6,6 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
-import sys
 
 import ml_collections
 
@@ -24,8 +23,6 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
   name = "_experiment_cfg_" + os.path.splitext(os.path.basename(found))[0]
   spec = importlib.util.spec_from_file_location(name, found)
   module = importlib.util.module_from_spec(spec)
-  if _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
   spec.loader.exec_module(module)
   return module.get_config()
 
