@@ -15,16 +15,23 @@ Tuned on development seeds 10-12 with eval.base_seed=2 (rollouts_per_position=4 
 ppo_epochs=2: with the paper's n=1, ReFINE trailed SFT by 5-7 points of exact match);
 reported on seeds 0-2.
 
-Measured (idle 2-core CPU, light contention; 11.8 min wall: base 64 s, SFT arm ~27 s, ReFINE
-arm ~90 s): the base reaches the band at step 275 (value accuracy 21.5%, exact match 1.4%).
-After 200 updates: exact match SFT 74.9 / 74.3 / 72.9 at 128 / 256 / 512, ReFINE cosine
-74.1 / 73.3 / 72.5, binary 73.6 / 73.2 / 71.9. Paired ReFINE - SFT (mean [95% t-interval],
-3 seeds), exact match: cosine -0.8 [-4.4, 2.7], -1.0 [-4.7, 2.7], -0.4 [-2.1, 1.3]; binary
--1.3 [-3.3, 0.7], -1.1 [-5.5, 3.3], -1.0 [-3.8, 1.8]; value accuracy within ±0.3; held-out NLL
-at 512: cosine -0.055 [-0.65, 0.54], binary -0.063 [-0.54, 0.41]. A measured null: no
-interval excludes 0, at any length. Entropy selection puts 41.7% of rollout starts on value
-tokens with the base model (uniform chance 35.1%), 29-30% once recall is learned. Mean reward
-0.64 (cosine) / 0.45 (binary), clip fraction 0.03. experiment.md / .json / .png hold it all.
+Gate: every check is the mean over 512 held-out rows with its standard error; the base passes
+when mean - 2 se >= 20 (eval/gate.py), is checked every 25 steps until it starts to rise and
+every 5 after, and a base still at chance at step 750 (half the ceiling) voids early.
+
+Measured (2-core AMD EPYC, jax 0.10.2; two runs side by side, 30.4 and 27.5 min wall, so
+expect ~15 min alone): both runs wrote the same gate.json and the same tables, bit for bit.
+The base passes at step 275 (value accuracy 22.4 ± 0.5%, exact match 1.4%; chance 10.0 ± 0.4
+until step 200). After 200 updates, exact match at 128 / 256 / 512: SFT 74.9 / 74.3 / 72.9,
+ReFINE cosine 74.5 / 74.8 / 73.9, binary 76.1 / 75.5 / 74.8. Paired ReFINE - SFT (mean [95%
+t-interval], 3 seeds), exact match: cosine -0.4 [-10.0, 9.2], 0.5 [-6.9, 7.9], 1.0 [-7.6, 9.6];
+binary 1.2 [-1.4, 3.8], 1.2 [-1.7, 4.1], 1.9 [0.7, 3.1]; value accuracy: binary +0.9 [0.6,
+1.2] at 512, the rest include 0. So: no effect at 1x and 2x, and a small one for the binary
+reward at 4x the training length (3 seeds: read it as a lead, not a result). Entropy selection
+puts 41.2% of rollout starts on value tokens with the base model (uniform chance 35.2%),
+~28.5% once recall is learned. Mean reward 0.64 (cosine) / 0.45 (binary), clip fraction 0.03.
+experiment.md / .json / .png and gate.png hold it all; experiment.json also records the
+package versions and the machine.
 Scale with --config.steps, --config.seeds, --config.overrides="model.hidden=128 ...",
 --config.eval.context_lengths; a ReFINE arm with other updates per batch needs the SFT arm's
 train.ntp_epochs x ntp_minibatches to match (checked before training).
