@@ -93,6 +93,9 @@ def _stage_config(stage):
 
 def test_step_flops_of_refine_exceed_ntp_by_a_small_margin():
   c = _stage_config("midtrain")
+  c.refine.log_grad_share = True  # configs/midtrain.py's diagnostic: one more backward pass
+  with_share = aot.step_flops(c, jax.devices()[:1])[0]
+  c.refine.log_grad_share = False
   ntp = aot.step_flops(aot.ntp_twin(c), jax.devices()[:1])[0]
   ref = aot.step_flops(c, jax.devices()[:1])[0]
   # NTP is at least the 6 x tokens x weights of its matmuls (q/k/v/o, MLP, lm_head; forward
@@ -106,6 +109,8 @@ def test_step_flops_of_refine_exceed_ntp_by_a_small_margin():
   # ReFINE adds rollouts (k tokens at c positions), cache_at and the reward feeds: more work
   # than NTP, but not another full pass at this setting.
   assert 1.0 < ref / ntp < 2.0, (ref, ntp)
+  # grad_share's extra value_and_grad of the RL terms: about one more step, not more.
+  assert 1.5 * ref < with_share < 2.5 * ref, (with_share, ref)
 
 
 def test_stage_step_specs_match_the_batches_they_train_on():

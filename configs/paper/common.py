@@ -101,6 +101,7 @@ def _midtrain():
   c = midtrain.get_config()
   c.refine.ppo_minibatches = 4   # several minibatch updates per batch, as the official code
   c.refine.log_rollouts_every = 100
+  c.refine.log_grad_share = False  # a diagnostic's extra backward pass has no place at scale
   c.midtrain.warmup_steps = 0    # start from real weights: set init_checkpoint
   c.midtrain.summary_eval = False
   c.train.steps = 1000
