@@ -4,6 +4,7 @@ import json
 import textwrap
 
 import numpy as np
+import pytest
 
 from conftest import run_python
 
@@ -132,6 +133,8 @@ _TRAIN = textwrap.dedent(r"""
 """)
 
 
+@pytest.mark.slow  # ~55 s; the ops' per-device run under a mesh stays in the default run, and
+# tests/test_parallel_mesh.py checks the 8-device mesh against 1 device on the default path
 def test_training_with_pallas_kernels_on_8_devices_matches_1(tmp_path):
   """A Gated DeltaNet trained through the (interpreted) GPU kernel on a 2x2x2 mesh gives the
   1-device losses, and those equal the XLA chunked path's."""
