@@ -214,10 +214,10 @@ def prediction_record(task: str, length: int, index: int, sample, prediction: st
   meta = getattr(sample, "metadata", None) or {}
   if meta.get("source") is not None and meta.get("row") is not None:
     source, row = str(meta["source"]), int(meta["row"])
-    own = "qa_f1" if task == "qa_f1" else (meta.get("dataset") or "qa")
   else:
-    source, row, own = f"generated:{task}", int(index), task
-  return {"source": source, "row": row, "task": own, "context_length": int(length),
+    source, row = f"generated:{task}", int(index)
+  return {"source": source, "row": row, "task": score_key(task, sample),
+          "context_length": int(length),
           "prediction": prediction, "references": list(sample.answers), "score": float(score),
           "prompt_tail": sample.prompt[-120:]}
 
