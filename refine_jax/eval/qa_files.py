@@ -257,12 +257,14 @@ def to_sample(r: QARow, tokenizer=None, num_tokens: int | None = None, task: str
 
 
 def samples(spec, tokenizer=None, num_tokens: int | None = None, *, limit: int | None = None,
-            task: str = "qa", max_new_tokens: int = 0,
-            length: int | None = None) -> list[tasks_lib.TaskSample]:
-  """The rows of `spec` as TaskSamples (to_sample). With `length`, only the rows built for that
-  context length (own_length), the first `limit` of them."""
-  rows = load(spec, None if length is not None else limit)
+            task: str = "qa", max_new_tokens: int = 0, length: int | None = None,
+            rows: list[QARow] | None = None) -> list[tasks_lib.TaskSample]:
+  """The rows of `spec` (or the already loaded `rows`) as TaskSamples (to_sample). With
+  `length`, only the rows built for that context length (own_length); the first `limit`."""
+  if rows is None:
+    rows = load(spec, None if length is not None else limit)
   if length is not None:
-    rows = [r for r in rows if own_length(r) == length][:limit]
+    rows = [r for r in rows if own_length(r) == length]
+  rows = rows[:limit]
   return [to_sample(r, tokenizer, num_tokens, task, max_new_tokens=max_new_tokens)
           for r in rows]

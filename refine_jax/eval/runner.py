@@ -132,12 +132,8 @@ def _qa_path(ecfg, task):
   return ecfg.qa_path
 
 
-def auto_lengths(ecfg, task: str) -> list[int]:
-  """eval.context_lengths="auto": the context lengths the task's file rows were built for."""
-  if task not in FILE_TASKS:
-    raise ValueError(f"eval.context_lengths='auto' reads each QA file row's own length; task "
-                     f"{task!r} has no rows: give its lengths, e.g. '1024,2048'.")
-  rows = qa_files.load(_qa_path(ecfg, task))
+def auto_lengths(rows) -> list[int]:
+  """eval.context_lengths="auto": the context lengths the QA file rows were built for."""
   missing = [r for r in rows if qa_files.own_length(r) is None]
   if missing:
     raise ValueError(f"eval.context_lengths='auto': {missing[0].source} row {missing[0].row} "
@@ -146,15 +142,24 @@ def auto_lengths(ecfg, task: str) -> list[int]:
   return sorted({qa_files.own_length(r) for r in rows})
 
 
+def _cell_lengths(task, lengths, rows) -> list[int]:
+  if lengths is not None:
+    return lengths
+  if task not in FILE_TASKS:
+    raise ValueError(f"eval.context_lengths='auto' reads each QA file row's own length; task "
+                     f"{task!r} has no rows: give its lengths, e.g. '1024,2048'.")
+  return auto_lengths(rows)
+
+
 def task_samples(tokenizer, ecfg, task: str, length: int, haystack="noise", *,
-                 auto: bool = False):
+                 auto: bool = False, rows=None):
   """The eval samples of one (task, context length) cell. auto: the file rows built for
-  `length` (eval.context_lengths="auto")."""
+  `length` (eval.context_lengths="auto"); rows: the QA file rows, when already loaded."""
   n = int(ecfg.num_samples)
   if task in FILE_TASKS:
     return qa_files.samples(_qa_path(ecfg, task), tokenizer, length, limit=n or None,
                             max_new_tokens=int(ecfg.max_new_tokens),
-                            length=length if auto else None)
+                            length=length if auto else None, rows=rows)
   if n <= 0:
     raise ValueError(f"eval.num_samples={n}: generated task {task!r} needs a positive count.")
   kwargs = {"haystack": haystack}
@@ -279,13 +284,13 @@ def eval_stage(config, workdir: str, model) -> dict:
 
 
 def _text_cell(model, tokenizer, ecfg, task, length, predict, cache, *, haystack, auto,
-               bos):
+               bos, rows):
   """({results row: score}, prediction records) of one decoded (task, length) cell; qa and
   qa_f1 share one decode through `cache`. A task too long for the length leaves the cell out."""
   key = ("qa" if task == "qa_f1" else task, length)
   if key not in cache:
     try:
-      samples = task_samples(tokenizer, ecfg, task, length, haystack, auto=auto)
+      samples = task_samples(tokenizer, ecfg, task, length, haystack, auto=auto, rows=rows)
     except tasks_lib.TaskTooShortError as e:
       logging.warning("skipping %s at context length %d: %s", task, length, e)
       return {}, []
@@ -334,7 +339,12 @@ def run_eval(model, tokenizer=None, eval_cfg=None, out_dir: str | None = None, /
       else "noise"
   results: dict = {}
   records = []
-  cells = [(t, n) for t in names for n in (auto_lengths(ecfg, t) if auto else lengths)]
+  rows = None  # the QA files, read once for every cell (and for the auto lengths)
+  file_tasks = [t for t in names if t in FILE_TASKS]
+  if file_tasks:
+    limit = int(ecfg.num_samples)
+    rows = qa_files.load(_qa_path(ecfg, file_tasks[0]), None if auto or limit <= 0 else limit)
+  cells = [(t, n) for t in names for n in _cell_lengths(t, lengths, rows)]
   # Every process computes (the model is sharded over all of them); one draws and writes.
   primary = jax.process_index() == 0
   bar = None
@@ -348,7 +358,8 @@ def run_eval(model, tokenizer=None, eval_cfg=None, out_dir: str | None = None, /
       scores = logit_tasks.scores(model, config, ecfg, task, length)
     else:
       scores, recs = _text_cell(model, tokenizer, ecfg, task, length, predict, cache,
-                                haystack=haystack, auto=auto, bos=add_bos(ecfg, config))
+                                haystack=haystack, auto=auto, bos=add_bos(ecfg, config),
+                                rows=rows)
       records += recs
     for name, value in scores.items():
       results.setdefault(name, {})[length] = float(value)
