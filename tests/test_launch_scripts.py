@@ -121,6 +121,15 @@ def _spec_in(env):
 # ---------------------------------------------------------------------------- TPU pod slice
 
 
+def _scrubbed_env(names, *, prefixes=(), **set_vars):
+  """This process's environment without the variables a launcher reads (so the host's own
+  settings cannot leak into the test), plus `set_vars`."""
+  env = {k: v for k, v in os.environ.items()
+         if k not in names and not k.startswith(tuple(prefixes))}
+  env.update(set_vars)
+  return env
+
+
 @pytest.fixture
 def slice_env(tmp_path):
   """(env, state dir, checkout dir): a copy of tpu_pod.sh in a small checkout (so `setup`
@@ -136,11 +145,10 @@ def slice_env(tmp_path):
     d.mkdir()
   _exe(local_bin / "gcloud", _FAKE_GCLOUD)
   _exe(worker_bin / "python3", _FAKE_PYTHON)
-  env = {k: v for k, v in os.environ.items()
-         if k not in ("ZONE", "TPU_NAME", "PROJECT", "ACCELERATOR", "VERSION", "SPOT", "CONFIG",
-                      "BUCKET", "WORKDIR", "KEEP")}
-  env.update(PATH=f"{local_bin}:/usr/bin:/bin", FAKE_CLUSTER=str(state),
-             FAKE_WORKER_PATH=f"{worker_bin}:/usr/bin:/bin")
+  env = _scrubbed_env(("ZONE", "TPU_NAME", "PROJECT", "ACCELERATOR", "VERSION", "SPOT",
+                       "CONFIG", "BUCKET", "WORKDIR", "KEEP"),
+                      PATH=f"{local_bin}:/usr/bin:/bin", FAKE_CLUSTER=str(state),
+                      FAKE_WORKER_PATH=f"{worker_bin}:/usr/bin:/bin")
   return env, str(state), str(repo)
 
 
@@ -277,9 +285,8 @@ def job_env(tmp_path):
     d.mkdir()
   _exe(bindir / "srun", _FAKE_SRUN)
   _exe(bindir / "python", _FAKE_PYTHON)
-  env = {k: v for k, v in os.environ.items()
-         if not k.startswith(("SLURM", "XLA_", "NCCL_", "JAX_", "TPU_"))
-         and k not in ("CONFIG", "WORKDIR", "VENV")}
+  env = _scrubbed_env(("CONFIG", "WORKDIR", "VENV"),
+                      prefixes=("SLURM", "XLA_", "NCCL_", "JAX_", "TPU_"))
   env.update(PATH=f"{bindir}:/usr/bin:/bin", FAKE_CLUSTER=str(state), SLURM_JOB_NAME="rj",
              SLURM_JOB_ID="42", SLURM_SUBMIT_DIR=str(submit), SLURM_JOB_NUM_NODES="2",
              SLURM_NNODES="2", SLURM_NTASKS="2", SLURM_JOB_NODELIST="node[01-02]")
