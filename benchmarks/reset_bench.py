@@ -23,7 +23,8 @@ from flax import nnx
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import results, timing  # noqa: E402
-from refine_jax.models import build_model, default_model_config  # noqa: E402
+from refine_jax.models import build_model# noqa: E402
+from refine_jax.config import default_model_config
 
 
 def packed_batch(B, T, vocab, mean_doc, seed=0):

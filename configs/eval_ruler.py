@@ -11,7 +11,7 @@ predictions.jsonl) unless out_dir is set; the training-time eval in <run dir>/ev
 are skipped with a warning.
 """
 
-from refine_jax.eval import runner
+from refine_jax import config as base
 
 import ml_collections
 
@@ -21,9 +21,10 @@ def get_config():
   c.checkpoint = ""  # run dir / Orbax checkpoint / bundle / HF dir (required)
   c.out_dir = ""     # default: <run dir>/eval/<config name>, or ./eval_<ckpt>/<config name>
   c.overwrite = False  # replace the results already in out_dir (refused otherwise)
-  c.eval = runner.default_eval_config()
+  c.eval = base.default_eval_config()
   c.eval.tasks = ("niah_single,niah_multikey,niah_multivalue,niah_multiquery,"
                   "variable_tracking,mqar,perplexity")
   c.eval.context_lengths = "1024,2048"
   c.eval.num_samples = 8
+  c.eval.teacher_forced = False
   return c

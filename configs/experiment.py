@@ -37,7 +37,7 @@ Scale with --config.steps, --config.seeds, --config.overrides="model.hidden=128 
 train.ntp_epochs x ntp_minibatches to match (checked before training).
 """
 
-from refine_jax.eval import runner
+from refine_jax import config as base
 
 import ml_collections
 
@@ -77,8 +77,9 @@ def get_config():
   c.selection_samples = 64        # held-out rows for the selection-on-values diagnostic; 0 = off
   c.compilation_cache = True      # persistent XLA cache in <workdir>/.jax_cache (seeds reuse it)
   c.eval_base = True              # also evaluate the starting checkpoint (row "base")
-  c.eval = runner.default_eval_config()
+  c.eval = base.default_eval_config()
   c.eval.tasks = "recall"
+  c.eval.teacher_forced = False   # recall reports recall_tf itself
   c.eval.context_lengths = "128,256,512"  # the training length, 2x, 4x
   c.eval.num_samples = 64
   c.eval.batch_size = 16

@@ -21,12 +21,8 @@ SFT on the answer, separate optimiser states) follows the paper.
 
 from refine_jax import config as base
 
-from ml_collections import config_dict
-
 
 def get_config():
-  from refine_jax.eval.runner import default_eval_config  # pylint: disable=g-import-not-at-top
-  from refine_jax.refine import default_refine_config  # pylint: disable=g-import-not-at-top
   c = base.base_config()
   c.stage = "posttrain"
   base.tiny_deltanet(c)
@@ -45,29 +41,17 @@ def get_config():
   c.checkpoint.every_steps = 20
 
   # refine.*: the inner ReFINE update on the prompt ("hybrid" reward for post-training).
-  c.refine = default_refine_config()
   c.refine.reward = "hybrid"
   c.refine.lambda_rl = 0.2
   c.refine.log_rollouts_every = 0
 
-  # posttrain.*: the nested step and its data.
-  c.posttrain = config_dict.ConfigDict()
-  c.posttrain.mode = "nested_refine"  # nested_refine | nested_sft | sft
-  c.posttrain.answer_cap = 32         # SFT on at most this many answer tokens (+ eos)
-  c.posttrain.inner_lr_scale = 1.0    # the inner (prompt) update is scaled by this
-  c.posttrain.tasks = "niah_single,variable_tracking"  # synthetic training tasks
-  c.posttrain.min_prompt_tokens = 384  # synthetic prompts: [min, seq_len - answer_cap - 2]
-  c.posttrain.data_path = ""          # jsonl/parquet files (comma-separated); "" = synthetic
-  c.posttrain.eval_path = ""          # held-out file; "" = every holdout_every-th row
-  c.posttrain.holdout_every = 10
-  c.posttrain.warmup_steps = 200      # NTP warm-up when init_checkpoint is empty; 0 = none
-  c.posttrain.warmup_lr = 3e-3
+  # posttrain.*: the nested step on synthetic NIAH / variable-tracking prompts (defaults).
 
   # eval.*: held-out accuracy cells (refine_jax.eval.runner fields).
-  c.eval = default_eval_config()
   c.eval.tasks = "niah_single,variable_tracking"
   c.eval.context_lengths = "416,464"
   c.eval.num_samples = 8
   c.eval.num_needles = 2
+  c.eval.teacher_forced = False
   c.eval.progress = False
   return c

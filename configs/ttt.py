@@ -21,9 +21,6 @@ from refine_jax import config as base
 
 
 def get_config():
-  from refine_jax.eval.runner import default_eval_config  # pylint: disable=g-import-not-at-top
-  from refine_jax.refine import default_refine_config  # pylint: disable=g-import-not-at-top
-  from refine_jax.train.ttt import default_ttt_config  # pylint: disable=g-import-not-at-top
   c = base.base_config()
   c.stage = "ttt"
   base.tiny_deltanet(c)
@@ -38,18 +35,16 @@ def get_config():
   c.checkpoint.every_steps = 100
 
   # refine.*: the TTT update (paper: binary reward, lambda_rl 0.4).
-  c.refine = default_refine_config()
   c.refine.reward = "binary"
   c.refine.lambda_rl = 0.4
   c.refine.log_rollouts_every = 0
 
-  # ttt.*: every field with its default is in refine_jax.train.ttt.default_ttt_config().
-  c.ttt = default_ttt_config()
+  # ttt.*: the defaults (3 updates per batch of 4 prompts, weights reset per batch).
 
-  c.eval = default_eval_config()
   c.eval.tasks = "niah_single,variable_tracking"
   c.eval.context_lengths = "416,464"
   c.eval.num_samples = 8
   c.eval.num_needles = 2
+  c.eval.teacher_forced = False
   c.eval.progress = False
   return c

@@ -49,9 +49,8 @@ def to_hf(src: str, out_dir: str, *, dtype: str | None = None,
 
 
 def _tokenizer_dir(config) -> str | None:
-  data = config.get("data") if hasattr(config, "get") else None
-  path = data.get("tokenizer_path", "") if data is not None else ""
-  if not path or data.get("tokenizer", "byte") == "byte":
+  path = config.data.tokenizer_path
+  if not path or config.data.tokenizer == "byte":
     return None
   return path if os.path.isdir(path) else os.path.dirname(path)
 

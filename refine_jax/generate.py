@@ -92,7 +92,7 @@ def _run(args) -> int:
   _check_args(args)  # before the model loads: a typo fails in a second
   model, config = load_pretrained(args.checkpoint)
   tok = get_tokenizer(config.data)
-  add_bos = bool(config.data.get("add_bos", True))
+  add_bos = bool(config.data.add_bos)
   for i, prompt in enumerate(args.prompt):
     ids = ([tok.bos_id] if add_bos else []) + tok.encode(prompt)
     m = ttt.adapt(nnx.clone(model), config, ids, args.ttt_steps) if args.ttt_steps > 0 else model

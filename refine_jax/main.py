@@ -32,7 +32,7 @@ def main(argv):
   # pylint: disable-next=g-import-not-at-top
   from refine_jax.parallel import maybe_initialize_distributed
   try:
-    maybe_initialize_distributed(float(_CONFIG.value.mesh.get("dist_timeout_s", 300)))
+    maybe_initialize_distributed(float(_CONFIG.value.mesh.dist_timeout_s))
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -31,8 +31,8 @@ CASES = [
     (MAIN, ["--config=configs/pretrain.py", "--config.train.batch_sise=3"],
      ["--config.train.batch_sise", "no such config field", "batch_size"]),
     (MAIN, ["--config=configs/nope.py"], ["--config=configs/nope.py", "could not be loaded"]),
-    (MAIN, ["--config=configs/midtrain.py", "--config.eval.progress=False"],  # no eval section
-     ["--config.eval.progress", "no such config field"]),
+    (MAIN, ["--config=configs/midtrain.py", "--config.eval.progres=False"],  # misspelled field
+     ["--config.eval.progres", "no such config field"]),
     (MAIN, ["--config=configs/pretrain.py", "--config.train.steps=abc"],
      ["--config.train.steps=abc"]),
     (MAIN, ["--config=configs/midtrain.py", "--config.refine.selection=foo"],

@@ -7,8 +7,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from refine_jax.data import default_data_config, make_eval_batches, make_train_iterator
+from refine_jax.data import make_eval_batches, make_train_iterator
 from refine_jax.data.tokenizers import ByteTokenizer
+from refine_jax.config import default_data_config
 
 TOK = ByteTokenizer()
 NUM_DOCS = 60

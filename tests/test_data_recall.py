@@ -5,9 +5,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from refine_jax.data import default_data_config, make_eval_batches, make_train_iterator, recall
+from refine_jax.data import make_eval_batches, make_train_iterator, recall
 from refine_jax.data import tasks
 from refine_jax.data.tokenizers import ByteTokenizer
+from refine_jax.config import default_data_config
 
 TOK = ByteTokenizer()
 SPEC = recall.RecallSpec(pairs=4, value_len=3, power_a=0.1, queries=12)

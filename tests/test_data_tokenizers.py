@@ -5,7 +5,7 @@ import json
 import pytest
 
 from refine_jax.data import tokenizers
-from refine_jax.data.config import default_data_config
+from refine_jax.config import default_data_config
 
 TEXT = ("The grass is green. The sky is blue. The sun is yellow. Here we go. "
         "There and back again. One of the special magic numbers for quiet-river is: 1234567.\n")

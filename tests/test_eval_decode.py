@@ -8,7 +8,8 @@ from flax import nnx
 
 from refine_jax.data.tokenizers import ByteTokenizer
 from refine_jax.eval import decode
-from refine_jax.models import build_model, default_model_config
+from refine_jax.models import build_model
+from refine_jax.config import default_model_config
 
 
 def _tiny(arch="deltanet", vocab=40):

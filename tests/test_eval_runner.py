@@ -9,10 +9,12 @@ from refine_jax.data import mqar
 from refine_jax.data import tasks as tasks_lib
 from refine_jax.data.tokenizers import ByteTokenizer
 from refine_jax.eval import logit_tasks, report, runner
+from refine_jax.config import default_eval_config, default_model_config
+from refine_jax import config as rj_config
 
 
 def _cfg(**kw):
-  c = runner.default_eval_config()
+  c = rj_config.default_eval_config()
   c.tasks = "niah_single,niah_multikey,niah_multivalue,variable_tracking"
   c.context_lengths = "1000,800"
   c.num_samples = 3
@@ -169,7 +171,7 @@ def test_two_argument_predict_fn_gets_the_answer_budget():
   assert seen[-1] == 5
 
 
-def test_eval_stage_runs_the_stage_eval_config_into_workdir_eval(monkeypatch, tmp_path):
+def test_eval_stage_runs_the_config_eval_section_into_workdir_eval(monkeypatch, tmp_path):
   from configs import pretrain
   calls = []
   monkeypatch.setattr(runner, "run_eval",
@@ -179,13 +181,13 @@ def test_eval_stage_runs_the_stage_eval_config_into_workdir_eval(monkeypatch, tm
   (model, tok, ecfg, out_dir), kw = calls[0]
   assert model == "MODEL" and out_dir == str(tmp_path / "eval") and kw["config"] is config
   assert tok.vocab_size == config.model.vocab_size  # the run's own tokenizer
-  assert ecfg.tasks == runner.stage_eval_config().tasks  # no config.eval -> the light suite
+  assert ecfg is config.eval and ecfg.tasks == default_eval_config().tasks  # the light suite
 
 
 def test_mqar_scores_the_models_argmax_on_query_positions():
   import jax.numpy as jnp
   from flax import nnx
-  from refine_jax.models import build_model, default_model_config
+  from refine_jax.models import build_model
   c = default_model_config()
   c.arch, c.vocab_size, c.hidden, c.layers, c.heads = "transformer", 64, 32, 1, 2
   model = build_model(c, rngs=nnx.Rngs(0))

@@ -18,10 +18,12 @@ import pytest
 from flax import nnx
 
 from refine_jax import losses
-from refine_jax.models import build_model, default_model_config
+from refine_jax.models import build_model
 from refine_jax.refine import step as refine_step
 from refine_jax.train import optim, posttrain, ppo, qa_data, ttt, update
 from refine_jax.train import losses as train_losses
+from refine_jax.config import default_model_config
+from refine_jax import config as rj_config
 
 import test_posttrain as PT
 import test_ttt as TT
@@ -52,7 +54,7 @@ def _ragged_batch(B=8, seed=1):
 def _rcfg(**kw):
   """Sampled ReFINE (entropy selection, temperature 1): per-row keys make the draws the same
   whatever microbatch a row lands in."""
-  rc = refine_step.default_refine_config()
+  rc = rj_config.default_refine_config()
   rc.num_chunks, rc.rollout_len, rc.margin, rc.lambda_rl = 2, 2, 0, 1.0
   rc.update(kw)
   return rc

@@ -1,19 +1,20 @@
 """Softmax attention mixer vs a naive masked softmax; cache, decode and cache_at contracts."""
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
 
+from refine_jax.config import default_model_config
 from refine_jax.models.attention import Attention
 
 
 def make_cfg(window=None, kv=None, bias=False, head_dim=None):
-  return ml_collections.ConfigDict(dict(
-      hidden=32, heads=4, dtype="float32",
-      attention=dict(window=window, num_kv_heads=kv, qkv_bias=bias, rope_theta=100.0,
-                     head_dim=head_dim)))
+  c = default_model_config()
+  c.hidden, c.heads, c.dtype = 32, 4, "float32"
+  c.attention.update(dict(window=window, num_kv_heads=kv, qkv_bias=bias, rope_theta=100.0,
+                          head_dim=head_dim))
+  return c
 
 
 def rel_err(a, b):

@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from refine_jax.models import default_model_config, delta_dims, layer_kinds
+from refine_jax.models import delta_dims, layer_kinds
 from refine_jax.models import layers
+from refine_jax.config import default_model_config
 
 
 def test_rmsnorm_and_gated_match_numpy():

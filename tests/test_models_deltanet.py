@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from refine_jax.models import default_model_config
+from refine_jax.config import default_model_config
 from refine_jax.models.deltanet import DeltaNet, GatedDeltaNet
 
 

@@ -1,11 +1,11 @@
 """LaCT mixer: fast-weight update math, chunked scan vs a loop reference, decode, cache_at."""
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
 
+from refine_jax.config import default_model_config
 from refine_jax.models import fast_weights as FW
 from refine_jax.models import lact as L
 
@@ -14,7 +14,10 @@ def make_cfg(**over):
   lact = dict(num_fw_heads=2, chunk=4, window=3, inter_multi=1.5, rope_theta=100.0,
               use_momentum=True, use_muon=True)
   lact.update(over)
-  return ml_collections.ConfigDict(dict(hidden=16, heads=4, dtype="float32", lact=lact))
+  c = default_model_config()
+  c.hidden, c.heads, c.dtype = 16, 4, "float32"
+  c.lact.update(lact)
+  return c
 
 
 def rel_err(a, b):

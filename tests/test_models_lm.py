@@ -6,8 +6,9 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from refine_jax.models import build_model, default_model_config, param_count
+from refine_jax.models import build_model, param_count
 from refine_jax.interop.hf_weights import fla_state_dict, load_fla_state_dict
+from refine_jax.config import default_model_config
 
 
 ARCHS = {  # one layer each, except the hybrid (layer stacking + mixed cache kinds)

@@ -6,7 +6,8 @@ import optax
 import pytest
 from flax import nnx
 
-from refine_jax.models import build_model, default_model_config
+from refine_jax.models import build_model
+from refine_jax.config import default_model_config
 
 
 def mqar_batch(rng, B, n_pairs, n_keys=16, n_vals=16):

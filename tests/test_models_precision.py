@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from refine_jax.models import build_model, default_model_config, layers
+from refine_jax.models import build_model, layers
+from refine_jax.config import default_model_config
 
 BF16_U = 2.0 ** -8   # bf16 unit roundoff: |bf16(x) - x| <= 2^-8 |x|
 

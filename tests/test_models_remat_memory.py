@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from refine_jax.models import build_model, default_model_config
+from refine_jax.models import build_model
+from refine_jax.config import default_model_config
 
 MiB = 1 << 20
 MEMORY_SCHEDULER = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}

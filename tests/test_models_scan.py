@@ -11,8 +11,9 @@ from flax import nnx
 
 from refine_jax.checkpoint import trees
 from refine_jax.interop.hf_weights import fla_state_dict, load_fla_state_dict
-from refine_jax.models import build_model, default_model_config, lm
+from refine_jax.models import build_model, lm
 from refine_jax.train import optim
+from refine_jax.config import default_model_config
 
 ARCHS = ("deltanet", "gated_deltanet", "lact", "transformer")
 

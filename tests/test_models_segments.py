@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from refine_jax.models import build_model, default_model_config, segments
+from refine_jax.models import build_model, segments
+from refine_jax.config import default_model_config
 
 T, V, C = 32, 40, 8
 ROWS = ([11, 13, 5, 3], [5, 20, 7])       # document lengths; row 0 ends in padding

@@ -11,9 +11,11 @@ import numpy as np
 import optax
 from flax import nnx
 
-from refine_jax.models import build_model, default_model_config
+from refine_jax.models import build_model
 from refine_jax.refine import step as refine_step
 from refine_jax.train import ppo
+from refine_jax.config import default_model_config
+from refine_jax import config as rj_config
 
 V, SEQ = 64, 48
 BF16_EPS = 2.0 ** -8  # bf16 has 8 significant bits
@@ -35,7 +37,7 @@ def _batch(B=4):
 
 
 def _rcfg(**kw):
-  rc = refine_step.default_refine_config()
+  rc = rj_config.default_refine_config()
   rc.num_chunks, rc.rollout_len, rc.margin = 3, 3, 4
   rc.update(kw)
   return rc

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from refine_jax.models import build_model, default_model_config
+from refine_jax.models import build_model
 from refine_jax.train import aot, flops, stages, validate
+from refine_jax.config import default_model_config
 
 PRESETS = sorted(m.name for m in pkgutil.iter_modules(
     [os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",

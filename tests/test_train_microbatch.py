@@ -16,11 +16,13 @@ import pytest
 from flax import nnx
 
 from configs import pretrain
-from refine_jax.models import build_model, default_model_config
+from refine_jax.models import build_model
 from refine_jax.refine import step as refine_step
 from refine_jax.train import loop, optim, ppo, update
 from refine_jax.train import losses
 from refine_jax.train.validate import validate_config
+from refine_jax.config import default_model_config
+from refine_jax import config as rj_config
 
 import tiny as T
 
@@ -143,7 +145,7 @@ def _tiny_lm():
 def _greedy_rcfg(**kw):
   """Deterministic ReFINE (argmax selection, greedy rollouts): the per-microbatch rng does not
   change anything, so M microbatches must reproduce the full batch."""
-  rc = refine_step.default_refine_config()
+  rc = rj_config.default_refine_config()
   rc.num_chunks, rc.rollout_len, rc.rollouts_per_position, rc.margin = 3, 3, 2, 2
   rc.selection, rc.temperature, rc.lambda_rl = "argmax", 0.0, 1.0
   # Greedy samples of one position are identical: only per-sequence groups have rewards that

@@ -65,7 +65,7 @@ def _check(config, tokenizer, shard_index, shard_count):
     if not names or bad:
       raise ValueError(f"data.synthetic_tasks={data.synthetic_tasks!r}: unknown {bad}; use a "
                        f"comma-separated subset of {', '.join(tasks.TASK_NAMES)}.")
-    if data.get("synthetic_haystack", "noise") not in ("noise", "corpus", "mixed"):
+    if data.synthetic_haystack not in ("noise", "corpus", "mixed"):
       raise ValueError(f"data.synthetic_haystack={data.synthetic_haystack!r}: use 'noise', "
                        "'corpus' or 'mixed'.")
     if data.synthetic_min_tokens < 1:
@@ -91,7 +91,7 @@ def _source_splits(data):
 
 
 def _read_options(data):
-  threads = int(data.get("read_threads", 0))
+  threads = int(data.read_threads)
   return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=64 if threads else 0)
 
 
@@ -115,7 +115,7 @@ def synthetic_sample(tokenizer, data, seed: int, haystack_docs=None) -> dict[str
   name = names[int(rng.integers(len(names)))]
   hi = max(data.synthetic_min_tokens, data.seq_len - _ANSWER_BUDGET)
   num_tokens = int(rng.integers(data.synthetic_min_tokens, hi + 1))
-  mode = data.get("synthetic_haystack", "noise")
+  mode = data.synthetic_haystack
   use_corpus = haystack_docs is not None and (
       mode == "corpus" or (mode == "mixed" and rng.random() < 0.5))
   haystack = haystack_docs[int(rng.integers(len(haystack_docs)))] if use_corpus else "noise"
@@ -128,7 +128,7 @@ def synthetic_sample(tokenizer, data, seed: int, haystack_docs=None) -> dict[str
         raise
       num_tokens *= 2
   enc = tasks.encode_sample(tokenizer, sample, add_bos=data.add_bos, add_eos=data.add_eos)
-  weights = enc["loss_mask"] if data.get("synthetic_loss", "all") == "answer" else (
+  weights = enc["loss_mask"] if data.synthetic_loss == "answer" else (
       np.ones_like(enc["loss_mask"]))
   return {"tokens": enc["input_ids"], "weights": weights}
 
@@ -312,7 +312,7 @@ def make_train_dataset(config, *, shard_index: int = 0, shard_count: int = 1,
     ds = grain.MapDataset.mix([ds, synth], weights=[1.0 - w, w])
   return _pack_and_batch(ds.to_iter_dataset(_read_options(data)), data.seq_len, size,
                          shuffle_window=int(data.shuffle_window), seed=seed,
-                         segments=bool(data.get("reset_at_documents", True)))
+                         segments=bool(data.reset_at_documents))
 
 
 def make_train_iterator(config, *, shard_index: int = 0, shard_count: int = 1,
@@ -345,5 +345,5 @@ def make_eval_batches(config, num_batches: int, *, shard_index: int = 0, shard_c
                      "data.holdout_every or give data.eval_path.")
   ds = docs.repeat().map(_doc_encoder(tokenizer, data)).to_iter_dataset(_read_options(data))
   it = iter(_pack_and_batch(ds, data.seq_len, size,
-                            segments=bool(data.get("reset_at_documents", True))))
+                            segments=bool(data.reset_at_documents)))
   return [next(it) for _ in range(num_batches)]

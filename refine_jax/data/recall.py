@@ -53,7 +53,7 @@ class RecallSpec:
   def of(cls, cfg) -> "RecallSpec":
     """From a data.recall section (ConfigDict or dict)."""
     return cls(pairs=int(cfg["pairs"]), value_len=int(cfg["value_len"]),
-               power_a=float(cfg["power_a"]), queries=int(cfg.get("queries", 0)))
+               power_a=float(cfg["power_a"]), queries=int(cfg["queries"]))
 
 
 class _Pieces:

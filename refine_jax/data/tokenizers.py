@@ -142,7 +142,7 @@ def get_tokenizer(data_cfg) -> Tokenizer:
   if kind == "sentencepiece":
     return SentencePieceTokenizer(data_cfg.tokenizer_path)
   if kind == "hf":
-    return HFTokenizer(data_cfg.tokenizer_path, bos=data_cfg.get("tokenizer_bos", ""),
-                       eos=data_cfg.get("tokenizer_eos", ""),
-                       pad=data_cfg.get("tokenizer_pad", ""))
+    return HFTokenizer(data_cfg.tokenizer_path, bos=data_cfg.tokenizer_bos,
+                       eos=data_cfg.tokenizer_eos,
+                       pad=data_cfg.tokenizer_pad)
   raise ValueError(f"data.tokenizer={kind!r}: use 'byte', 'sentencepiece' or 'hf'.")

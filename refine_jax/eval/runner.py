@@ -21,8 +21,6 @@ import os
 from typing import Callable, Sequence
 
 import jax
-import ml_collections
-from ml_collections import config_dict
 import numpy as np
 from absl import logging
 from tqdm.auto import tqdm
@@ -38,44 +36,6 @@ MODEL_TASKS = ("mqar", "perplexity", "recall")
 ALL_TASKS = TEXT_TASKS + MODEL_TASKS
 
 PredictFn = Callable[[Sequence[str]], Sequence[str]]
-
-
-def default_eval_config() -> ml_collections.ConfigDict:
-  """Every eval.* field and its default (configs/eval_*.py start from this)."""
-  c = ml_collections.ConfigDict()
-  # Comma-separated: niah_single, niah_multikey, niah_multivalue, niah_multiquery,
-  # variable_tracking, qa (substring match of any reference), qa_f1 (LongBench token F1; the
-  # same predictions as qa), mqar, perplexity, recall (-> recall_em, recall_tf, recall_nll,
-  # recall_value_nll; needs data.recall in the run config).
-  c.tasks = "niah_single,niah_multikey,niah_multivalue,niah_multiquery,variable_tracking"
-  c.context_lengths = "256,512"  # one column each: a generated prompt's tokens; for file
-                                 # rows, prompt + answer budget (longer prompts are cut in the
-                                 # middle). "auto": each file row at its own length only
-                                 # (qa_files.own_length), uncut unless it overflows that
-  c.num_samples = 8              # samples per (task, context length); 0: every file row
-  c.batch_size = 8               # prompts decoded together
-  c.max_new_tokens = 0           # > 0: every row's answer budget. 0: a file row's own
-                                 # max_gen_tokens / max_answer_length (ReFINE files, as the
-                                 # paper), else the cell's longest reference + 8 tokens
-  c.base_seed = 0                # eval seed stream: sample_seed("eval", i, base_seed)
-  c.haystack = "noise"           # "noise" (RULER's), "held_out" (held-out corpus text) or a .txt path
-  c.num_needles = 4              # multikey / multivalue / multiquery needles
-  c.vt_hops = 4                  # variable tracking chain length
-  c.qa_path = ""                 # qa / qa_f1 rows: comma-separated files or globs, jsonl or
-                                 # parquet, local or gs:// (eval/qa_files.py: ReFINE RULER QA
-                                 # and LongBench parquet, THUDM LongBench jsonl, prompt/answer,
-                                 # context/input/answers); each row scored by its own task
-  c.mqar_kv_pairs = 8            # key-value pairs per MQAR sequence (length = context length)
-  c.mqar_vocab = 256             # MQAR token ids stay in [0, mqar_vocab) (bytes for the byte tokenizer)
-  c.ppl_batches = 2              # held-out batches per perplexity column
-  c.teacher_forced = False       # also <task>_tf: argmax accuracy on the true answer tokens
-                                 # given prompt + true answer prefix (moves before exact match)
-  c.add_bos = config_dict.placeholder(bool)  # bos before each prompt; None: the run's
-                                 # data.add_bos (what the model was trained with)
-  c.progress = True              # tqdm bar over (task, length) cells
-  c.plots = True                 # PNG plots beside results.json
-  c.save_predictions = True      # predictions.jsonl (prompt tail, prediction, references, score)
-  return c
 
 
 def _split(value) -> list[str]:
@@ -265,21 +225,10 @@ def _with_budget(predict_fn):
   return predict
 
 
-def stage_eval_config() -> ml_collections.ConfigDict:
-  """The light default a training stage uses when its config has no eval.* section."""
-  c = default_eval_config()
-  c.tasks = "niah_single,variable_tracking,perplexity"
-  c.context_lengths = "512,1024"
-  c.num_samples = 4
-  c.teacher_forced = True  # tiny CPU models score 0 on exact match; <task>_tf still moves
-  return c
-
-
 def eval_stage(config, workdir: str, model) -> dict:
-  """The eval a training stage runs at its end: config.eval (or stage_eval_config()) on
-  `model`, written to <workdir>/eval."""
-  ecfg = config.eval if "eval" in config else stage_eval_config()
-  return run_eval(model, get_tokenizer(config.data), ecfg, paths.join(workdir, "eval"),
+  """The eval a training stage runs at its end: config.eval on `model`, written to
+  <workdir>/eval."""
+  return run_eval(model, get_tokenizer(config.data), config.eval, paths.join(workdir, "eval"),
                   config=config, title=os.path.basename(paths.norm(workdir)))
 
 

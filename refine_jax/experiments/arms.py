@@ -128,7 +128,7 @@ def check_matched(exp, names) -> dict:
   (exp.allow_unmatched=True lets them)."""
   budgets = {n: arm_budget(exp, n) for n in names}
   keys = {n: (tuple(b["batch_size"]), b["steps"], b["updates"]) for n, b in budgets.items()}
-  if len(set(keys.values())) > 1 and not exp.get("allow_unmatched", False):
+  if len(set(keys.values())) > 1 and not exp.allow_unmatched:
     rows = "; ".join(f"{n}: batch {b['batch_size']}, {b['steps']} steps, {b['updates']} updates"
                      for n, b in budgets.items())
     raise ValueError(f"arms are not matched ({rows}): give every arm the same batch, steps and "

@@ -34,7 +34,7 @@ def diagnostics(exp, arm_dir: str, run_dir: str | None, model_path: str) -> dict
       vals = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
       if vals:
         out[f"last_{key}"] = float(vals[-1])
-  if exp.get("selection_samples", 0):
+  if exp.selection_samples:
     out.update(_selection(exp, model_path))
   path_io.makedirs(arm_dir)
   path_io.write_text(path, json.dumps(out, indent=2))

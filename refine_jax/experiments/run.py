@@ -67,7 +67,7 @@ def run_experiment(exp, workdir: str) -> dict:
                                             run_dir, run_dir))
       meta["wall_s"][f"{name}/seed{seed}"] = round(time.time() - t_arm, 1)
   meta["wall_s"]["total"] = round(time.time() - t0, 1)
-  reference = str(exp.get("reference", "")) or names[0]
+  reference = str(exp.reference) or names[0]
   summary = summarize(per_arm, seeds=seeds, reference=reference, diagnostics=diagnostics,
                       meta=meta)
   write_summary(summary, workdir, title=exp.title)
@@ -82,8 +82,8 @@ def _pretrain_base(exp, workdir) -> tuple[str, dict | None]:
   base = path_io.join(workdir, "pretrain")
   cfg = load_config_file(exp.pretrain_config)
   apply_overrides(cfg, exp.pretrain_overrides)
-  g = exp.get("gate", None)
-  if g is None or not g.enabled:
+  g = exp.gate
+  if not g.enabled:
     _run_stage(cfg, base)
     return base, None
   if cfg.train.schedule != "constant":
@@ -131,7 +131,7 @@ def _pretrain_base(exp, workdir) -> tuple[str, dict | None]:
 
 def _compilation_cache(exp, workdir):
   """Seeds of one arm compile the same programs; a persistent cache compiles them once."""
-  if not exp.get("compilation_cache", True):
+  if not exp.compilation_cache:
     return
   try:
     if not jax.config.jax_compilation_cache_dir:

@@ -13,6 +13,7 @@ from refine_jax.data.tokenizers import get_tokenizer
 from refine_jax.interop import bundle, hf_config, hf_weights, lact, modelio, safetensors_io
 from refine_jax.models import config as model_config
 from refine_jax.models.config import delta_dims
+from refine_jax import config as rj_config
 
 
 def is_hf_dir(path: str) -> bool:
@@ -36,7 +37,7 @@ def is_hf_dir(path: str) -> bool:
 
 def hf_model_config(hf_cfg: dict[str, Any], base_model_cfg=None):
   """Our model ConfigDict for an FLA config.json dict (validated by the model's rules)."""
-  cfg = base_model_cfg if base_model_cfg is not None else model_config.default_model_config()
+  cfg = base_model_cfg if base_model_cfg is not None else rj_config.default_model_config()
   cfg = cfg.copy_and_resolve_references()
   fields = hf_config.hf_to_model_fields(hf_cfg, dict(cfg.items()))
   with cfg.unlocked():
@@ -70,16 +71,16 @@ def load_hf(hf_dir: str, *, config=None):
                     ignored, hf_cfg["model_type"])
   config = bundle.base_config() if config is None else config
   with config.unlocked():
-    config.model = hf_model_config(hf_cfg, config.get("model"))
+    config.model = hf_model_config(hf_cfg, config.model)
     data_fields = bundle.tokenizer_fields(hf_dir)
-    if data_fields and "data" in config:
+    if data_fields:
       with config.data.unlocked():
         config.data.update(data_fields)
     elif not data_fields and not _tokenizer_fits(config):
       logging.warning("%s has no tokenizer.json / tokenizer.model, and data.tokenizer=%r has "
                       "more ids than this model's vocab_size=%d; set data.tokenizer and "
                       "data.tokenizer_path.", hf_dir,
-                      config.get("data", {}).get("tokenizer", None), config.model.vocab_size)
+                      config.data.tokenizer, config.model.vocab_size)
   table = hf_weights.param_table(modelio.abstract_params(config.model))
   tied = bool(hf_config.resolved_fla_fields(hf_cfg)["tie_word_embeddings"])
   params = hf_weights.hf_to_params(tensors, table, tied=tied)
@@ -88,8 +89,6 @@ def load_hf(hf_dir: str, *, config=None):
 
 def _tokenizer_fits(config) -> bool:
   """The config's tokenizer (e.g. the byte tokenizer's 259 ids) fits the model's vocab_size."""
-  if "data" not in config:
-    return False
   try:
     return get_tokenizer(config.data).vocab_size <= int(config.model.vocab_size)
   except Exception:  # pylint: disable=broad-except  (no tokenizer file: it does not fit)

@@ -15,30 +15,18 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from refine_jax.config import ATTENTION_DEFAULTS
 from refine_jax.models import layers, segments
-
-ATTENTION_DEFAULTS = dict(
-    num_kv_heads=None,   # None = model.heads (no GQA); must divide model.heads
-    head_dim=None,       # None = model.hidden // model.heads
-    rope_theta=10000.0,
-    window=None,         # None = full causal; W = each token sees itself and the W-1 before it
-    qkv_bias=False,
-    impl=None,           # jax.nn.dot_product_attention implementation: None/"xla" or "cudnn"
-)
 
 
 def sub_config(cfg, name: str, defaults: dict) -> dict:
   """cfg.<name> merged over `defaults`; unknown fields are an error (typos stay loud)."""
-  given = dict(cfg.get(name, None) or {})
+  given = dict(cfg[name])
   unknown = set(given) - set(defaults)
   if unknown:
     raise ValueError(f"model.{name} has unknown fields {sorted(unknown)}; "
                      f"known: {sorted(defaults)}")
   return {**defaults, **given}
-
-
-def init_std(cfg) -> float:
-  return float(cfg.get("init_std", cfg.get("initializer_range", 0.02)))
 
 
 def dense(d_in, d_out, axes, *, bias: bool, std: float, dtype, rngs) -> nnx.Linear:
@@ -203,8 +191,8 @@ class Attention(nnx.Module):
     self.window = None if a["window"] is None else int(a["window"])
     self.theta = float(a["rope_theta"])
     self.impl = a["impl"]
-    self.dtype = layers.compute_dtype(cfg.get("dtype", "float32"))
-    std, bias = init_std(cfg), bool(a["qkv_bias"])
+    self.dtype = layers.compute_dtype(cfg.dtype)
+    std, bias = float(cfg.initializer_range), bool(a["qkv_bias"])
     mk = lambda i, o, ax, b: dense(i, o, ax, bias=b, std=std, dtype=self.dtype, rngs=rngs)
     self.q_proj = mk(D, H * Dh, ("embed", "heads"), bias)
     self.k_proj = mk(D, K * Dh, ("embed", "kv_heads"), bias)

@@ -1,10 +1,5 @@
-"""`model.*` config: every field and its default, plus validation and derived sizes.
+"""`model.*` validation and derived sizes (every field and its default: refine_jax/config.py).
 
-Field names mirror FLA's DeltaNetConfig / GatedDeltaNetConfig where one exists:
-  hidden_size -> hidden, num_hidden_layers -> layers, num_heads -> heads; the rest keep FLA's
-  names (vocab_size, expand_k, expand_v, head_dim, num_v_heads, conv_size, use_short_conv,
-  use_beta, use_gate, qk_norm, qk_activation, allow_neg_eigval, hidden_ratio,
-  intermediate_size, norm_eps, initializer_range, tie_word_embeddings).
 Fields whose FLA default differs between DeltaNet and Gated DeltaNet are placeholders (None =
 the arch's FLA default): expand_v (1 / 2), use_gate (False / True), head_dim, num_v_heads.
 """
@@ -12,70 +7,18 @@ from __future__ import annotations
 
 import dataclasses
 
-from ml_collections import config_dict
-
-from refine_jax.models import attention, lact
-
 ARCHS = ("deltanet", "gated_deltanet", "transformer", "lact")
 LOGITS_DTYPES = ("float32", "model")
+REMAT_CHOICES = ("none", "full", "dots", "dots_no_batch")  # models/lm.py maps each to a policy
 
 
-def _defaults(fields: dict) -> config_dict.ConfigDict:
-  """A mixer module's sub-section defaults. None defaults become untyped placeholders so
-  `--config.model.attention.window=2048` works from the command line (config_flags cannot
-  override a plain None field)."""
-  return config_dict.ConfigDict(
-      {k: config_dict.placeholder(object) if v is None else v for k, v in fields.items()})
-
-
-def default_model_config() -> config_dict.ConfigDict:
-  c = config_dict.ConfigDict()
-  c.arch = "deltanet"          # deltanet | gated_deltanet | transformer | lact
-  c.vocab_size = 512           # set to the tokenizer's vocab size by the stage configs
-  c.hidden = 256
-  c.layers = 4
-  c.heads = 4
-  # DeltaNet / Gated DeltaNet mixer (FLA names).
-  c.expand_k = 1.0             # head_k_dim = hidden * expand_k / heads unless head_dim is set
-  c.expand_v = config_dict.placeholder(float)   # None: 1.0 DeltaNet, 2.0 GDN
-  c.head_dim = config_dict.placeholder(int)     # GDN head_k_dim (FLA head_dim)
-  c.num_v_heads = config_dict.placeholder(int)  # GDN value heads (GVA); None = heads
-  c.use_short_conv = True
-  c.conv_size = 4
-  c.use_beta = True
-  c.use_gate = config_dict.placeholder(bool)    # None: False DeltaNet, True GDN
-  c.qk_norm = "l2"             # l2 | sum
-  c.qk_activation = "silu"     # silu | relu | elu | identity
-  c.allow_neg_eigval = False
-  # MLP, norms, init, head.
-  c.hidden_ratio = 4
-  c.intermediate_size = config_dict.placeholder(int)
-  c.norm_eps = 1e-6
-  c.initializer_range = 0.02
-  c.tie_word_embeddings = False
-  # Hybrids: indices of softmax-attention layers inside a deltanet / gated_deltanet / lact
-  # model (FLA's `attn.layers`). arch "transformer" makes every layer attention.
-  c.attn_layers = ()
-  # Numerics / kernels.
-  # Compute dtype; params (and the residual stream) stay float32. "auto" = bfloat16 on GPU/TPU,
-  # float32 on CPU (where bf16 is slow and tests compare against float32 references).
-  c.dtype = "auto"
-  # LM head (untied lm_head or tied embeddings.attend) dtype: "float32" = float32 operands and
-  # result whatever model.dtype is (RL log-probs, entropies, PPO ratios and NTP need logits
-  # without bf16 rounding: bf16 steps are 0.125 once |logit| >= 16; MaxText's
-  # logits_dot_in_fp32); "model" = the head computes in model.dtype (bf16-rounded logits when
-  # that is bfloat16; the behaviour before this field existed).
-  c.logits_dtype = "float32"
-  c.backend = "auto"           # pallas_kernels backend
-  c.chunk_size = 64            # fast-weight chunk length (also the cache_at advance length)
-  # Layers: one lax.scan over stacked params (compile time flat in depth); hybrids unroll.
-  c.scan_layers = True
-  # Per-block rematerialisation in the backward pass: none | full (keep only each block's
-  # input) | dots (keep matmul outputs) | dots_no_batch (keep weight-matmul outputs only).
-  c.remat = config_dict.FieldReference("none", field_type=object)  # bools: full / none
-  c.attention = _defaults(attention.ATTENTION_DEFAULTS)
-  c.lact = _defaults(lact.LACT_DEFAULTS)
-  return c
+def remat_mode(value) -> str:
+  """model.remat as a policy name; booleans (older configs) mean full / none."""
+  if isinstance(value, bool) or value is None:
+    return "full" if value else "none"
+  if value not in REMAT_CHOICES:
+    raise ValueError(f"model.remat={value!r}; use one of {REMAT_CHOICES}")
+  return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,12 +91,9 @@ def validate(cfg) -> None:
     v = cfg[name]
     if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
       raise ValueError(f"model.{name}={v!r} must be a positive integer")
-  remat = cfg.get("remat", "none")
-  if not (isinstance(remat, bool) or remat in ("none", "full", "dots", "dots_no_batch")):
-    raise ValueError(f"model.remat={remat!r}; use none | full | dots | dots_no_batch")
-  logits_dtype = cfg.get("logits_dtype", "float32")
-  if logits_dtype not in LOGITS_DTYPES:
-    raise ValueError(f"model.logits_dtype={logits_dtype!r}; use one of {LOGITS_DTYPES} "
+  remat_mode(cfg.remat)
+  if cfg.logits_dtype not in LOGITS_DTYPES:
+    raise ValueError(f"model.logits_dtype={cfg.logits_dtype!r}; use one of {LOGITS_DTYPES} "
                      "(float32: float32 LM head; model: the head computes in model.dtype)")
   if cfg.chunk_size & (cfg.chunk_size - 1):
     raise ValueError(f"model.chunk_size={cfg.chunk_size} must be a power of two (e.g. 64)")

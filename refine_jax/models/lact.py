@@ -28,29 +28,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from refine_jax.config import LACT_DEFAULTS
 from refine_jax.models import attention as attn
 from refine_jax.models import fast_weights as fw_lib
 from refine_jax.models import layers, segments
-
-LACT_DEFAULTS = dict(
-    num_fw_heads=4,        # fast-weight heads; must divide model.hidden
-    inter_multi=1.0,       # fast SwiGLU width = inter_multi * (hidden / num_fw_heads)
-    chunk=2048,            # fast-weight update chunk (tokens)
-    window=2048,           # sliding attention window (tokens, self included); None = full
-    rope_theta=10000.0,
-    qkv_bias=False,
-    attn_qk_norm=False,    # RMSNorm over q and k (full width) before everything else
-    qkv_silu=True,         # SiLU on fast q, k (and v unless no_v_silu)
-    no_v_silu=False,
-    base_lr=1e-3,          # lr = softplus(lr_proj(x) + softplus^-1(base_lr))
-    use_momentum=True,
-    use_muon=False,
-    learnable_ttt_scale=True,
-    ttt_nope=False,        # True: no RoPE on fast q/k
-    w0_w2_low_rank=-1,     # >0: init W0, W2 = L @ R + 0.5 I with this rank (LaCT 760M uses 32)
-    fw_init_gain=0.5,      # init gain of the low-rank factors
-    impl=None,             # jax.nn.dot_product_attention implementation for the no-cache path
-)
 
 def _inv_softplus(y: float) -> float:
   return y + math.log(-math.expm1(-y))
@@ -80,8 +61,8 @@ class LaCT(nnx.Module):
     self.ttt_nope = bool(c["ttt_nope"])
     self.base_lr_inv = _inv_softplus(float(c["base_lr"]))
     self.low_rank = int(c["w0_w2_low_rank"])
-    self.dtype = layers.compute_dtype(cfg.get("dtype", "float32"))
-    std, bias = attn.init_std(cfg), bool(c["qkv_bias"])
+    self.dtype = layers.compute_dtype(cfg.dtype)
+    std, bias = float(cfg.initializer_range), bool(c["qkv_bias"])
     mk = lambda i, o, ax, b: attn.dense(i, o, ax, bias=b, std=std, dtype=self.dtype, rngs=rngs)
     self.q_proj = mk(D, D, ("embed", "heads"), bias)
     self.k_proj = mk(D, D, ("embed", "heads"), bias)

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from refine_jax.models import attention, lact, layers
-from refine_jax.models.config import layer_kinds, validate
+from refine_jax.models.config import REMAT_CHOICES, layer_kinds, remat_mode, validate
 from refine_jax.models.deltanet import DeltaNet, GatedDeltaNet
 
 # model.remat -> jax.checkpoint policy applied per block (None: save only the block input).
@@ -40,16 +40,7 @@ REMAT_POLICIES = {
     "dots": jax.checkpoint_policies.checkpoint_dots,                # keep every matmul output
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # weight matmuls
 }
-REMAT_CHOICES = ("none",) + tuple(REMAT_POLICIES)
-
-
-def remat_mode(value) -> str:
-  """model.remat as a policy name; booleans (older configs) mean full / none."""
-  if isinstance(value, bool) or value is None:
-    return "full" if value else "none"
-  if value not in REMAT_CHOICES:
-    raise ValueError(f"model.remat={value!r}; use one of {REMAT_CHOICES}")
-  return value
+assert set(REMAT_POLICIES) == set(REMAT_CHOICES) - {"none"}
 
 
 def _remat(fn, mode: str, *, in_scan: bool):
@@ -127,12 +118,12 @@ class LM(nnx.Module):
     self.dtype = layers.compute_dtype(cfg.dtype)
     # LM head dtype (model.logits_dtype): float32 by default, so RL log-probs / entropies / NTP
     # see unrounded logits; "model" = model.dtype.
-    self.head_dtype = (self.dtype if cfg.get("logits_dtype", "float32") == "model"
+    self.head_dtype = (self.dtype if cfg.logits_dtype == "model"
                        else jnp.dtype(jnp.float32))
     self.remat = remat_mode(cfg.remat)
     self.kinds = tuple(layer_kinds(cfg))
     # Hybrids (several mixer kinds) keep the unrolled loop: their blocks differ in structure.
-    self.scan = bool(cfg.get("scan_layers", True)) and len(set(self.kinds)) == 1
+    self.scan = bool(cfg.scan_layers) and len(set(self.kinds)) == 1
     self.num_layers = len(self.kinds)
     std = cfg.initializer_range
     self.embeddings = nnx.Embed(

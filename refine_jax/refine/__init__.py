@@ -3,10 +3,10 @@
 Pure functions of a model + arrays; nothing here imports refine_jax.train.
 """
 from refine_jax.refine import grpo, reward, rollout, selection
-from refine_jax.refine.step import (Collected, collect, default_refine_config, make_loss_fn,
-                                    ntp_loss, objective, policy_logprobs, policy_loss,
-                                    policy_objective, refine_loss, validate)
+from refine_jax.refine.step import (Collected, collect, make_loss_fn, ntp_loss, objective,
+                                    policy_logprobs, policy_loss, policy_objective,
+                                    refine_loss, validate)
 
 __all__ = ["grpo", "reward", "rollout", "selection", "Collected", "collect",
-           "default_refine_config", "make_loss_fn", "ntp_loss", "objective", "policy_logprobs",
+           "make_loss_fn", "ntp_loss", "objective", "policy_logprobs",
            "policy_loss", "policy_objective", "refine_loss", "validate"]

@@ -16,43 +16,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from refine_jax import losses
 from refine_jax.refine import grpo, reward, rollout, selection
-
-
-def default_refine_config() -> ml_collections.ConfigDict:
-  """Every refine.* field with the paper's mid-training default."""
-  c = ml_collections.ConfigDict()
-  c.num_chunks = 8             # c: selected positions (= rollout groups members) per sequence
-  c.rollout_len = 5            # k: tokens per rollout
-  c.rollouts_per_position = 1  # n: samples per selected position
-  # GRPO group: "position" = the n samples of one (sequence, position), as the official code
-  # does for n > 1; "sequence" = all c * n rollouts of a sequence; "auto" = position if n > 1.
-  c.group = "auto"
-  c.temperature = 1.0          # sampling temperature (<= 0: greedy)
-  c.top_k = 0                  # 0 = off
-  c.top_p = 1.0                # 1.0 = off
-  c.selection = "entropy"      # entropy | uniform | argmax | argmin
-  c.tau = 1.0                  # selection temperature: softmax(H / tau) inside each chunk
-  c.smooth_kernel = 0          # odd average-pool width over the entropy; 0 = k rounded up to odd
-  c.margin = 20                # no rollout starts within `margin` tokens of the sequence start
-  c.reward = "cosine"          # cosine | binary | hybrid | any reward.register()ed name
-  c.lambda_rl = 0.2
-  c.lambda_ntp = 1.0
-  c.clip_eps = 0.2
-  c.dual_clip = 3.0            # <= 1 disables dual clip
-  c.aggregation = "token-mean"  # token-mean | seq-mean
-  c.kl_coef = 0.0              # > 0 needs a frozen reference model (k3 estimator)
-  c.adv_eps = 1e-6
-  c.ppo_epochs = 1             # > 1 or minibatches > 1: collect once, several updates
-  c.ppo_minibatches = 1
-  c.log_rollouts_every = 50    # steps between rollouts.jsonl / TensorBoard text samples; 0 = off
-  c.num_logged_rollouts = 4
-  c.log_grad_share = False     # log grad_share: the RL terms' share of the update's gradient
-                               # norm (one more backward pass per step)
-  return c
 
 
 GROUPS = ("auto", "position", "sequence")
@@ -64,7 +30,7 @@ def _share_of(rcfg) -> tuple:
 
 def group_of(rcfg) -> str:
   """The GRPO group in effect: "position" (n samples of one position) or "sequence"."""
-  group = rcfg.get("group", "auto")
+  group = rcfg.group
   if group == "auto":
     return "position" if rcfg.rollouts_per_position > 1 else "sequence"
   return group
@@ -88,7 +54,7 @@ def validate(rcfg, seq_len):
     raise ValueError(f"refine.rollout_len={rcfg.rollout_len} must be >= 1.")
   if rcfg.rollouts_per_position < 1:
     raise ValueError(f"refine.rollouts_per_position={rcfg.rollouts_per_position} must be >= 1.")
-  if rcfg.get("group", "auto") not in GROUPS:
+  if rcfg.group not in GROUPS:
     raise ValueError(f"refine.group={rcfg.group!r}; choose one of {GROUPS}.")
   if group_of(rcfg) == "position" and rcfg.rollouts_per_position < 2:
     raise ValueError("refine.group='position' needs refine.rollouts_per_position >= 2 (a group "

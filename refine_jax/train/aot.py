@@ -107,7 +107,7 @@ def _build(config, mesh):
     tx, _ = optim.make_optimizer(config.train, spec.updates_per_step)
   opt_sh = state_lib.opt_state_shardings(tx, ms.params, ms.param_shardings, mesh)
   opt_state = state_lib.abstract(jax.eval_shape(tx.init, ms.params), opt_sh)
-  micro = int(config.train.get("microbatches", 1))
+  micro = int(config.train.microbatches)
   step_fn = update.build_step(ms.graphdef, spec.loss_fn, tx, spec.step_builder, micro)
   jstep = loop.jit_step(step_fn, ms, opt_sh, mesh)
   rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype,
@@ -189,7 +189,7 @@ def ntp_twin(config):
     # accumulates over microbatches of one of ppo_minibatches minibatches).
     if config.stage == "midtrain":
       mbs = int(config.refine.ppo_minibatches)
-      config.train.microbatches = int(config.train.get("microbatches", 1)) * mbs
+      config.train.microbatches = int(config.train.microbatches) * mbs
     config.stage = "pretrain"
   return config
 

@@ -16,7 +16,7 @@ def host_split(config) -> str:
   whole stream and keeps the rows its devices hold, so a step's global batch is the same for
   any process count; "documents" = each process reads 1/P of the documents and packs its own
   rows (less host work on big pods; the stream then depends on the process count)."""
-  split = str(config.get("data", {}).get("host_split", "global"))
+  split = str(config.data.host_split)
   if split not in ("global", "documents"):
     raise ValueError(f"data.host_split={split!r}: use 'global' (the same batches for any "
                      "process count) or 'documents' (each process reads its own documents).")

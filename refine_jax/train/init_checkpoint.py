@@ -31,7 +31,7 @@ from refine_jax.checkpoint import trees
 from refine_jax.checkpoint.params import find_run_config
 from refine_jax.data import tokenizers
 from refine_jax.interop import bundle, hf_checkpoint, hf_config, hub
-from refine_jax.models import default_model_config
+from refine_jax.config import default_model_config
 
 # model.* fields that do not change what the weights compute (kernels, layout, precision).
 RUNTIME_FIELDS = ("dtype", "logits_dtype", "backend", "chunk_size", "scan_layers", "remat",
@@ -46,7 +46,7 @@ def resolve(config, explicit: Iterable[str] = ()):
   explicit: dotted names the user set (main.py: the --config.* overrides); every other field
   is a config-file default that the checkpoint replaces.
   """
-  source = config.get("init_checkpoint", "")
+  source = config.init_checkpoint
   if not source:
     return config
   try:

@@ -158,8 +158,8 @@ def _setup(config, workdir, loss_fn, *, eval_fn, model_fn, train_iter, eval_batc
   """Mesh, sharded model and optimiser state, data, checkpoint restore (or init_checkpoint),
   config.json, the metrics writer and the jitted train / eval steps."""
   tc = config.train
-  stage = stage or config.get("stage", "train")
-  microbatches = int(tc.get("microbatches", 1))
+  stage = stage or config.stage
+  microbatches = int(tc.microbatches)
   # A custom step accumulates only if it was built to (it says so in .microbatches).
   if step_builder is not None and getattr(step_builder, "microbatches", 1) != microbatches:
     raise ValueError(f"train.microbatches={microbatches}: the {stage} stage's train step was "
@@ -204,7 +204,7 @@ def _setup(config, workdir, loss_fn, *, eval_fn, model_fn, train_iter, eval_batc
     if restored is not None:
       ms.params, opt_state, start = restored.params, restored.opt_state, restored.step
       _say(f"resumed {workdir} from checkpoint step {start}")
-    elif config.get("init_checkpoint"):
+    elif config.init_checkpoint:
       ms.params, src = _load_init_params(config.init_checkpoint, ms)
       _say(f"init_checkpoint: params loaded from {src} (optimiser and data start fresh)")
     if restored is not None and restored.data is not None:
@@ -360,6 +360,6 @@ def _snapshot(it, per_process):
 
 
 def _progress_bar(tc, start, steps):
-  if not tc.get("progress_bar", True) or jax.process_index() != 0 or start >= steps:
+  if not tc.progress_bar or jax.process_index() != 0 or start >= steps:
     return None
   return tqdm(total=steps, initial=start, desc="train", dynamic_ncols=True)

@@ -35,10 +35,10 @@ def step_spec(config):
   updates = int(rcfg.ppo_epochs) * int(rcfg.ppo_minibatches)
   builder = None  # fused: update.make_train_step accumulates microbatches itself
   if updates > 1:
-    builder = ppo.make_ppo_step_builder(rcfg, int(config.train.get("microbatches", 1)))
+    builder = ppo.make_ppo_step_builder(rcfg, int(config.train.microbatches))
   return StepSpec(refine_step.make_loss_fn(rcfg), builder, updates,
                   lm_batch(config.train.batch_size, config.data.seq_len,
-                           segments=config.data.get("reset_at_documents", True)))
+                           segments=config.data.reset_at_documents))
 
 
 def _num(v):
@@ -147,7 +147,7 @@ def validate(config):
     raise ValueError(f"refine.kl_coef={rcfg.kl_coef}: the midtrain stage has no frozen "
                      "reference model yet (the paper uses none); set refine.kl_coef=0, or call "
                      "refine.make_loss_fn(rcfg, ref_model=...) from your own stage.")
-  mbs, microbatches = int(rcfg.ppo_minibatches), int(config.train.get("microbatches", 1))
+  mbs, microbatches = int(rcfg.ppo_minibatches), int(config.train.microbatches)
   ppo.check_microbatches(int(config.train.batch_size), mbs, microbatches)
 
 

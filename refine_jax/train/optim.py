@@ -69,8 +69,8 @@ def make_optimizer(train_cfg, updates_per_step=1):
   schedule = make_schedule(train_cfg)
   tx = adamw(per_update(schedule, int(updates_per_step)), b1=train_cfg.b1, b2=train_cfg.b2,
              eps=train_cfg.eps, weight_decay=train_cfg.weight_decay,
-             grad_clip=train_cfg.grad_clip, mu_dtype=train_cfg.get("mu_dtype", "float32"),
-             decay_all=bool(train_cfg.get("decay_all", False)))
+             grad_clip=train_cfg.grad_clip, mu_dtype=train_cfg.mu_dtype,
+             decay_all=bool(train_cfg.decay_all))
   return tx, schedule
 
 

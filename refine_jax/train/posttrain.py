@@ -58,7 +58,7 @@ def validate(config):
   # Before the warm-up runs: every update splits the batch into these parts.
   mbs = int(config.refine.ppo_minibatches) if inner_updates(config) > 1 else 1
   ppo.check_microbatches(int(config.train.batch_size), mbs,
-                              int(config.train.get("microbatches", 1)))
+                              int(config.train.microbatches))
 
 
 def answer_batch(batch):
@@ -115,7 +115,7 @@ def make_step_builder(config, pad_id):
   train.microbatches (update.accumulate)."""
   inner = inner_loss_fn(config, pad_id)
   n_inner = inner_updates(config)
-  M = int(config.train.get("microbatches", 1))
+  M = int(config.train.microbatches)
 
   def builder(graphdef, loss_fn, tx):
     del loss_fn

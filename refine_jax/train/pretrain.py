@@ -10,13 +10,13 @@ def step_spec(config):
   """NTP; with train.ntp_epochs x ntp_minibatches > 1, that many updates per batch over strided
   minibatches (an SFT baseline matched to ReFINE's ppo_epochs x ppo_minibatches updates)."""
   tc = config.train
-  epochs, mbs = int(tc.get("ntp_epochs", 1)), int(tc.get("ntp_minibatches", 1))
+  epochs, mbs = int(tc.ntp_epochs), int(tc.ntp_minibatches)
   builder = None  # the loop's default step (accumulates train.microbatches itself)
   if epochs * mbs > 1:
-    builder = update.ntp_step_builder(epochs, mbs, int(tc.get("microbatches", 1)))
+    builder = update.ntp_step_builder(epochs, mbs, int(tc.microbatches))
   return StepSpec(losses.ntp_loss, builder, epochs * mbs,
                   lm_batch(tc.batch_size, config.data.seq_len,
-                           segments=config.data.get("reset_at_documents", True)))
+                           segments=config.data.reset_at_documents))
 
 
 def run(config, workdir):

@@ -34,7 +34,6 @@ from flax import nnx
 from refine_jax import paths
 from refine_jax.data.tokenizers import get_tokenizer
 from refine_jax.eval import decode
-from refine_jax.refine import default_refine_config
 from refine_jax.refine import step as refine_step
 from refine_jax.train import loop, losses, optim, ppo, qa_data, qa_eval, update, warmup
 from refine_jax.train.spec import StepSpec, lm_batch
@@ -43,37 +42,13 @@ MODES = ("refine", "sft")
 _STEPS: dict = {}  # (graphdef, config key) -> jitted update
 
 
-def default_ttt_config() -> ml_collections.ConfigDict:
-  """Every ttt.* field and its default (configs/ttt.py starts from this)."""
-  c = ml_collections.ConfigDict()
-  c.mode = "refine"       # refine | sft (NTP only on the prompts)
-  c.steps = 3             # updates per test batch
-  c.batch_size = 4        # prompts adapted together (and answered together)
-  c.carry_over = False    # False: every batch starts from the checkpoint's weights
-  c.lr = 3e-4             # AdamW, fresh per batch
-  c.weight_decay = 0.0
-  c.grad_clip = 1.0
-  c.bucket = 128          # prompt batches are padded to a multiple (fewer compilations)
-  c.data_path = ""        # jsonl/parquet test set; "" = synthetic eval.* cells
-  c.max_samples = 0       # rows of data_path to use; 0 = all
-  c.warmup_steps = 200    # NTP warm-up when init_checkpoint is empty; 0 = none
-  c.warmup_lr = 3e-3
-  return c
-
-
 def resolve_config(config):
   """`config` ready for adapt(): a config of another stage (e.g. what load_pretrained
-  returns) gets the ttt.* defaults and the paper's TTT refine.* (binary reward, lambda_rl
-  0.4) on top of the refine defaults."""
-  if config.get("stage") == "ttt" and "ttt" in config and "reward" in config.get("refine", {}):
+  returns) gets the paper's TTT refine.* (binary reward, lambda_rl 0.4)."""
+  if config.stage == "ttt":
     return config
   c = ml_collections.ConfigDict(config.to_dict())
-  ttt_cfg = default_ttt_config()
-  ttt_cfg.update(c.get("ttt", {}))
-  rcfg = default_refine_config()
-  rcfg.update(c.get("refine", {}))
-  rcfg.reward, rcfg.lambda_rl = "binary", 0.4
-  c.ttt, c.refine = ttt_cfg, rcfg
+  c.refine.reward, c.refine.lambda_rl = "binary", 0.4
   return c
 
 
@@ -126,7 +101,7 @@ def _optimizer(config):
   t, tc = config.ttt, config.train
   return optim.adamw(float(t.lr), b1=tc.b1, b2=tc.b2, eps=tc.eps,
                      weight_decay=float(t.weight_decay), grad_clip=float(t.grad_clip),
-                     decay_all=bool(tc.get("decay_all", False)))
+                     decay_all=bool(tc.decay_all))
 
 
 def _ppo_updates(config):
@@ -185,10 +160,10 @@ def adapt(model, config, prompt_ids, steps: int | None = None, *, return_metrics
   if len(prompt_ids) and np.ndim(prompt_ids[0]) == 0:
     prompt_ids = [prompt_ids]
   steps = int(config.ttt.steps if steps is None else steps)
-  chunk = int(config.model.get("chunk_size", 64))
+  chunk = int(config.model.chunk_size)
   bucket = max(int(config.ttt.bucket), chunk)
   bucket = -(-bucket // chunk) * chunk
-  pad = int(config.ttt.get("pad_id", -1))
+  pad = int(config.ttt.pad_id)
   if pad < 0:
     pad = get_tokenizer(config.data).pad_id
   batch = prompt_batch(prompt_ids, bucket, pad)

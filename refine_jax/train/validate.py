@@ -61,8 +61,7 @@ def validate_config(config, *, num_devices=None, process_count=None):
                      f"every sequence would be padded inside the fast-weight kernel. Set "
                      f"data.seq_len to a multiple (e.g. {fit}) or model.chunk_size to a power "
                      "of two dividing it.")
-  lact_chunk = config.model.get("lact", {}).get("chunk", None) if config.model.arch == "lact" \
-      else None
+  lact_chunk = config.model.lact.chunk if config.model.arch == "lact" else None
   if lact_chunk and lact_chunk > seq_len:
     raise ValueError(f"model.lact.chunk={lact_chunk} > data.seq_len={seq_len}: the fast weights "
                      "would never update during training; lower model.lact.chunk.")
@@ -72,20 +71,20 @@ def validate_config(config, *, num_devices=None, process_count=None):
   if tc.batch_size % dp:
     raise ValueError(f"train.batch_size={tc.batch_size} is not divisible by the data-parallel "
                      f"size mesh.data*mesh.fsdp={data}*{fsdp}={dp}; use a multiple of {dp}.")
-  microbatches = tc.get("microbatches", 1)
+  microbatches = tc.microbatches
   _positive_int(microbatches, "train.microbatches")
   if tc.batch_size % (microbatches * dp):
     raise ValueError(f"train.batch_size={tc.batch_size} does not split into train.microbatches="
                      f"{microbatches} microbatches over the data-parallel size mesh.data*"
                      f"mesh.fsdp={dp}; make train.batch_size a multiple of train.microbatches*"
                      f"{dp}={microbatches * dp} (or lower train.microbatches).")
-  mbs = int(config.get("refine", {}).get("ppo_minibatches", 1) or 1)
+  mbs = int(config.refine.ppo_minibatches)
   if config.stage == "midtrain" and mbs > 1 and tc.batch_size % (mbs * microbatches * dp):
     raise ValueError(f"train.batch_size={tc.batch_size} does not split into refine."
                      f"ppo_minibatches={mbs} x train.microbatches={microbatches} parts that each "
                      f"spread over the data-parallel size {dp} (a Pallas kernel cannot be split "
                      f"unevenly); make train.batch_size a multiple of {mbs * microbatches * dp}.")
-  ntp_epochs, ntp_mbs = tc.get("ntp_epochs", 1), tc.get("ntp_minibatches", 1)
+  ntp_epochs, ntp_mbs = tc.ntp_epochs, tc.ntp_minibatches
   _positive_int(ntp_epochs, "train.ntp_epochs")
   _positive_int(ntp_mbs, "train.ntp_minibatches")
   if ntp_epochs * ntp_mbs > 1 and config.stage != "pretrain":
@@ -97,7 +96,7 @@ def validate_config(config, *, num_devices=None, process_count=None):
                      f"ntp_minibatches={ntp_mbs} x train.microbatches={microbatches} parts over "
                      f"the data-parallel size {dp}; make it a multiple of "
                      f"{ntp_mbs * microbatches * dp}.")
-  if tc.get("mu_dtype", "float32") not in optim.MU_DTYPES:
+  if tc.mu_dtype not in optim.MU_DTYPES:
     raise ValueError(f"train.mu_dtype={tc.mu_dtype!r}; use one of {tuple(optim.MU_DTYPES)}.")
   if loop.host_split(config) == "documents" and tc.batch_size % process_count:
     raise ValueError(f"train.batch_size={tc.batch_size} is not divisible by the number of "
