@@ -27,8 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from refine_jax.models import LMOutput, build_model# noqa: E402
 from refine_jax.refine import rollout, selection, step  # noqa: E402
-from refine_jax.config import default_model_config
-from refine_jax import config as rj_config
+from refine_jax.config import default_model_config, default_refine_config
 
 
 def _cpu_s():
@@ -65,7 +64,7 @@ def make_model(args):
 
 
 def bench_step(model, args):
-  rc = rj_config.default_refine_config()
+  rc = default_refine_config()
   B, T = args.batch, args.seq
   x = np.random.default_rng(0).integers(0, args.vocab, (B, T + 1)).astype(np.int32)
   batch = {"inputs": x[:, :-1], "targets": x[:, 1:], "loss_mask": np.ones((B, T), np.float32)}
@@ -90,7 +89,7 @@ def bench_step(model, args):
 
 
 def bench_rollouts(model, args):
-  rc = rj_config.default_refine_config()
+  rc = default_refine_config()
   B, T, k, n = args.batch, args.rollout_seq, rc.rollout_len, rc.rollouts_per_position
   x = jnp.asarray(np.random.default_rng(1).integers(0, args.vocab, (B, T)).astype(np.int32))
   graphdef, params = nnx.split(model)

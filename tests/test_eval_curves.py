@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from refine_jax.eval import curves
-from refine_jax.train import loop, losses, metrics
+from refine_jax.train import loop, losses, metrics, update
 
 import tiny
 
@@ -18,7 +18,7 @@ def test_tiny_run_writes_training_curves_png(tmp_path):
   cfg.train.eval_every, cfg.checkpoint.async_save = 2, False
   it = tiny.SyntheticIterator(4, 8)
   evals = [next(tiny.SyntheticIterator(4, 8, seed=9))]
-  loop.run_training(cfg, str(tmp_path), losses.ntp_loss, eval_batches=evals,
+  loop.run_training(cfg, str(tmp_path), update.loss_spec(losses.ntp_loss), eval_batches=evals,
                     model_fn=lambda: tiny.TinyLM(rngs=nnx.Rngs(0)), train_iter=it)
   png = tmp_path / "eval" / curves.TRAINING_CURVES_PNG
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -7,10 +7,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from refine_jax.config import default_eval_config
 from refine_jax.data.tokenizers import ByteTokenizer
 from refine_jax.errors import UserError
 from refine_jax.eval import qa_files, runner
-from refine_jax import config as rj_config
 
 
 def ruler_parquet(path, rows):
@@ -116,7 +116,7 @@ def test_mistakes_are_one_clear_error(files):
 
 def test_runner_scores_each_row_by_its_task_and_writes_predictions(files, tmp_path):
   tok = ByteTokenizer()
-  cfg = rj_config.default_eval_config()
+  cfg = default_eval_config()
   cfg.update(tasks="qa", context_lengths="2000", num_samples=20, progress=False, plots=False,
              qa_path=f"{files}/ruler_squadqa_4096.parquet,{files}/lb.parquet")
   answers = {"When?": "\nearly 11th century", "Who?": "It was Ann Lee.",
@@ -140,7 +140,7 @@ def test_runner_scores_each_row_by_its_task_and_writes_predictions(files, tmp_pa
 
 def test_predictions_rows_name_source_row_and_task(files, tmp_path):
   tok = ByteTokenizer()
-  cfg = rj_config.default_eval_config()
+  cfg = default_eval_config()
   cfg.update(tasks="qa", context_lengths="2000", num_samples=20, progress=False, plots=False,
              qa_path=f"{files}/lb.parquet")
   out = tmp_path / "eval"
@@ -208,7 +208,7 @@ def test_auto_context_lengths_take_each_rows_own_length(files, tmp_path):
   file's _<N> suffix, uncut; a file with neither is one clear error."""
   tok = ByteTokenizer()
   (files / "trec_16384.parquet").write_bytes((files / "lb.parquet").read_bytes())
-  cfg = rj_config.default_eval_config()
+  cfg = default_eval_config()
   cfg.update(tasks="qa", context_lengths="auto", num_samples=0, progress=False, plots=False,
              qa_path=f"{files}/ruler_squadqa_4096.parquet,{files}/trec_16384.parquet")
   seen = []

@@ -10,11 +10,10 @@ from refine_jax.data import tasks as tasks_lib
 from refine_jax.data.tokenizers import ByteTokenizer
 from refine_jax.eval import logit_tasks, report, runner
 from refine_jax.config import default_eval_config, default_model_config
-from refine_jax import config as rj_config
 
 
 def _cfg(**kw):
-  c = rj_config.default_eval_config()
+  c = default_eval_config()
   c.tasks = "niah_single,niah_multikey,niah_multivalue,variable_tracking"
   c.context_lengths = "1000,800"
   c.num_samples = 3

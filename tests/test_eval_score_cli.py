@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
+from refine_jax.config import default_eval_config
 from refine_jax.data.tokenizers import ByteTokenizer
 from refine_jax.eval import runner, score
-from refine_jax import config as rj_config
 from test_eval_qa_files import files, write_jsonl  # noqa: F401  pylint: disable=unused-import
 
 
@@ -25,7 +25,7 @@ def _preds(path, rows):
 
 def test_rescoring_what_eval_saved_gives_the_same_numbers(files, tmp_path, capsys):
   data = f"{files}/ruler_squadqa_4096.parquet,{files}/lb.parquet,{files}/thudm.jsonl"
-  cfg = rj_config.default_eval_config()
+  cfg = default_eval_config()
   cfg.update(tasks="qa,qa_f1", context_lengths="3000", num_samples=20, progress=False,
              plots=False, qa_path=data)
   answers = {"When?": "\nearly 11th century", "Who?": "It was Ann Lee.",

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
+from refine_jax.config import default_eval_config
 from refine_jax.eval import logit_tasks, runner, stats
-from refine_jax import config as rj_config
 
 
 def test_t_interval_by_hand():
@@ -61,7 +61,7 @@ def test_run_eval_recall_task_writes_scores_and_plots(tmp_path):
   cfg = recall_config.get_config()
   cfg.model.hidden, cfg.model.layers = 16, 1
   model = build_model(cfg.model, rngs=nnx.Rngs(0))
-  ecfg = rj_config.default_eval_config()
+  ecfg = default_eval_config()
   ecfg.tasks, ecfg.context_lengths, ecfg.num_samples, ecfg.batch_size = "recall", "128,256", 4, 2
   ecfg.progress = False
   res = runner.run_eval(model, None, ecfg, str(tmp_path), config=cfg)
@@ -139,7 +139,7 @@ def test_run_eval_recall_scores_a_model_with_known_answers():
       r = jnp.argmax((ids[:, None, :] == self.rows[...][None]).all(-1), axis=1)
       return types.SimpleNamespace(logits=20.0 * jax.nn.one_hot(self.answers[...][r], V))
 
-  ecfg = rj_config.default_eval_config()
+  ecfg = default_eval_config()
   ecfg.tasks, ecfg.context_lengths, ecfg.num_samples, ecfg.batch_size = "recall", str(L), N, 3
   ecfg.progress, ecfg.base_seed = False, 0
   res = runner.run_eval(Oracle(), None, ecfg, None, config=cfg)

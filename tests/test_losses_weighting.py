@@ -22,8 +22,7 @@ from refine_jax.models import build_model
 from refine_jax.refine import step as refine_step
 from refine_jax.train import optim, posttrain, ppo, qa_data, ttt, update
 from refine_jax.train import losses as train_losses
-from refine_jax.config import default_model_config
-from refine_jax import config as rj_config
+from refine_jax.config import default_model_config, default_refine_config
 
 import test_posttrain as PT
 import test_ttt as TT
@@ -54,7 +53,7 @@ def _ragged_batch(B=8, seed=1):
 def _rcfg(**kw):
   """Sampled ReFINE (entropy selection, temperature 1): per-row keys make the draws the same
   whatever microbatch a row lands in."""
-  rc = rj_config.default_refine_config()
+  rc = default_refine_config()
   rc.num_chunks, rc.rollout_len, rc.margin, rc.lambda_rl = 2, 2, 0, 1.0
   rc.update(kw)
   return rc
@@ -131,9 +130,9 @@ def test_ppo_microbatches_and_minibatch_split_ragged():
   batch, rc = _ragged_batch(), _rcfg(ppo_epochs=1, ppo_minibatches=1)
   keys = ("loss", "ntp_loss", "pg_loss", "reward_mean", "clip_frac", "valid_frac")
   tx = optax.sgd(0.5)
-  p1, _, out1 = _run(ppo.make_ppo_step_builder(rc, 1)(graphdef, None, tx), p0,
+  p1, _, out1 = _run(ppo.ppo_step(rc)(graphdef, tx, 1), p0,
                      tx.init(p0), rest, batch)
-  p2, _, out2 = _run(ppo.make_ppo_step_builder(rc, 2)(graphdef, None, tx), p0,
+  p2, _, out2 = _run(ppo.ppo_step(rc)(graphdef, tx, 2), p0,
                      tx.init(p0), rest, batch)
   _assert_same(p0, p1, p2, out1, out2, keys + ("grad_norm",))
   # Minibatch splits: each update is its own minibatch's mean; at lr 0 the weights do not move,
@@ -142,7 +141,7 @@ def test_ppo_microbatches_and_minibatch_split_ragged():
   outs = {}
   for mbs, M in ((1, 1), (2, 2), (4, 1)):
     rcm = _rcfg(ppo_epochs=2, ppo_minibatches=mbs)
-    outs[mbs, M] = _run(ppo.make_ppo_step_builder(rcm, M)(graphdef, None, zero), p0,
+    outs[mbs, M] = _run(ppo.ppo_step(rcm)(graphdef, zero, M), p0,
                         zero.init(p0), rest, batch)[2]
   for key in outs:
     _assert_same(None, None, None, outs[1, 1], outs[key], keys)
@@ -151,7 +150,7 @@ def test_ppo_microbatches_and_minibatch_split_ragged():
 def test_ntp_minibatch_split_ragged():
   graphdef, p0, rest = _split(_tiny_lm())
   batch, zero = _ragged_batch(), optax.sgd(0.0)
-  out = {mbs: _run(update.ntp_step_builder(2, mbs, 1)(graphdef, train_losses.ntp_loss, zero), p0,
+  out = {mbs: _run(update.loss_step(train_losses.ntp_loss, 2, mbs)(graphdef, zero, 1), p0,
                    zero.init(p0), rest, batch)[2] for mbs in (1, 2, 4)}
   for mbs in (2, 4):
     _assert_same(None, None, None, out[1], out[mbs], ("loss", "accuracy"))
@@ -175,7 +174,7 @@ def test_posttrain_microbatches_ragged(mode):
   for M in (1, 4):
     c = copy.deepcopy(config)
     c.train.microbatches = M
-    step = posttrain.make_step_builder(c, PT.TOK.pad_id)(graphdef, None, tx)
+    step = posttrain.nested_step(c, PT.TOK.pad_id)(graphdef, tx, M)
     ps[M], _, outs[M] = _run(step, params, tx.init(params), rest, b, jax.random.key(3))
   keys = ("loss", "inner_loss", "inner_ntp_loss", "answer_accuracy")
   if mode == "nested_refine":
@@ -197,7 +196,7 @@ def test_ttt_minibatch_split_ragged():
     config = ttt.resolve_config(TT.tiny_config(**{"refine.ppo_epochs": 2,
                                                   "refine.ppo_minibatches": mbs,
                                                   "ttt.batch_size": 4}))
-    step = ttt.make_step(graphdef, config, zero)
+    step = ttt.adapt_step(config)(graphdef, zero)
     outs[mbs] = _run(step, params, zero.init(params), rest, batch)[2]
   _assert_same(None, None, None, outs[1], outs[4], ("loss", "ntp_loss", "pg_loss",
                                                     "valid_frac"))

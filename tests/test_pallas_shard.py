@@ -118,14 +118,14 @@ _TRAIN = textwrap.dedent(r"""
   import jax
   from flax import nnx
   from refine_jax.models import build_model
-  from refine_jax.train import loop, losses
+  from refine_jax.train import loop, losses, update
   import tiny as T
   mesh, workdir, backend = tuple(int(x) for x in sys.argv[1].split(",")), sys.argv[2], sys.argv[3]
   config = T.tiny_config(steps=3, every=0, batch_size=8, seq_len=32, mesh=mesh)
   m = config.model
   m.arch, m.hidden, m.layers, m.heads, m.vocab_size = "gated_deltanet", 32, 1, 2, 64
   m.head_dim, m.chunk_size, m.backend = 16, 16, backend
-  result = loop.run_training(config, workdir, losses.ntp_loss, eval_fn=None,
+  result = loop.run_training(config, workdir, update.loss_spec(losses.ntp_loss), eval_fn=None,
                              model_fn=lambda: build_model(config.model, rngs=nnx.Rngs(0)),
                              train_iter=T.SyntheticIterator(8, 32, vocab=64))
   rows = [json.loads(l) for l in open(workdir + "/metrics.jsonl")]

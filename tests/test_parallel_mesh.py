@@ -15,12 +15,12 @@ _SCRIPT = r"""
 import json, sys
 import jax
 from flax import nnx
-from refine_jax.train import loop, losses
+from refine_jax.train import loop, losses, update
 import tiny as T
 mesh = tuple(int(x) for x in sys.argv[1].split(","))
 config = T.tiny_config(steps=int(sys.argv[3]), every=0, batch_size=8, mesh=mesh)
 config.train.schedule = "constant"  # lr independent of train.steps, so runs can be extended
-result = loop.run_training(config, sys.argv[2], losses.ntp_loss, eval_fn=None,
+result = loop.run_training(config, sys.argv[2], update.loss_spec(losses.ntp_loss), eval_fn=None,
                            model_fn=lambda: T.TinyLM(rngs=nnx.Rngs(0)),
                            train_iter=T.SyntheticIterator(8, config.data.seq_len))
 rows = [json.loads(l) for l in open(sys.argv[2] + "/metrics.jsonl")]

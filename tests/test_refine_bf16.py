@@ -14,8 +14,7 @@ from flax import nnx
 from refine_jax.models import build_model
 from refine_jax.refine import step as refine_step
 from refine_jax.train import ppo
-from refine_jax.config import default_model_config
-from refine_jax import config as rj_config
+from refine_jax.config import default_model_config, default_refine_config
 
 V, SEQ = 64, 48
 BF16_EPS = 2.0 ** -8  # bf16 has 8 significant bits
@@ -37,7 +36,7 @@ def _batch(B=4):
 
 
 def _rcfg(**kw):
-  rc = rj_config.default_refine_config()
+  rc = default_refine_config()
   rc.num_chunks, rc.rollout_len, rc.margin = 3, 3, 4
   rc.update(kw)
   return rc
@@ -49,7 +48,7 @@ def test_first_ppo_update_ratio_is_exactly_one_in_bf16():
   graphdef, params, rest = nnx.split(_model("bfloat16"), nnx.Param, ...)
   sgd = optax.sgd(1e-2)
   rc = _rcfg(ppo_epochs=1, ppo_minibatches=1)
-  step = ppo.make_ppo_step_builder(rc, 2)(graphdef, None, sgd)
+  step = ppo.ppo_step(rc)(graphdef, sgd, 2)
   _, _, out = jax.jit(step)(params, sgd.init(params), rest, _batch(), jax.random.key(1))
   assert float(out["valid_frac"]) > 0.5
   assert float(out["ratio_dev"]) == 0.0, float(out["ratio_dev"])

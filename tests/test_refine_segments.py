@@ -12,8 +12,7 @@ from flax import nnx
 from refine_jax.models import build_model, segments
 from refine_jax.refine import rollout, selection
 from refine_jax.refine import step as refine_step
-from refine_jax.config import default_model_config
-from refine_jax import config as rj_config
+from refine_jax.config import default_model_config, default_refine_config
 
 V = 48
 
@@ -35,7 +34,7 @@ def test_rollout_logprobs_from_packed_row_equal_document_alone(arch):
   row = np.concatenate([first, second]).astype(np.int32)[None]
   seg = np.concatenate([np.ones(13), 2 * np.ones(27)]).astype(np.int32)[None]
   alone = second.astype(np.int32)[None]
-  rc = rj_config.default_refine_config()
+  rc = default_refine_config()
   rc.rollout_len, rc.temperature = 3, 1.0
   pos_alone = jnp.array([[4, 11, 19]], jnp.int32)
   tokens = jnp.asarray(rng.integers(0, V, (3, 3)), jnp.int32)

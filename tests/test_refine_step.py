@@ -9,8 +9,7 @@ from flax import nnx
 
 from refine_jax.models import build_model
 from refine_jax.refine import rollout, step
-from refine_jax.config import default_model_config
-from refine_jax import config as rj_config
+from refine_jax.config import default_model_config, default_refine_config
 
 V, T = 32, 24
 ARCHS = ["deltanet", "gated_deltanet", "transformer", "lact"]
@@ -28,7 +27,7 @@ def tiny_model(arch="deltanet", seed=0, layers=2):
 
 
 def tiny_rcfg(**kw):
-  rc = rj_config.default_refine_config()
+  rc = default_refine_config()
   rc.num_chunks, rc.rollout_len, rc.rollouts_per_position, rc.margin = 3, 3, 2, 2
   rc.update(kw)
   return rc

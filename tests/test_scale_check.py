@@ -118,7 +118,7 @@ def test_stage_step_specs_match_the_batches_they_train_on():
   for stage in ("pretrain", "midtrain", "posttrain", "ttt"):
     spec = stages.step_spec(_stage_config(stage))
     assert spec.batch["inputs"][0][1] == 256
-    assert callable(spec.loss_fn)
+    assert callable(spec.make_step)
     # One update per batch, except posttrain's nested inner + outer update.
     assert spec.updates_per_step == (2 if stage == "posttrain" else 1), stage
   assert "prompt_len" in stages.step_spec(_stage_config("posttrain")).batch

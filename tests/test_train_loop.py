@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from refine_jax.train import loop, losses, optim
+from refine_jax.train import loop, losses, optim, update
 from refine_jax.train.metrics import read_metrics
 
 import tiny as T
@@ -22,7 +22,7 @@ def _loss_with_poison(model, batch, rng):
 
 def _run(workdir, config, *, poison_at=(), on_step=None, loss_fn=losses.ntp_loss):
   it = T.SyntheticIterator(config.train.batch_size, config.data.seq_len, poison_at=poison_at)
-  return loop.run_training(config, str(workdir), loss_fn, eval_fn=None,
+  return loop.run_training(config, str(workdir), update.loss_spec(loss_fn), eval_fn=None,
                            model_fn=lambda: T.TinyLM(rngs=nnx.Rngs(config.seed)),
                            train_iter=it, on_step=on_step)
 

@@ -21,9 +21,9 @@ from refine_jax.refine import step as refine_step
 from refine_jax.train import loop, optim, ppo, update
 from refine_jax.train import losses
 from refine_jax.train.validate import validate_config
-from refine_jax.config import default_model_config
-from refine_jax import config as rj_config
+from refine_jax.config import default_model_config, default_refine_config
 
+from refine_jax.train.spec import StepSpec
 import tiny as T
 
 V, SEQ = 32, 24
@@ -85,7 +85,7 @@ def test_ntp_epochs_x_minibatches_equal_sequential_updates(microbatches):
   graphdef, p0, rest = _split(T.TinyLM(vocab=V, rngs=nnx.Rngs(0)))
   tx = optax.sgd(0.5, momentum=0.9)
   batch = _ntp_batch()
-  step = update.ntp_step_builder(2, 2, microbatches)(graphdef, losses.ntp_loss, tx)
+  step = update.loss_step(losses.ntp_loss, 2, 2)(graphdef, tx, microbatches)
   got, opt, out = _run_step(step, p0, tx, rest, batch)
 
   loss_grad = jax.jit(jax.value_and_grad(
@@ -113,9 +113,9 @@ def test_ppo_epochs_apply_the_ntp_term_once_per_update():
   graphdef, p0, rest = _split(_tiny_lm())
   rc = _greedy_rcfg(ppo_epochs=2, ppo_minibatches=2, lambda_rl=0.0)
   tx, batch = optax.sgd(0.5, momentum=0.9), _refine_batch()
-  ppo_step = ppo.make_ppo_step_builder(rc)(graphdef, None, tx)
+  ppo_step = ppo.ppo_step(rc)(graphdef, tx)
   p_ppo, _, out = _run_step(ppo_step, p0, tx, rest, batch)
-  ntp = update.ntp_step_builder(2, 2)(graphdef, losses.ntp_loss, tx)
+  ntp = update.loss_step(losses.ntp_loss, 2, 2)(graphdef, tx)
   p_ntp, _, out_ntp = _run_step(ntp, p0, tx, rest, batch)
   _assert_same_update(p0, p_ntp, p_ppo)
   np.testing.assert_allclose(float(out["ntp_loss"]), float(out_ntp["ntp_loss"]), rtol=1e-5)
@@ -145,7 +145,7 @@ def _tiny_lm():
 def _greedy_rcfg(**kw):
   """Deterministic ReFINE (argmax selection, greedy rollouts): the per-microbatch rng does not
   change anything, so M microbatches must reproduce the full batch."""
-  rc = rj_config.default_refine_config()
+  rc = default_refine_config()
   rc.num_chunks, rc.rollout_len, rc.rollouts_per_position, rc.margin = 3, 3, 2, 2
   rc.selection, rc.temperature, rc.lambda_rl = "argmax", 0.0, 1.0
   # Greedy samples of one position are identical: only per-sequence groups have rewards that
@@ -178,17 +178,16 @@ def test_refine_fused_step_equals_unaccumulated():
 def test_ppo_builder_equals_unaccumulated():
   graphdef, p0, rest = _split(_tiny_lm())
   rc, tx, batch = _greedy_rcfg(ppo_epochs=1, ppo_minibatches=2), optax.sgd(0.5), _refine_batch()
-  b1, b2 = ppo.make_ppo_step_builder(rc), ppo.make_ppo_step_builder(rc, 2)
-  assert b2.microbatches == 2
-  p1, _, out1 = _run_step(b1(graphdef, None, tx), p0, tx, rest, batch)
-  p2, _, out2 = _run_step(b2(graphdef, None, tx), p0, tx, rest, batch)
+  make_step = ppo.ppo_step(rc)
+  p1, _, out1 = _run_step(make_step(graphdef, tx, 1), p0, tx, rest, batch)
+  p2, _, out2 = _run_step(make_step(graphdef, tx, 2), p0, tx, rest, batch)
   for k in ("loss", "rl_loss", "reward_mean", "grad_norm"):
     np.testing.assert_allclose(float(out2[k]), float(out1[k]), rtol=1e-4, atol=1e-7, err_msg=k)
   _assert_same_update(p0, p1, p2)
   # Minibatches of 2 sequences do not split into 4 microbatches.
   with pytest.raises(ValueError, match=r"train.batch_size=4 .*refine.ppo_minibatches=2.*"
                                        r"train.microbatches=4"):
-    _run_step(ppo.make_ppo_step_builder(rc, 4)(graphdef, None, tx), p0, tx, rest, batch)
+    _run_step(ppo.ppo_step(rc)(graphdef, tx, 4), p0, tx, rest, batch)
 
 
 def test_grad_share_is_the_rl_terms_part_of_the_gradient():
@@ -237,14 +236,19 @@ def test_bad_microbatch_configs_are_refused(tmp_path):
   c.train.microbatches, c.train.mu_dtype = 1, "float16"
   with pytest.raises(ValueError, match=r"train.mu_dtype='float16'"):
     validate_config(c, num_devices=1, process_count=1)
-  # A stage step built without accumulation refuses train.microbatches > 1.
+  # The loop builds the stage's step for config.train.microbatches: no step can disagree.
   c = T.tiny_config(batch_size=8)
-  c.train.microbatches = 2
-  with pytest.raises(ValueError, match=r"train.microbatches=2"):
-    loop.run_training(c, str(tmp_path), losses.ntp_loss, eval_fn=None,
-                      model_fn=lambda: T.TinyLM(rngs=nnx.Rngs(0)),
-                      train_iter=T.SyntheticIterator(8, 8),
-                      step_builder=lambda graphdef, loss_fn, tx: None)
+  c.train.microbatches, c.train.steps = 2, 1
+  seen = []
+
+  def make_step(graphdef, tx, microbatches):
+    seen.append(microbatches)
+    return update.loss_step(losses.ntp_loss)(graphdef, tx, microbatches)
+
+  loop.run_training(c, str(tmp_path), StepSpec(make_step, 1, {}), eval_fn=None,
+                    model_fn=lambda: T.TinyLM(rngs=nnx.Rngs(0)),
+                    train_iter=T.SyntheticIterator(8, 8))
+  assert seen == [2]
 
 
 def test_bf16_first_moment():

@@ -15,10 +15,10 @@ from flax import nnx
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import ttt as ttt_config  # pylint: disable=g-import-not-at-top
+from refine_jax.config import default_ttt_config
 from refine_jax.data.tokenizers import ByteTokenizer
 from refine_jax.models import build_model
 from refine_jax.train import losses, ttt
-from refine_jax import config as rj_config
 
 TOK = ByteTokenizer()
 
@@ -151,7 +151,7 @@ def test_resolve_config_for_other_stages():
   from configs import pretrain  # pylint: disable=g-import-not-at-top
   c = ttt.resolve_config(pretrain.get_config())
   assert c.refine.reward == "binary" and c.refine.lambda_rl == 0.4
-  assert c.ttt.steps == rj_config.default_ttt_config().steps and c.refine.num_chunks == 8
+  assert c.ttt.steps == default_ttt_config().steps and c.refine.num_chunks == 8
   own = tiny_config()
   assert ttt.resolve_config(own) is own
 

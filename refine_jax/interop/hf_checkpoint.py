@@ -9,11 +9,11 @@ import ml_dtypes  # numpy has no bfloat16; ml_dtypes ships with jax
 import numpy as np
 from absl import logging
 
+from refine_jax.config import default_model_config
 from refine_jax.data.tokenizers import get_tokenizer
 from refine_jax.interop import bundle, hf_config, hf_weights, lact, modelio, safetensors_io
 from refine_jax.models import config as model_config
 from refine_jax.models.config import delta_dims
-from refine_jax import config as rj_config
 
 
 def is_hf_dir(path: str) -> bool:
@@ -37,7 +37,7 @@ def is_hf_dir(path: str) -> bool:
 
 def hf_model_config(hf_cfg: dict[str, Any], base_model_cfg=None):
   """Our model ConfigDict for an FLA config.json dict (validated by the model's rules)."""
-  cfg = base_model_cfg if base_model_cfg is not None else rj_config.default_model_config()
+  cfg = base_model_cfg if base_model_cfg is not None else default_model_config()
   cfg = cfg.copy_and_resolve_references()
   fields = hf_config.hf_to_model_fields(hf_cfg, dict(cfg.items()))
   with cfg.unlocked():

@@ -23,7 +23,7 @@ from jax.experimental import topologies
 from refine_jax import parallel
 from refine_jax.models import build_model
 from refine_jax.train import flops as flops_lib
-from refine_jax.train import loop, optim, stages, state as state_lib, update
+from refine_jax.train import loop, optim, stages, state as state_lib
 
 GiB = 1 << 30
 
@@ -107,8 +107,7 @@ def _build(config, mesh):
     tx, _ = optim.make_optimizer(config.train, spec.updates_per_step)
   opt_sh = state_lib.opt_state_shardings(tx, ms.params, ms.param_shardings, mesh)
   opt_state = state_lib.abstract(jax.eval_shape(tx.init, ms.params), opt_sh)
-  micro = int(config.train.microbatches)
-  step_fn = update.build_step(ms.graphdef, spec.loss_fn, tx, spec.step_builder, micro)
+  step_fn = spec.make_step(ms.graphdef, tx, int(config.train.microbatches))
   jstep = loop.jit_step(step_fn, ms, opt_sh, mesh)
   rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype,
                              sharding=parallel.replicated(mesh))

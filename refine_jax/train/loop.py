@@ -1,11 +1,12 @@
 """The training loop shared by every stage.
 
-A stage gives its objective (a refine_jax.losses.Objective: (sum, weight) Terms, divided once
-per optimiser update by their total weight, so microbatches never change it; a plain
-`loss_fn(model, batch, rng) -> (loss, metrics)` counts as a per-row mean); the loop owns the mesh, the
-sharded model/optimiser state, ONE jitted train step with explicit in/out shardings, Orbax
-checkpoints (resume, init_checkpoint), metrics, held-out perplexity and the NaN guard.
-A stage may also replace the whole step with `step_builder` (see `make_train_step`).
+A stage gives its step as a spec.StepSpec: make_step(graphdef, tx, microbatches) -> step, the
+optimiser updates the step makes and (optionally) its own optimiser. Objectives inside are
+refine_jax.losses.Objective terms, divided once per optimiser update by their total weight, so
+microbatches never change them (update.loss_step makes the step of one objective). The loop
+owns the mesh, the sharded model/optimiser state, ONE jitted train step with explicit in/out
+shardings, Orbax checkpoints (resume, init_checkpoint), metrics, held-out perplexity and the
+NaN guard.
 
 Step numbering: "step k" means k optimiser updates done; checkpoint k holds the params after
 update k and the data iterator after batch k, and a resumed run continues with step k + 1.
@@ -33,7 +34,7 @@ from refine_jax.train import init_checkpoint, metrics as metrics_lib, optim
 from refine_jax.train import state as state_lib
 from refine_jax.train.batches import (default_eval_batches, default_train_iter, global_batch,
                                       host_split)
-from refine_jax.train.update import build_step
+from refine_jax.train.spec import StepSpec
 
 
 @dataclasses.dataclass
@@ -76,35 +77,28 @@ def write_config(config, workdir):
   paths.write_text(path, text)
 
 
-def run_training(config, workdir, loss_fn, *, eval_fn=nll.ntp_eval,
+def run_training(config, workdir, spec: StepSpec, *, eval_fn=nll.ntp_eval,
                  model_fn: Callable | None = None, train_iter=None, eval_batches=None,
-                 step_builder: Callable | None = None, updates_per_step: int = 1,
-                 tx=None, on_step: Callable | None = None,
-                 stage: str | None = None) -> TrainResult:
+                 on_step: Callable | None = None, stage: str | None = None) -> TrainResult:
   """Trains config.train.steps steps in `workdir`, resuming from its latest good checkpoint.
 
-  loss_fn(model, batch, rng) -> (scalar loss, dict of scalar metrics), traced once under jit.
+  spec: the stage's StepSpec; the loop jits spec.make_step(graphdef, tx,
+  config.train.microbatches) with tx = spec.tx or optim.make_optimizer(config.train,
+  spec.updates_per_step) (the lr schedule follows train steps either way).
   eval_fn(model, batch) -> dict with "nll_sum" and "tokens" (held-out perplexity) or None.
   model_fn() -> nnx model (default: build_model(config.model)); train_iter: an iterator of
   global numpy batches (the same on every process) with get_state/set_state (default: the
   data pipeline, per data.host_split); eval_batches: list of global batches (default:
   config.train.eval_batches from the data
-  pipeline's held-out split). step_builder(graphdef, loss_fn, tx) replaces make_train_step; it
-  must carry `.microbatches == config.train.microbatches` when that is > 1 (it accumulates
-  itself); updates_per_step = the tx.update calls its step makes (the lr schedule still follows
-  steps). tx: the optimiser (a StepSpec's, e.g. optim.Nested for post-training) instead of
-  optim.make_optimizer(config.train, updates_per_step); its step_builder knows its layout.
-  config.train.microbatches: gradient accumulation inside the one step (`accumulate`).
-  on_step(step, metrics, model_state) runs on the host after each step.
+  pipeline's held-out split). on_step(step, metrics, model_state) runs on the host after each step.
 
   Three parts: _setup (mesh, state, data, restore / init_checkpoint, the jitted step), _loop
   (steps with their hooks: NaN guard, eval, metrics, on_step, checkpoints) and the end (the
   training-curves plot).
   """
   t_start = time.time()
-  run = _setup(config, workdir, loss_fn, eval_fn=eval_fn, model_fn=model_fn,
-               train_iter=train_iter, eval_batches=eval_batches, step_builder=step_builder,
-               updates_per_step=updates_per_step, tx=tx, stage=stage)
+  run = _setup(config, workdir, spec, eval_fn=eval_fn, model_fn=model_fn,
+               train_iter=train_iter, eval_batches=eval_batches, stage=stage)
   steps = int(config.train.steps)
   try:
     last_row, last_eval, last_saved = _loop(run, config, on_step)
@@ -153,18 +147,12 @@ class _Run:
       self.writer.close()
 
 
-def _setup(config, workdir, loss_fn, *, eval_fn, model_fn, train_iter, eval_batches,
-           step_builder, updates_per_step, tx, stage) -> _Run:
+def _setup(config, workdir, spec, *, eval_fn, model_fn, train_iter, eval_batches,
+           stage) -> _Run:
   """Mesh, sharded model and optimiser state, data, checkpoint restore (or init_checkpoint),
   config.json, the metrics writer and the jitted train / eval steps."""
   tc = config.train
   stage = stage or config.stage
-  microbatches = int(tc.microbatches)
-  # A custom step accumulates only if it was built to (it says so in .microbatches).
-  if step_builder is not None and getattr(step_builder, "microbatches", 1) != microbatches:
-    raise ValueError(f"train.microbatches={microbatches}: the {stage} stage's train step was "
-                     f"built for {getattr(step_builder, 'microbatches', 1)} microbatch(es) "
-                     "(a stage step without gradient accumulation needs train.microbatches=1).")
   workdir = paths.norm(workdir)  # a local path made absolute, or a gs:// URL
   paths.makedirs(workdir)
 
@@ -173,8 +161,9 @@ def _setup(config, workdir, loss_fn, *, eval_fn, model_fn, train_iter, eval_batc
   logging.info("mesh %s over %d devices", dict(mesh.shape), mesh.size)
 
   ms = state_lib.init_model_state(model_fn or default_model_fn(config), mesh)
+  tx = spec.tx
   if tx is None:
-    tx, schedule = optim.make_optimizer(tc, updates_per_step)
+    tx, schedule = optim.make_optimizer(tc, spec.updates_per_step)
   else:
     schedule = optim.make_schedule(tc)  # the lr per train step, for the metrics
   opt_state, opt_sh = state_lib.init_opt_state(tx, ms, mesh)
@@ -214,8 +203,7 @@ def _setup(config, workdir, loss_fn, *, eval_fn, model_fn, train_iter, eval_batc
                       "beginning", start)
 
     writer = metrics_lib.MetricsWriter(workdir, resume_step=start)
-    jstep = jit_step(build_step(ms.graphdef, loss_fn, tx, step_builder, microbatches), ms,
-                     opt_sh, mesh)
+    jstep = jit_step(spec.make_step(ms.graphdef, tx, int(tc.microbatches)), ms, opt_sh, mesh)
     jeval = None
     if eval_fn is not None and eval_batches:
       jeval = jax.jit(make_eval_step(ms.graphdef, eval_fn),

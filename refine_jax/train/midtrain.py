@@ -25,7 +25,7 @@ from refine_jax import paths
 from refine_jax.data import tokenizers
 from refine_jax.eval import curves, nll, runner
 from refine_jax.refine import step as refine_step
-from refine_jax.train import loop, metrics as metrics_lib, ppo, warmup
+from refine_jax.train import loop, metrics as metrics_lib, ppo, update, warmup
 from refine_jax.train.spec import StepSpec, lm_batch
 
 
@@ -33,12 +33,15 @@ def step_spec(config):
   """The ReFINE step: fused loss (1 update) or collect + ppo_epochs x ppo_minibatches updates."""
   rcfg = config.refine
   updates = int(rcfg.ppo_epochs) * int(rcfg.ppo_minibatches)
-  builder = None  # fused: update.make_train_step accumulates microbatches itself
-  if updates > 1:
-    builder = ppo.make_ppo_step_builder(rcfg, int(config.train.microbatches))
-  return StepSpec(refine_step.make_loss_fn(rcfg), builder, updates,
-                  lm_batch(config.train.batch_size, config.data.seq_len,
-                           segments=config.data.reset_at_documents))
+  make_step = (ppo.ppo_step(rcfg) if updates > 1
+               else update.loss_step(refine_step.make_loss_fn(rcfg)))
+  return StepSpec(make_step, updates, lm_batch(config.train.batch_size, config.data.seq_len,
+                                               segments=config.data.reset_at_documents))
+
+
+def minibatches(config):
+  """(field, n): the minibatches each step's batch splits into (validate.py checks the split)."""
+  return "refine.ppo_minibatches", int(config.refine.ppo_minibatches)
 
 
 def _num(v):
@@ -147,8 +150,6 @@ def validate(config):
     raise ValueError(f"refine.kl_coef={rcfg.kl_coef}: the midtrain stage has no frozen "
                      "reference model yet (the paper uses none); set refine.kl_coef=0, or call "
                      "refine.make_loss_fn(rcfg, ref_model=...) from your own stage.")
-  mbs, microbatches = int(rcfg.ppo_minibatches), int(config.train.microbatches)
-  ppo.check_microbatches(int(config.train.batch_size), mbs, microbatches)
 
 
 def run(config, workdir):
@@ -185,10 +186,8 @@ def run(config, workdir):
     logger(step, row, ms)
 
   spec = step_spec(config)
-  result = loop.run_training(
-      config, workdir, spec.loss_fn, eval_fn=nll.ntp_eval,
-      eval_batches=eval_batches, step_builder=spec.step_builder,
-      updates_per_step=spec.updates_per_step, on_step=on_step, stage="midtrain")
+  result = loop.run_training(config, workdir, spec, eval_fn=nll.ntp_eval,
+                             eval_batches=eval_batches, on_step=on_step, stage="midtrain")
   m = result.metrics
   if not m:  # a rerun of a finished run: nothing trained, keep the earlier summary
     print(f"midtrain: {workdir} is already at step {result.step}; nothing to do")

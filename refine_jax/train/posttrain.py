@@ -2,7 +2,7 @@
 
   python -m refine_jax.main --config=configs/posttrain.py [--workdir=runs/posttrain-deltanet]
 
-Per batch, two optimiser updates inside ONE jitted train step (a loop `step_builder`):
+Per batch, two optimiser updates inside ONE jitted train step (`nested_step`):
   inner  on the prompt only (answer tokens replaced by padding, loss_mask = prompt_mask):
          ReFINE (NTP + GRPO, "hybrid" reward)       posttrain.mode = "nested_refine" (default)
          NTP                                         posttrain.mode = "nested_sft"
@@ -55,10 +55,12 @@ def validate(config):
                        f"posttrain.answer_cap - 2 = {top}; lower it or raise data.seq_len.")
   if p.mode == "nested_refine":
     refine_step.validate(config.refine, int(config.data.seq_len))
-  # Before the warm-up runs: every update splits the batch into these parts.
-  mbs = int(config.refine.ppo_minibatches) if inner_updates(config) > 1 else 1
-  ppo.check_microbatches(int(config.train.batch_size), mbs,
-                              int(config.train.microbatches))
+
+
+def minibatches(config):
+  """(field, n): the minibatches each step's batch splits into (validate.py checks the split)."""
+  return "refine.ppo_minibatches", (int(config.refine.ppo_minibatches)
+                                    if inner_updates(config) > 1 else 1)
 
 
 def answer_batch(batch):
@@ -109,22 +111,21 @@ def make_optimizer(config):
                       outer)
 
 
-def make_step_builder(config, pad_id):
-  """step_builder for loop.run_training: inner update(s) on the prompt, then the outer update
-  on the answer; tx is make_optimizer(config). Every update accumulates its gradient over
-  train.microbatches (update.accumulate)."""
+def nested_step(config, pad_id):
+  """make_step (spec.StepSpec): inner update(s) on the prompt, then the outer update on the
+  answer; tx is make_optimizer(config). Every update accumulates its gradient over
+  `microbatches` (update.accumulate)."""
   inner = inner_loss_fn(config, pad_id)
   n_inner = inner_updates(config)
-  M = int(config.train.microbatches)
 
-  def builder(graphdef, loss_fn, tx):
-    del loss_fn
+  def make_step(graphdef, tx, microbatches=1):
+    M = int(microbatches)
     if inner is not None and not isinstance(tx, optim.Nested):
       raise TypeError("posttrain's nested step needs posttrain.make_optimizer(config) "
                       "(separate inner and outer optimiser states).")
-    ppo = None
+    inner_ppo = None
     if n_inner > 1:  # collect on the prompts once, then epochs x minibatches PPO updates
-      ppo = ppo.make_ppo_step_builder(config.refine, M)(graphdef, None, tx.inner)
+      inner_ppo = ppo.ppo_step(config.refine)(graphdef, tx.inner, M)
 
     def step(params, opt_state, rest, batch, rng):
       r_in, r_out = jax.random.split(rng)
@@ -132,8 +133,8 @@ def make_step_builder(config, pad_id):
       outer_state = opt_state
       if inner is not None:
         inner_state, outer_state = opt_state["inner"], opt_state["outer"]
-        if ppo is not None:
-          params, inner_state, aux = ppo(params, inner_state, rest,
+        if inner_ppo is not None:
+          params, inner_state, aux = inner_ppo(params, inner_state, rest,
                                          qa_data.prompt_only(batch, pad_id), r_in)
         else:
           params, inner_state, aux = update.updates(update.model_grad(graphdef, inner, rest),
@@ -156,8 +157,7 @@ def make_step_builder(config, pad_id):
 
     return step
 
-  builder.microbatches = M  # run_training checks it against config.train.microbatches
-  return builder
+  return make_step
 
 
 def step_spec(config, pad_id=None):
@@ -166,7 +166,7 @@ def step_spec(config, pad_id=None):
     pad_id = get_tokenizer(config.data).pad_id
   batch = lm_batch(config.train.batch_size, config.data.seq_len, "prompt_mask", segments=False)
   batch["prompt_len"] = ((int(config.train.batch_size),), np.int32)
-  return StepSpec(outer_loss, make_step_builder(config, pad_id),
+  return StepSpec(nested_step(config, pad_id),
                   1 + inner_updates(config), batch, make_optimizer(config))
 
 
@@ -250,11 +250,9 @@ def run(config, workdir):
                         nll_batches, start_from, "no adaptation")
 
   spec = step_spec(config, tok.pad_id)
-  result = loop.run_training(config, workdir, spec.loss_fn, eval_fn=nll.ntp_eval,
+  result = loop.run_training(config, workdir, spec, eval_fn=nll.ntp_eval,
                              train_iter=make_iterator(config, tok),
                              eval_batches=nll_batches if int(config.train.eval_every) else [],
-                             step_builder=spec.step_builder,
-                             updates_per_step=spec.updates_per_step, tx=spec.tx,
                              stage="posttrain")
   res = qa_eval.score_cells(cells, qa_eval.greedy_predictor(result.model, tok, config), tok,
                             config, eval_dir, f"posttrain ({p.mode})")

@@ -25,17 +25,8 @@ def _by_row(col):
                          for f in _ROW_FIELDS})
 
 
-def check_microbatches(batch_size, ppo_minibatches, microbatches):
-  """The batch splits into ppo_minibatches minibatches, each into `microbatches` equal parts."""
-  if batch_size % ppo_minibatches or (batch_size // ppo_minibatches) % microbatches:
-    raise ValueError(
-        f"train.batch_size={batch_size} does not split into refine.ppo_minibatches="
-        f"{ppo_minibatches} minibatches of train.microbatches={microbatches} equal "
-        f"microbatches; make train.batch_size a multiple of {ppo_minibatches * microbatches}.")
-
-
-def make_ppo_step_builder(rcfg, microbatches=1):
-  """step_builder for the loop when ppo_epochs * ppo_minibatches > 1: collect rollouts once
+def ppo_step(rcfg):
+  """make_step (spec.StepSpec) when ppo_epochs * ppo_minibatches > 1: collect rollouts once
   with the current weights, then several clipped-PPO updates over sequence minibatches (a
   lax.scan over updates; minibatch j = sequences j, j + mbs, ... so it spans every device).
   run_training gets updates_per_step = epochs * minibatches, so the lr follows train steps.
@@ -46,11 +37,11 @@ def make_ppo_step_builder(rcfg, microbatches=1):
   update's microbatch: its captured states are the largest ReFINE buffer), and each update
   accumulates its minibatch's grads over microbatches (update.accumulate); every update's terms
   are divided by their weight in its whole minibatch (refine_jax.losses)."""
-  epochs, mbs, M = int(rcfg.ppo_epochs), int(rcfg.ppo_minibatches), int(microbatches)
+  epochs, mbs = int(rcfg.ppo_epochs), int(rcfg.ppo_minibatches)
   G = int(rcfg.num_chunks) * int(rcfg.rollouts_per_position)
 
-  def builder(graphdef, loss_fn, tx):
-    del loss_fn
+  def make_step(graphdef, tx, microbatches=1):
+    M = int(microbatches)
 
     def collect(params, rest, batch, rng):
       """Collected for the whole batch, per-sequence layout (_by_sequence). Rows draw with
@@ -69,7 +60,7 @@ def make_ppo_step_builder(rcfg, microbatches=1):
                             lambda sub: (sub[0], _by_row(sub[1])))
 
     def step(params, opt_state, rest, batch, rng):
-      check_microbatches(batch["inputs"].shape[0], mbs, M)  # builders are also used directly
+      update.check_split(batch["inputs"].shape[0], minibatches=mbs, microbatches=M)
       batch = update.with_row_ids(batch)
       col = collect(params, rest, batch, rng)
       # PPO updates over strided (sequence, rollouts) minibatches: every one spans every device.
@@ -78,5 +69,4 @@ def make_ppo_step_builder(rcfg, microbatches=1):
 
     return step
 
-  builder.microbatches = M  # run_training checks it against config.train.microbatches
-  return builder
+  return make_step

@@ -11,19 +11,19 @@ def step_spec(config):
   minibatches (an SFT baseline matched to ReFINE's ppo_epochs x ppo_minibatches updates)."""
   tc = config.train
   epochs, mbs = int(tc.ntp_epochs), int(tc.ntp_minibatches)
-  builder = None  # the loop's default step (accumulates train.microbatches itself)
-  if epochs * mbs > 1:
-    builder = update.ntp_step_builder(epochs, mbs, int(tc.microbatches))
-  return StepSpec(losses.ntp_loss, builder, epochs * mbs,
+  return StepSpec(update.loss_step(losses.ntp_loss, epochs, mbs), epochs * mbs,
                   lm_batch(tc.batch_size, config.data.seq_len,
                            segments=config.data.reset_at_documents))
 
 
+def minibatches(config):
+  """(field, n): the minibatches each step's batch splits into (validate.py checks the split)."""
+  return "train.ntp_minibatches", int(config.train.ntp_minibatches)
+
+
 def run(config, workdir):
   spec = step_spec(config)
-  result = loop.run_training(config, workdir, spec.loss_fn, eval_fn=nll.ntp_eval,
-                             step_builder=spec.step_builder,
-                             updates_per_step=spec.updates_per_step, stage="pretrain")
+  result = loop.run_training(config, workdir, spec, eval_fn=nll.ntp_eval, stage="pretrain")
   print(f"pretrain done: step {result.step}, loss {result.metrics.get('loss')}, "
         f"eval_ppl {result.eval_metrics.get('eval_ppl')}, run dir {result.workdir}")
   return result

@@ -1,4 +1,4 @@
-"""StepSpec: what a stage's jitted train step is made of. Stage modules build one; the stage
+"""StepSpec: the one step protocol. Every stage's step_spec(config) returns one; the stage
 registry (stages.py) imports the stage modules, so this lives apart from it."""
 
 from typing import Any, Callable, NamedTuple
@@ -7,10 +7,12 @@ import numpy as np
 
 
 class StepSpec(NamedTuple):
-  """What a stage's jitted train step is made of (update.build_step + loop.jit_step), so the
-  ahead-of-time scale check compiles exactly the step the stage runs."""
-  loss_fn: Callable
-  step_builder: Callable | None   # None: update.make_train_step(loss_fn, microbatches)
+  """A stage's train step, as run_training runs it and the ahead-of-time scale check compiles it.
+
+  make_step(graphdef, tx, microbatches) -> step(params, opt_state, rest, batch, rng) ->
+  (params, opt_state, metrics): the whole step (its updates, each accumulating its gradient
+  over `microbatches`, update.accumulate); the loop jits it with explicit shardings."""
+  make_step: Callable
   updates_per_step: int           # optimiser updates one step makes (lr schedule follows steps;
                                   # a StepSpec with its own tx has accounted for them in it)
   batch: dict                     # global batch: name -> (shape, numpy dtype)

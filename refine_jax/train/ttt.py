@@ -64,10 +64,8 @@ def validate(config):
     raise ValueError(f"ttt.lr={t.lr} must be > 0.")
   if t.mode == "refine":
     refine_step.validate(config.refine, int(config.data.seq_len))
-    mbs = int(config.refine.ppo_minibatches)
-    if int(t.batch_size) % mbs:
-      raise ValueError(f"ttt.batch_size={t.batch_size} does not split into refine.ppo_minibatches="
-                       f"{mbs} equal minibatches; make ttt.batch_size a multiple of {mbs}.")
+    update.check_split(t.batch_size, minibatches=int(config.refine.ppo_minibatches),
+                       field="ttt.batch_size")
 
 
 def prompt_batch(prompt_ids: Sequence[Sequence[int]], bucket: int, pad_id: int):
@@ -110,27 +108,19 @@ def _ppo_updates(config):
   return int(config.refine.ppo_epochs) * int(config.refine.ppo_minibatches)
 
 
-def make_step(graphdef, config, tx):
-  """step(params, opt_state, rest, batch, rng) -> (params, opt_state, metrics): one TTT step
-  on a prompt batch with `tx` (the fresh per-batch optimiser, _optimizer(config)). In refine
-  mode with refine.ppo_epochs x ppo_minibatches > 1 the step collects rollouts once and makes
-  that many clipped PPO updates (as mid-training does)."""
+def adapt_step(config):
+  """make_step (spec.StepSpec) of one TTT step on a prompt batch with `tx` (the fresh per-batch
+  optimiser, _optimizer(config)). In refine mode with refine.ppo_epochs x ppo_minibatches > 1
+  the step collects rollouts once and makes that many clipped PPO updates (as mid-training)."""
   if _ppo_updates(config) > 1:
-    return ppo.make_ppo_step_builder(config.refine)(graphdef, None, tx)
-  loss_fn = _loss_fn(config)
-
-  def step(params, opt_state, rest, batch, rng):
-    return update.updates(update.model_grad(graphdef, loss_fn, rest), tx, params, opt_state, batch,
-                        rng=rng)
-
-  return step
+    return ppo.ppo_step(config.refine)
+  return update.loss_step(_loss_fn(config))
 
 
 def step_spec(config):
   """The adaptation step on a ttt.batch_size x data.seq_len prompt batch (for the AOT check)."""
   config = resolve_config(config)
-  return StepSpec(_loss_fn(config),
-                  lambda graphdef, loss_fn, tx: make_step(graphdef, config, tx), 1,
+  return StepSpec(adapt_step(config), 1,
                   lm_batch(config.ttt.batch_size, config.data.seq_len, segments=False),
                   _optimizer(config))
 
@@ -142,7 +132,7 @@ def _update_fn(graphdef, config):
          config.refine.to_json(sort_keys=True), config.train.to_json(sort_keys=True))
   if key not in _STEPS:
     tx = _optimizer(config)
-    _STEPS[key] = (jax.jit(make_step(graphdef, config, tx)), tx)
+    _STEPS[key] = (jax.jit(adapt_step(config)(graphdef, tx)), tx)
   return _STEPS[key]
 
 

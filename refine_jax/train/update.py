@@ -3,7 +3,8 @@ over microbatches, epochs x minibatches updates in one lax.scan, metrics weighte
 
 Every term of an objective (refine_jax.losses) is divided once by its weight in the update's
 whole batch, so train.microbatches, PPO minibatches, devices and processes never change what
-is optimised or logged. Stages call `updates`; `make_train_step` is the plain one-update step.
+is optimised or logged. Stages build their steps on `updates`; `loss_step` is the step of one
+objective, `check_split` the one rule for how a batch splits.
 """
 
 from typing import Callable, NamedTuple
@@ -14,19 +15,51 @@ import optax
 from flax import nnx
 
 from refine_jax import losses
+from refine_jax.train.spec import StepSpec
+
+
+def loss_step(loss_fn, epochs=1, minibatches=1):
+  """make_step (spec.StepSpec) of one objective: loss_fn, an Objective or a plain per-row-mean
+  loss_fn(model, batch, rng) -> (loss, metrics). epochs x minibatches updates per batch
+  (`updates`; 1 x 1 = one update, the default step; more = the NTP stage's SFT baseline with
+  ReFINE's update count), each accumulating its gradient over `microbatches`."""
+  def make_step(graphdef, tx, microbatches=1):
+    def step(params, opt_state, rest, batch, rng):
+      return updates(model_grad(graphdef, loss_fn, rest), tx, params, opt_state, batch, rng=rng,
+                     epochs=int(epochs), minibatches=int(minibatches),
+                     microbatches=int(microbatches))
+    return step
+  return make_step
+
+
+def loss_spec(loss_fn) -> StepSpec:
+  """The StepSpec of loss_fn's default step, for run_training (one update per batch)."""
+  return StepSpec(loss_step(loss_fn), 1, {})
 
 
 def make_train_step(graphdef, loss_fn, tx, microbatches=1):
-  """Default step: one `updates` of loss_fn (an Objective, or a plain per-row-mean
-  loss_fn(model, batch, rng) -> (loss, metrics)), its gradient accumulated over `microbatches`.
-  Custom steps keep this signature:
-  step(params, opt_state, rest, batch, rng) -> (params, opt_state, metrics incl. "loss")."""
+  """The default step of `loss_fn`, built: step(params, opt_state, rest, batch, rng) ->
+  (params, opt_state, metrics incl. "loss")."""
+  return loss_step(loss_fn)(graphdef, tx, microbatches)
 
-  def step(params, opt_state, rest, batch, rng):
-    return updates(model_grad(graphdef, loss_fn, rest), tx, params, opt_state, batch, rng=rng,
-                   microbatches=microbatches)
 
-  return step
+def check_split(batch_size, *, microbatches=1, minibatches=1, dp=1, field="train.batch_size",
+                minibatch_field="refine.ppo_minibatches"):
+  """THE batch-split rule (config validation and the steps use it): every update's minibatch
+  splits into `microbatches` equal parts, each spread evenly over the dp data-parallel devices
+  (a sharded Pallas kernel cannot take an uneven split)."""
+  parts = [(minibatch_field, minibatches), ("train.microbatches", microbatches),
+           ("the data-parallel size mesh.data*mesh.fsdp", dp)]
+  n = int(minibatches) * int(microbatches) * int(dp)
+  if int(batch_size) % n == 0:
+    return
+  if int(minibatches) * int(microbatches) == 1:
+    raise ValueError(f"{field}={batch_size} is not divisible by the data-parallel size "
+                     f"mesh.data*mesh.fsdp={dp}; use a multiple of {dp}.")
+  named = " x ".join(f"{name}={v}" for name, v in parts if int(v) > 1)
+  raise ValueError(f"{field}={batch_size} does not split into {named} equal parts (each "
+                   f"update's minibatch in microbatches, each spread over the devices); make "
+                   f"{field} a multiple of {n}.")
 
 
 class GradFn(NamedTuple):
@@ -150,20 +183,6 @@ def _report(terms, metrics, grad_norm, coefs):
   return dict(losses.finalize(terms, metrics, coefs, loss), grad_norm=grad_norm)
 
 
-def ntp_step_builder(epochs, minibatches, microbatches=1):
-  """step_builder making epochs x minibatches updates per batch with a plain loss (the NTP
-  stage's train.ntp_epochs / ntp_minibatches: an SFT baseline with ReFINE's update count)."""
-  def builder(graphdef, loss_fn, tx):
-    def step(params, opt_state, rest, batch, rng):
-      return updates(model_grad(graphdef, loss_fn, rest), tx, params, opt_state, batch,
-                     rng=rng, epochs=int(epochs), minibatches=int(minibatches),
-                     microbatches=int(microbatches))
-    return step
-
-  builder.microbatches = int(microbatches)  # run_training checks it
-  return builder
-
-
 def split_microbatches(tree, microbatches):
   """Every [B, ...] leaf -> [M, B/M, ...]. Microbatch i holds rows i, i+M, i+2M, ... (strided,
   not contiguous): with B sharded over mesh.data*mesh.fsdp each device then holds B/(M*dp) rows
@@ -214,13 +233,6 @@ def accumulate(value_and_grad_fn, params, batch, microbatches, rng, norms):
   (loss, aux), grads = jax.lax.scan(body, zeros, batch_M)[0]
   grads = jax.tree.map(lambda g, s: g.astype(s.dtype), grads, shapes[1])
   return (loss, aux), grads
-
-
-def build_step(graphdef, loss_fn, tx, step_builder=None, microbatches=1):
-  """The train step function a stage runs: make_train_step, or the stage's step_builder."""
-  if step_builder is None:
-    return make_train_step(graphdef, loss_fn, tx, microbatches)
-  return step_builder(graphdef, loss_fn, tx)
 
 
 def global_norm(tree):

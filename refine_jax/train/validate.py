@@ -8,7 +8,7 @@ from refine_jax import paths
 from refine_jax.data import tokenizers
 from refine_jax.models import config as model_config
 from refine_jax.parallel import mesh as mesh_lib
-from refine_jax.train import init_checkpoint, loop, optim, stages
+from refine_jax.train import init_checkpoint, loop, optim, stages, update
 
 
 def check_workdir(workdir):
@@ -67,35 +67,17 @@ def validate_config(config, *, num_devices=None, process_count=None):
                      "would never update during training; lower model.lact.chunk.")
 
   data, fsdp, tensor = mesh_lib.resolve_mesh_shape(config.mesh, num_devices)
-  dp = data * fsdp
-  if tc.batch_size % dp:
-    raise ValueError(f"train.batch_size={tc.batch_size} is not divisible by the data-parallel "
-                     f"size mesh.data*mesh.fsdp={data}*{fsdp}={dp}; use a multiple of {dp}.")
-  microbatches = tc.microbatches
-  _positive_int(microbatches, "train.microbatches")
-  if tc.batch_size % (microbatches * dp):
-    raise ValueError(f"train.batch_size={tc.batch_size} does not split into train.microbatches="
-                     f"{microbatches} microbatches over the data-parallel size mesh.data*"
-                     f"mesh.fsdp={dp}; make train.batch_size a multiple of train.microbatches*"
-                     f"{dp}={microbatches * dp} (or lower train.microbatches).")
-  mbs = int(config.refine.ppo_minibatches)
-  if config.stage == "midtrain" and mbs > 1 and tc.batch_size % (mbs * microbatches * dp):
-    raise ValueError(f"train.batch_size={tc.batch_size} does not split into refine."
-                     f"ppo_minibatches={mbs} x train.microbatches={microbatches} parts that each "
-                     f"spread over the data-parallel size {dp} (a Pallas kernel cannot be split "
-                     f"unevenly); make train.batch_size a multiple of {mbs * microbatches * dp}.")
-  ntp_epochs, ntp_mbs = tc.ntp_epochs, tc.ntp_minibatches
-  _positive_int(ntp_epochs, "train.ntp_epochs")
-  _positive_int(ntp_mbs, "train.ntp_minibatches")
-  if ntp_epochs * ntp_mbs > 1 and config.stage != "pretrain":
-    raise ValueError(f"train.ntp_epochs={ntp_epochs} x train.ntp_minibatches={ntp_mbs} applies "
-                     f"to the NTP stage (stage=pretrain), not stage={config.stage}; use "
-                     "refine.ppo_epochs / ppo_minibatches there.")
-  if ntp_mbs > 1 and tc.batch_size % (ntp_mbs * microbatches * dp):
-    raise ValueError(f"train.batch_size={tc.batch_size} does not split into train."
-                     f"ntp_minibatches={ntp_mbs} x train.microbatches={microbatches} parts over "
-                     f"the data-parallel size {dp}; make it a multiple of "
-                     f"{ntp_mbs * microbatches * dp}.")
+  for name in ("microbatches", "ntp_epochs", "ntp_minibatches"):
+    _positive_int(tc[name], f"train.{name}")
+  if tc.ntp_epochs * tc.ntp_minibatches > 1 and config.stage != "pretrain":
+    raise ValueError(f"train.ntp_epochs={tc.ntp_epochs} x train.ntp_minibatches="
+                     f"{tc.ntp_minibatches} applies to the NTP stage (stage=pretrain), not "
+                     f"stage={config.stage}; use refine.ppo_epochs / ppo_minibatches there.")
+  # How the stage's step splits the batch: minibatches x microbatches x data-parallel devices.
+  stage_minibatches = getattr(stages.stage_module(config.stage), "minibatches", None)
+  field, mbs = stage_minibatches(config) if stage_minibatches else ("", 1)
+  update.check_split(tc.batch_size, minibatches=mbs, minibatch_field=field,
+                     microbatches=tc.microbatches, dp=data * fsdp)
   if tc.mu_dtype not in optim.MU_DTYPES:
     raise ValueError(f"train.mu_dtype={tc.mu_dtype!r}; use one of {tuple(optim.MU_DTYPES)}.")
   if loop.host_split(config) == "documents" and tc.batch_size % process_count:

@@ -6,7 +6,7 @@ import copy
 
 from refine_jax import paths
 from refine_jax.eval import nll
-from refine_jax.train import loop, losses
+from refine_jax.train import loop, losses, update
 
 
 def has_checkpoint(workdir) -> bool:
@@ -30,5 +30,5 @@ def ntp_warmup(config, workdir, *, steps, lr, stage, schedule=None, eval_batches
     if schedule is not None:
       wc.train.schedule = schedule
   print(f"{stage}: no init_checkpoint -> NTP warm-up ({steps} steps) in {wdir}")
-  return loop.run_training(wc, wdir, losses.ntp_loss, eval_fn=nll.ntp_eval,
+  return loop.run_training(wc, wdir, update.loss_spec(losses.ntp_loss), eval_fn=nll.ntp_eval,
                            eval_batches=eval_batches, stage=f"{stage}-warmup")
