@@ -200,3 +200,16 @@ def test_ttt_minibatch_split_ragged():
     outs[mbs] = _run(step, params, zero.init(params), rest, batch)[2]
   _assert_same(None, None, None, outs[1], outs[4], ("loss", "ntp_loss", "pg_loss",
                                                     "valid_frac"))
+
+
+def test_token_nll_is_optax_cross_entropy_up_to_rounding():
+  """losses.token_nll keeps its own rounding (runs reproduce bit for bit) but is optax's
+  integer-label cross-entropy: equal to a few float32 ulps of the value, at any logit scale."""
+  for scale in (1.0, 8.0, 40.0):
+    logits = scale * jax.random.normal(jax.random.key(0), (4, 33, 259))
+    t = jax.random.randint(jax.random.key(1), (4, 33), 0, 259)
+    ours = np.asarray(losses.token_nll(logits, t), np.float64)
+    ref = np.asarray(optax.losses.softmax_cross_entropy_with_integer_labels(logits, t),
+                     np.float64)
+    ulp = np.finfo(np.float32).eps * (np.abs(ref) + np.abs(np.asarray(logits)).max())
+    assert np.all(np.abs(ours - ref) <= 4 * ulp), scale

@@ -8,7 +8,7 @@ here is what those cannot do: relayout between scanned ([L, ...] under layers.*)
 """
 
 import jax
-from flax import nnx
+from flax import nnx, traverse_util
 
 from refine_jax.models import lm
 
@@ -21,8 +21,8 @@ def params_to_pure(state):
 def params_from_pure(template, pure):
   """Values of `pure` placed into a copy of the nnx.State `template` (keys must match exactly,
   up to the layer layout: scanned [L, ...] params and per-layer ones convert both ways)."""
-  want = {_key(p): v for p, v in _flat_pure(nnx.to_pure_dict(template))}
-  have = {_key(p): v for p, v in _flat_pure(pure)}
+  want = {_key(p): v for p, v in traverse_util.flatten_dict(nnx.to_pure_dict(template)).items()}
+  have = {_key(p): v for p, v in traverse_util.flatten_dict(pure).items()}
   if set(want) != set(have):
     have = _relayout(want, have)
   missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
@@ -105,14 +105,6 @@ def _part(p):
 
 def _key(parts):
   return "/".join(str(p) for p in parts)
-
-
-def _flat_pure(d, prefix=()):
-  for k, v in d.items():
-    if isinstance(v, dict):
-      yield from _flat_pure(v, prefix + (str(k),))
-    else:
-      yield prefix + (str(k),), v
 
 
 def _str_keys(d):

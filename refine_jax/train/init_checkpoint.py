@@ -23,7 +23,7 @@ from typing import Iterable
 
 import jax
 from absl import logging
-from flax import nnx
+from flax import nnx, traverse_util
 
 from refine_jax import checkpoint as ckpt_lib
 from refine_jax import paths
@@ -159,14 +159,9 @@ def _is_main_process() -> bool:
 
 
 def _flat(d: dict, prefix: str) -> dict:
-  out = {}
-  for k, v in d.items():
-    name = f"{prefix}.{k}"
-    if isinstance(v, dict) or hasattr(v, "to_dict"):
-      out.update(_flat(v.to_dict() if hasattr(v, "to_dict") else v, name))
-    else:
-      out[name] = v
-  return out
+  """{"model.attention.window": v, ...}: the dotted field names of a nested section."""
+  plain = {k: v.to_dict() if hasattr(v, "to_dict") else v for k, v in d.items()}
+  return {f"{prefix}.{k}": v for k, v in traverse_util.flatten_dict(plain, sep=".").items()}
 
 
 def _get(config, name: str):

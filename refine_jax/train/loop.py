@@ -21,7 +21,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 from absl import logging
-from flax import nnx
+from flax import nnx, traverse_util
 from tqdm.auto import tqdm
 
 from refine_jax import checkpoint as ckpt_lib
@@ -325,9 +325,7 @@ def _model_diff(config, workdir):
   except Exception:  # pylint: disable=broad-except
     return ""
   now = json.loads(config.model.to_json_best_effort())
-  flat = lambda d, pre="": {k2: v2 for k, v in d.items() for k2, v2 in (
-      flat(v, f"{pre}{k}.").items() if isinstance(v, dict) else [(f"{pre}{k}", v)])}
-  old, new = flat(saved), flat(now)
+  old, new = (traverse_util.flatten_dict(d, sep=".") for d in (saved, now))
   return ", ".join(f"model.{k}: run {old.get(k)!r}, config {new.get(k)!r}"
                    for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
 

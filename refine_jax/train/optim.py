@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from refine_jax.models import lm
+
 SCHEDULES = ("cosine", "constant", "linear")
 MU_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}  # None: optax keeps the param dtype
 
@@ -35,8 +37,7 @@ def decay_mask(params):
   model's stacked params have one extra leading (layer) axis that does not count."""
   def is_matrix(path, x):
     keys = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
-    stacked = len(keys) > 1 and keys[0] == "layers" and not keys[1].isdigit()
-    return x.ndim - int(stacked) >= 2
+    return x.ndim - int(lm.is_stacked(keys)) >= 2
   return jax.tree_util.tree_map_with_path(is_matrix, params)
 
 

@@ -28,8 +28,7 @@ def validate_config(config, *, num_devices=None, process_count=None):
   num_devices = jax.device_count() if num_devices is None else num_devices
   process_count = jax.process_count() if process_count is None else process_count
 
-  if config.stage not in stages.STAGES:
-    raise ValueError(f"stage={config.stage!r} is unknown; use one of {sorted(stages.STAGES)}.")
+  stage = stages.stage_module(config.stage)  # an unknown stage: one line listing them
   if isinstance(config.seed, bool) or not isinstance(config.seed, int):
     raise ValueError(f"seed={config.seed!r} must be an integer.")
 
@@ -43,8 +42,6 @@ def validate_config(config, *, num_devices=None, process_count=None):
     raise ValueError(f"train.lr={tc.lr!r} must be a positive number.")
   if tc.warmup_steps < 0:
     raise ValueError(f"train.warmup_steps={tc.warmup_steps} must be >= 0.")
-  if tc.schedule not in optim.SCHEDULES:
-    raise ValueError(f"train.schedule={tc.schedule!r}; use one of {optim.SCHEDULES}.")
   if not 0 <= tc.min_lr_ratio <= 1:
     raise ValueError(f"train.min_lr_ratio={tc.min_lr_ratio} must be in [0, 1].")
   if tc.eval_every < 0 or tc.eval_batches < 0:
@@ -53,8 +50,6 @@ def validate_config(config, *, num_devices=None, process_count=None):
   seq_len = config.data.seq_len
   _positive_int(seq_len, "data.seq_len")
   chunk = config.model.chunk_size
-  if chunk & (chunk - 1):
-    raise ValueError(f"model.chunk_size={chunk} must be a power of two (e.g. 64).")
   if config.model.arch in ("deltanet", "gated_deltanet") and seq_len % chunk:
     fit = max(chunk, (seq_len // chunk) * chunk)
     raise ValueError(f"data.seq_len={seq_len} is not a multiple of model.chunk_size={chunk}: "
@@ -74,18 +69,17 @@ def validate_config(config, *, num_devices=None, process_count=None):
                      f"{tc.ntp_minibatches} applies to the NTP stage (stage=pretrain), not "
                      f"stage={config.stage}; use refine.ppo_epochs / ppo_minibatches there.")
   # How the stage's step splits the batch: minibatches x microbatches x data-parallel devices.
-  stage_minibatches = getattr(stages.stage_module(config.stage), "minibatches", None)
+  stage_minibatches = getattr(stage, "minibatches", None)
   field, mbs = stage_minibatches(config) if stage_minibatches else ("", 1)
   update.check_split(tc.batch_size, minibatches=mbs, minibatch_field=field,
                      microbatches=tc.microbatches, dp=data * fsdp)
-  if tc.mu_dtype not in optim.MU_DTYPES:
-    raise ValueError(f"train.mu_dtype={tc.mu_dtype!r}; use one of {tuple(optim.MU_DTYPES)}.")
+  optim.make_optimizer(tc)  # its own checks: train.schedule, train.mu_dtype
   if loop.host_split(config) == "documents" and tc.batch_size % process_count:
     raise ValueError(f"train.batch_size={tc.batch_size} is not divisible by the number of "
                      f"processes {process_count}; use a multiple of it.")
 
   # The stage's own fields (refine.*, posttrain.*, ttt.*), so they fail here, as one line.
-  stage_validate = getattr(stages.stage_module(config.stage), "validate", None)
+  stage_validate = getattr(stage, "validate", None)
   if stage_validate is not None:
     stage_validate(config)
 
