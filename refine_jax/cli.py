@@ -14,7 +14,10 @@ import sys
 from absl import app, flags, logging
 from safetensors import SafetensorError, safe_open
 
+from refine_jax import platforms
 from refine_jax.errors import UserError
+
+platforms.skip_absent_tpu()  # before JAX picks its backends: no libtpu noise on CPU hosts
 
 # Mistakes, not bugs: each names its file or field. The OSError kinds are paths given wrongly.
 MISTAKES = (UserError, FileNotFoundError, PermissionError, FileExistsError, NotADirectoryError,
