@@ -96,17 +96,13 @@ def stage_config(path: str, overrides: str, *, common: str, seed: int, steps: in
   apply_overrides(cfg, overrides)
   with cfg.unlocked():
     cfg.seed = int(seed)
-    if "shuffle_seed" in cfg.data:
-      cfg.data.shuffle_seed = int(seed)
+    cfg.data.shuffle_seed = int(seed)
     if steps > 0:
       cfg.train.steps = int(steps)
     cfg.init_checkpoint = init
-    for section in ("midtrain", "posttrain"):
-      if section in cfg:  # the experiment evaluates each arm itself and always gives init
-        if "run_eval" in cfg[section]:
-          cfg[section].run_eval = False
-        if "warmup_steps" in cfg[section]:
-          cfg[section].warmup_steps = 0
+    # The experiment evaluates each arm itself and always gives init.
+    cfg.midtrain.run_eval = False
+    cfg.midtrain.warmup_steps = cfg.posttrain.warmup_steps = 0
   return cfg
 
 def arm_budget(exp, name: str) -> dict:
