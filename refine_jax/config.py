@@ -218,6 +218,12 @@ def default_refine_config() -> config_dict.ConfigDict:
   c.aggregation = "token-mean"  # token-mean | seq-mean
   c.kl_coef = 0.0              # > 0 needs a frozen reference model (k3 estimator)
   c.adv_eps = 1e-6
+  # What the rollout caches are cut from (memory only: the same positions, rollouts and loss).
+  # "all": one forward pass keeps every chunk's state and the whole sequence's mixer inputs
+  # per layer (~0.6 GB per layer per 16K sequence at 1.3B); "selected": a first pass without
+  # them picks the positions, then the pass that feeds the loss keeps only those positions'
+  # pieces (one more forward pass). PPO updates always capture only the stored positions.
+  c.capture = "all"
   c.ppo_epochs = 1             # > 1 or minibatches > 1: collect once, several updates
   c.ppo_minibatches = 1
   c.log_rollouts_every = 50    # steps between rollouts.jsonl / TensorBoard samples; 0 = off

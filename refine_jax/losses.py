@@ -63,9 +63,12 @@ def segments(batch):
   return None if seg is None else jnp.asarray(seg, jnp.int32)
 
 
-def forward(model, inputs_BT, segment_ids_BT=None, *, capture=False):
-  """model(inputs) with documents kept apart when segment_ids are given."""
+def forward(model, inputs_BT, segment_ids_BT=None, *, capture=False, capture_at=None):
+  """model(inputs) with documents kept apart when segment_ids are given; capture_at [B, n]:
+  capture only what cache_at needs for those positions (LM.__call__)."""
   kw = {"capture": True} if capture else {}
+  if capture_at is not None:
+    kw["capture_at"] = capture_at
   if segment_ids_BT is not None:
     kw["segment_ids"] = segment_ids_BT
   return model(inputs_BT, **kw)

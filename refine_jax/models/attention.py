@@ -202,7 +202,8 @@ class Attention(nnx.Module):
   def init_cache(self, batch: int, max_len: int) -> dict:
     return kv_init(batch, max_len, self.window, self.kv_heads, self.head_dim, self.dtype)
 
-  def __call__(self, x_BTD, cache=None, *, segment_ids=None, capture: bool = False):
+  def __call__(self, x_BTD, cache=None, *, segment_ids=None, capture: bool = False,
+               capture_at=None):
     """segment_ids [B,T] (segments.py; no cache): queries see only their document's keys and
     RoPE positions restart at each document start, so a document scores as if alone."""
     B, T, _ = x_BTD.shape

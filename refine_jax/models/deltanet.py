@@ -142,11 +142,14 @@ class DeltaNet(nnx.Module):
 
   # ---- mixer contract.
 
-  def __call__(self, x_BTD, cache=None, *, segment_ids=None, capture=False):
+  def __call__(self, x_BTD, cache=None, *, segment_ids=None, capture=False, capture_at=None):
     """Returns (y [B,T,D], new cache or None, captured or None).
 
     segment_ids [B,T] (segments.py): the state resets to zero and the convs forget at each
     document start, so every document runs as if alone.
+    capture_at [B, n] positions (with capture=True): keep only what cache_at needs for them
+    (`_gather_at`: one boundary state, one chunk of k/v/beta/g and a conv window per position)
+    instead of every chunk's state and the whole sequence's inputs.
     """
     if capture and cache is not None:
       raise ValueError("capture=True needs a full-sequence forward without a cache")
@@ -165,6 +168,8 @@ class DeltaNet(nnx.Module):
       captured = dict(chunk_states=chunk_states, k=k, v=v, beta=beta, g=g, pre_conv=pre_conv)
       if segment_ids is not None:
         captured["doc_start"] = segments.doc_start(segment_ids)
+      if capture_at is not None:
+        captured = self._gather_at(captured, capture_at)
     y = self._output(x_BTD, o)
     new_cache = None
     if cache is not None:
@@ -193,8 +198,18 @@ class DeltaNet(nnx.Module):
     alone: a zero boundary state when the document starts inside (or at) the chunk, the
     chunk's earlier-document tokens masked out, earlier-document conv inputs zero, pos counted
     from the document start.
+    A capture made with capture_at=positions already holds those positions' pieces (it serves
+    those positions only); a full capture is gathered here. Either way the same arithmetic.
     """
     del max_len
+    at = captured if "at" in captured else self._gather_at(captured, positions_Bn)
+    return self._advance(at)
+
+  def _gather_at(self, captured, positions_Bn):
+    """The pieces of a full capture that cache_at reads for positions [B, n] (row b*n + i):
+    at (the positions [Bn]), S0 (the boundary state of each one's chunk), the chunk's k, v,
+    beta, g [Bn, C, ...], the conv inputs' padded windows [Bn, W, ...] and, for a packed
+    capture, each position's document start s [Bn]. Pure gathers (exact)."""
     B, n = positions_Bn.shape
     C = self.chunk_size
     p = positions_Bn.reshape(-1).astype(jnp.int32)            # [Bn]
@@ -202,35 +217,46 @@ class DeltaNet(nnx.Module):
     cs = captured["chunk_states"]                              # [B, N, HV, K, V]
     N = cs.shape[1]
     c = p // C
-    S0 = cs[b, c]
 
     def chunk_of(a):  # [B, T, ...] -> the C tokens of chunk c[row]: [Bn, C, ...]
       T = a.shape[1]
       a = jnp.pad(a, [(0, 0), (0, N * C - T)] + [(0, 0)] * (a.ndim - 2))
       return a.reshape((B, N, C) + a.shape[2:])[b, c]
 
+    g = captured["g"]
+    at = dict(at=p, S0=cs[b, c], k=chunk_of(captured["k"]), v=chunk_of(captured["v"]),
+              beta=chunk_of(captured["beta"]), g=None if g is None else chunk_of(g), conv=())
+    if self.use_short_conv:
+      W = self.conv_size
+      idx = p[:, None] + jnp.arange(W)[None, :]                 # padded index of u[p-W+1..p]
+      at["conv"] = tuple(jnp.pad(u, ((0, 0), (W - 1, 0), (0, 0)))[b[:, None], idx]
+                         for u in captured["pre_conv"])
+    if "doc_start" in captured:
+      at["s"] = segments.start_at(captured["doc_start"], positions_Bn)   # document start [Bn]
+    return at
+
+  def _advance(self, at):
+    """cache_at's arithmetic on gathered pieces (`_gather_at`)."""
+    C = self.chunk_size
+    p = at["at"]
+    c = p // C
     j_C = jnp.arange(C)[None, :]
-    seg = "doc_start" in captured
-    s = segments.start_at(captured.get("doc_start"), positions_Bn)   # document start [Bn]
+    seg = "s" in at
+    s = at["s"] if seg else jnp.zeros_like(p)
+    S0 = at["S0"]
     mask = j_C <= (p - c * C)[:, None]
     if seg:
       S0 = jnp.where((s >= c * C)[:, None, None, None], 0.0, S0)
       mask &= j_C >= (s - c * C)[:, None]
     mask = mask.astype(jnp.float32)
-    g = captured["g"]
-    S = pallas_kernels.advance_state(S0, chunk_of(captured["k"]), chunk_of(captured["v"]),
-                                     chunk_of(captured["beta"]),
-                                     None if g is None else chunk_of(g), mask, chunk_size=C,
-                                     backend=self.backend)
-    conv = ()
-    if self.use_short_conv:
+    S = pallas_kernels.advance_state(S0, at["k"], at["v"], at["beta"], at["g"], mask,
+                                     chunk_size=C, backend=self.backend)
+    conv = at["conv"]
+    if self.use_short_conv and seg:  # padded index idx is position idx - (W - 1)
       W = self.conv_size
-      idx = p[:, None] + jnp.arange(W)[None, :]                 # padded index of u[p-W+1..p]
-      conv = tuple(jnp.pad(u, ((0, 0), (W - 1, 0), (0, 0)))[b[:, None], idx]
-                   for u in captured["pre_conv"])
-      if seg:  # padded index idx is position idx - (W - 1)
-        keep = (idx - (W - 1) >= s[:, None])[..., None]
-        conv = tuple(jnp.where(keep, u, 0) for u in conv)
+      idx = p[:, None] + jnp.arange(W)[None, :]
+      keep = (idx - (W - 1) >= s[:, None])[..., None]
+      conv = tuple(jnp.where(keep, u, 0) for u in conv)
     return dict(state=S.astype(jnp.float32), conv=conv, pos=p + 1 - s)
 
 

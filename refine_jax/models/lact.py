@@ -164,7 +164,8 @@ class LaCT(nnx.Module):
     kv = attn.kv_init(batch, max_len, self.window, self.heads, self.head_dim, self.dtype)
     return dict(attn=kv, fw=dict(st), buf=buf)
 
-  def __call__(self, x_BTD, cache=None, *, segment_ids=None, capture: bool = False):
+  def __call__(self, x_BTD, cache=None, *, segment_ids=None, capture: bool = False,
+               capture_at=None):
     """segment_ids [B,T] (segments.py; no cache): every document runs as if alone (attention
     mask, RoPE from its start, its own fast-weight chunk grid: fw_scan_docs)."""
     B, T, _ = x_BTD.shape

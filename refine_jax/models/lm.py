@@ -101,9 +101,9 @@ class Block(nnx.Module):
     width = layers.mlp_width(cfg.hidden, cfg.hidden_ratio, cfg.intermediate_size)
     self.mlp = layers.GatedMLP(cfg.hidden, width, std=cfg.initializer_range, dtype=dt, rngs=rngs)
 
-  def __call__(self, h_BTD, cache=None, *, segment_ids=None, capture=False):
+  def __call__(self, h_BTD, cache=None, *, segment_ids=None, capture=False, capture_at=None):
     y, cache, captured = self.attn(self.attn_norm(h_BTD), cache, segment_ids=segment_ids,
-                                   capture=capture)
+                                   capture=capture, capture_at=capture_at)
     h_BTD = h_BTD + y.astype(h_BTD.dtype)
     h_BTD = h_BTD + self.mlp(self.mlp_norm(h_BTD)).astype(h_BTD.dtype)
     return h_BTD, cache, captured
@@ -138,11 +138,22 @@ class LM(nnx.Module):
       self.lm_head = layers.linear(cfg.hidden, cfg.vocab_size, ("embed", "vocab"), std=std,
                                    dtype=self.head_dtype, rngs=rngs)
 
-  def __call__(self, input_ids_BT, cache=None, *, segment_ids=None, capture=False) -> LMOutput:
+  def __call__(self, input_ids_BT, cache=None, *, segment_ids=None, capture=False,
+               capture_at=None) -> LMOutput:
     """segment_ids [B, T] int32 (packed rows, data/pipeline.py; no cache): a new document
     starts at every token whose id differs from the previous token's, and every mixer resets
     there (models/segments.py), so each document's logits are those of the document alone.
-    None: one document per row (bit for bit the behaviour without segments)."""
+    None: one document per row (bit for bit the behaviour without segments).
+    capture=True: `captured` holds what cache_at needs for any position. capture_at=[B, n]
+    positions (implies capture): fast-weight mixers keep only those positions' pieces (a
+    boundary state and one chunk per position instead of every chunk's state and the whole
+    sequence's inputs); cache_at must then be asked for the same positions."""
+    if capture_at is not None:
+      capture_at = jnp.asarray(capture_at, jnp.int32)
+      if capture_at.ndim != 2 or capture_at.shape[0] != input_ids_BT.shape[0]:
+        raise ValueError(f"capture_at must be [batch, n] positions; got shape "
+                         f"{capture_at.shape} for input_ids {input_ids_BT.shape}")
+      capture = True
     if input_ids_BT.ndim != 2:
       raise ValueError(f"input_ids must be [batch, time]; got shape {input_ids_BT.shape}")
     L = self.num_layers
@@ -164,12 +175,12 @@ class LM(nnx.Module):
     # its (cond-selected) chunk update's intermediates for backward unless rematerialised.
     mode = self.remat
     if self.scan:
-      h, new_cache, captured = self._scan(h, cache, capture, mode, segment_ids)
+      h, new_cache, captured = self._scan(h, cache, capture, mode, segment_ids, capture_at)
     else:
       new_cache, captured = [], []
       for i, block in enumerate(self.layers):
         h, c, cap = self._block_fn(block, capture, mode)(
-            h, None if cache is None else cache[i], segment_ids)
+            h, None if cache is None else cache[i], segment_ids, capture_at)
         new_cache.append(c)
         captured.append(cap)
       captured = tuple(captured)
@@ -188,18 +199,18 @@ class LM(nnx.Module):
   def _block_fn(block, capture, mode):
     graphdef, state = nnx.split(block)
 
-    def run(state, h, c, seg):
-      return nnx.merge(graphdef, state)(h, c, segment_ids=seg, capture=capture)
+    def run(state, h, c, seg, at):
+      return nnx.merge(graphdef, state)(h, c, segment_ids=seg, capture=capture, capture_at=at)
     return functools.partial(_remat(run, mode, in_scan=False), state)
 
-  def _scan(self, h, cache, capture, mode, segment_ids=None):
+  def _scan(self, h, cache, capture, mode, segment_ids=None, capture_at=None):
     """All blocks as one lax.scan over the stacked params (and stacked per-layer caches)."""
     graphdef, state = nnx.split(self.layers)
 
     def body(h, xs):
       state_i, cache_i = xs
       h, c, cap = nnx.merge(graphdef, state_i)(h, cache_i, segment_ids=segment_ids,
-                                               capture=capture)
+                                               capture=capture, capture_at=capture_at)
       return h, (c, cap)
 
     stacked = None if cache is None else _stack(cache)

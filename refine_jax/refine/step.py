@@ -22,6 +22,7 @@ from refine_jax.refine import grpo, reward, rollout, selection
 
 
 GROUPS = ("auto", "position", "sequence")
+CAPTURES = ("all", "selected")
 
 
 def _share_of(rcfg) -> tuple:
@@ -56,6 +57,8 @@ def validate(rcfg, seq_len):
     raise ValueError(f"refine.rollouts_per_position={rcfg.rollouts_per_position} must be >= 1.")
   if rcfg.group not in GROUPS:
     raise ValueError(f"refine.group={rcfg.group!r}; choose one of {GROUPS}.")
+  if rcfg.capture not in CAPTURES:
+    raise ValueError(f"refine.capture={rcfg.capture!r}; choose one of {CAPTURES}.")
   if group_of(rcfg) == "position" and rcfg.rollouts_per_position < 2:
     raise ValueError("refine.group='position' needs refine.rollouts_per_position >= 2 (a group "
                      "of one rollout has no baseline); use group='sequence' or raise n.")
@@ -201,7 +204,7 @@ def _rl_terms(rcfg, B, logp_Gk, old_logp_Gk, adv_BG, valid_BG, ref_logp_Gk=None)
 def _ref_logprobs(ref_model, inputs_BT, seg_BT, positions_Bc, tokens_Gk, rcfg):
   if ref_model is None:
     return None
-  out = forward(ref_model, inputs_BT, seg_BT, capture=True)
+  out = forward(ref_model, inputs_BT, seg_BT, capture_at=positions_Bc)
   return jax.lax.stop_gradient(policy_logprobs(ref_model, out, positions_Bc, tokens_Gk, rcfg))
 
 
@@ -223,19 +226,39 @@ def _coefs(rcfg):
           "kl": float(rcfg.lambda_rl) * float(rcfg.kl_coef)}
 
 
-def _sample_and_score(model, out, batch, rng, rcfg):
-  """Selection, rollouts from the captured states, rewards and group advantages: the part
-  shared by the fused loss and `collect`. Rollout log-probs stay differentiable.
+def _forward_and_select(model, batch, rng, rcfg):
+  """(out, positions, valid, entropies) of the pass that feeds the loss: with refine.capture
+  "all" one capture pass, positions picked from its logits; "selected" a first pass without
+  capture picks them, then a pass capturing only those positions' pieces (less memory, one
+  more forward; the same positions and values up to the rounding of two compiled passes)."""
+  inputs, _, mask = _batch_arrays(batch)
+  seg = segments(batch)
+  r_sel = jax.random.split(rng)[0]
+  keys_B = rollout.row_keys(r_sel, row_ids(batch))
+
+  def select(logits):
+    return _select(keys_B, logits, mask, rcfg, batch.get("lengths"), seg)
+
+  if rcfg.capture == "selected":
+    pos_Bc, valid_Bc, ent_Bc = select(jax.lax.stop_gradient(forward(model, inputs, seg).logits))
+    return forward(model, inputs, seg, capture_at=pos_Bc), pos_Bc, valid_Bc, ent_Bc
+  out = forward(model, inputs, seg, capture=True)
+  return (out,) + select(out.logits)
+
+
+def _sample_and_score(model, out, batch, rng, rcfg, selected):
+  """Rollouts from the captured states at the selected positions, rewards and group
+  advantages: the part shared by the fused loss and `collect`. Rollout log-probs stay
+  differentiable.
 
   Every random draw of row b uses keys derived from (rng, its row id) only, so a row's
   positions and rollouts do not depend on the microbatch or minibatch it is computed in."""
-  _, targets, mask = _batch_arrays(batch)
+  _, targets, _ = _batch_arrays(batch)
   B, T = targets.shape
   n, k, c = rcfg.rollouts_per_position, rcfg.rollout_len, rcfg.num_chunks
-  r_sel, r_roll = jax.random.split(rng)
+  r_roll = jax.random.split(rng)[1]
   rows_B = row_ids(batch)
-  pos_Bc, valid_Bc, ent_Bc = _select(rollout.row_keys(r_sel, rows_B), out.logits, mask, rcfg,
-                                     batch.get("lengths"), segments(batch))
+  pos_Bc, valid_Bc, ent_Bc = selected
   keys_BG = jax.vmap(lambda key: rollout.row_keys(key, jnp.arange(c * n)))(
       rollout.row_keys(r_roll, rows_B))
   roll, cache_Bc = rollout.rollouts_from_capture(
@@ -263,10 +286,10 @@ def objective(rcfg, ref_model=None) -> losses.Objective:
   def terms(model, batch, rng):
     inputs, targets, mask = _batch_arrays(batch)
     seg = segments(batch)
-    out = forward(model, inputs, seg, capture=True)
+    out, *selected = _forward_and_select(model, batch, rng, rcfg)
     ntp, _ = losses.ntp_terms(out.logits, targets, mask)
     pos_Bc, valid_Bc, ent_Bc, roll, _, rewards_BG, valid_BG, adv_BG = _sample_and_score(
-        model, out, batch, rng, rcfg)
+        model, out, batch, rng, rcfg, selected)
     ref_lp = (_ref_logprobs(ref_model, inputs, seg, pos_Bc, roll.tokens_Gk, rcfg)
               if rcfg.kl_coef > 0 else None)
     pg, kl, clip = _rl_terms(rcfg, inputs.shape[0], roll.logp_Gk,
@@ -302,10 +325,9 @@ class Collected(NamedTuple):
 
 def collect(model, batch, rng, rcfg) -> Collected:
   """Selection + rollouts + rewards + advantages with the current weights (no gradient)."""
-  inputs, _, _ = _batch_arrays(batch)
-  out = forward(model, inputs, segments(batch), capture=True)
+  out, *selected = _forward_and_select(model, batch, rng, rcfg)
   pos_Bc, valid_Bc, ent_Bc, roll, true_Bck, rewards_BG, _, adv_BG = _sample_and_score(
-      model, out, batch, rng, rcfg)
+      model, out, batch, rng, rcfg, selected)
   col = Collected(pos_Bc, valid_Bc, roll.tokens_Gk,
                   rollout.repeat_rows(true_Bck, rcfg.rollouts_per_position),
                   roll.logp_Gk, rewards_BG, adv_BG, ent_Bc)
@@ -322,7 +344,8 @@ def policy_objective(rcfg, ref_model=None) -> losses.Objective:
     inputs, targets, mask = _batch_arrays(batch)
     seg = segments(batch)
     n = rcfg.rollouts_per_position
-    out = forward(model, inputs, seg, capture=True)
+    # The positions are known: capture only their pieces (cache_at's inputs).
+    out = forward(model, inputs, seg, capture_at=col.positions_Bc)
     ntp, _ = losses.ntp_terms(out.logits, targets, mask)
     logp_Gk = policy_logprobs(model, out, col.positions_Bc, col.tokens_Gk, rcfg)
     old_Gk = col.old_logp_Gk

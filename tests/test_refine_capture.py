@@ -1,0 +1,140 @@
+"""Capturing only what the rollouts need (LM capture_at, refine.capture): the caches, log-probs,
+gradients and the ReFINE step equal those of the full capture, on packed ragged rows, for
+every mixer, while a fast-weight capture stops growing with the sequence length."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from refine_jax.config import default_model_config, default_refine_config
+from refine_jax.models import build_model
+from refine_jax.refine import rollout
+from refine_jax.refine import step as refine_step
+from refine_jax.train import ppo, update
+
+V = 48
+
+
+def _model(arch, **over):
+  cfg = default_model_config()
+  cfg.arch, cfg.vocab_size, cfg.hidden, cfg.layers, cfg.heads, cfg.chunk_size = (
+      arch, V, 32, 2, 2, 8)
+  if arch == "lact":
+    cfg.lact.chunk, cfg.lact.window = 8, 8
+  for k, v in over.items():
+    setattr(cfg, k, v)
+  return build_model(cfg, rngs=nnx.Rngs(0))
+
+
+def _packed(B=2, T=40, seed=0):
+  """Random tokens in packed rows of ragged documents (starts mid-chunk), positions in them."""
+  rng = np.random.default_rng(seed)
+  inputs = rng.integers(0, V, (B, T)).astype(np.int32)
+  seg = np.ones((B, T), np.int32)
+  seg[0, 13:] = 2
+  seg[1, 5:] = 2
+  seg[1, 29:] = 3
+  pos = np.array([[3, 12, 20, 35], [4, 9, 30, 31]], np.int32)
+  return jnp.asarray(inputs), jnp.asarray(seg), jnp.asarray(pos)
+
+
+def _nbytes(tree):
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize("arch,over", [("deltanet", {}), ("gated_deltanet", {}),
+                                       ("deltanet", {"scan_layers": False}),
+                                       ("deltanet", {"use_short_conv": False}),
+                                       ("transformer", {}), ("lact", {})],
+                         ids=["deltanet", "gated", "unrolled", "no-conv", "attention", "lact"])
+def test_capture_at_gives_the_full_captures_caches_and_gradients(arch, over):
+  model = _model(arch, **over)
+  inputs, seg, pos = _packed()
+  tokens = jnp.asarray(np.random.default_rng(1).integers(0, V, (8, 3)), jnp.int32)
+  rc = default_refine_config()
+  rc.rollout_len = 3
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  def score(params, lean):
+    m = nnx.merge(graphdef, params, rest)
+    kw = dict(capture_at=pos) if lean else dict(capture=True)
+    out = m(inputs, segment_ids=seg, **kw)
+    cache = m.cache_at(out.captured, pos, inputs.shape[1] + 3)
+    lp = refine_step.policy_logprobs(m, out, pos, tokens, rc, cache_Bc=cache)
+    hid, _ = rollout.feed_tokens(m, cache, tokens[:, :2])
+    return jnp.sum(lp) + 0.1 * jnp.sum(out.logits[:, ::7]), (cache, lp, hid, out.captured)
+
+  (v_full, (c_full, lp_full, h_full, _)), g_full = jax.jit(
+      jax.value_and_grad(lambda p: score(p, False), has_aux=True))(params)
+  (v_lean, (c_lean, lp_lean, h_lean, _)), g_lean = jax.jit(
+      jax.value_and_grad(lambda p: score(p, True), has_aux=True))(params)
+  # Gathers are exact: the caches and everything computed from them agree to rounding.
+  for a, b in zip(jax.tree.leaves((c_full, lp_full, h_full)), jax.tree.leaves((c_lean, lp_lean,
+                                                                                h_lean))):
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-6 * (1.0 + float(jnp.max(jnp.abs(a)))))
+  np.testing.assert_allclose(v_lean, v_full, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_lean)):
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * (1e-3 + float(jnp.max(jnp.abs(a)))))
+  # (sizes: test_a_lean_fast_weight_capture_does_not_grow_with_the_sequence)
+
+
+def test_a_lean_fast_weight_capture_does_not_grow_with_the_sequence():
+  model = _model("gated_deltanet")
+  pos = jnp.array([[3, 12, 20, 35]], jnp.int32)
+  sizes = {}
+  for T in (40, 160):
+    x = jnp.zeros((1, T), jnp.int32)
+    lean = jax.eval_shape(lambda x: model(x, capture_at=pos).captured, x)
+    full = jax.eval_shape(lambda x: model(x, capture=True).captured, x)
+    sizes[T] = _nbytes(lean), _nbytes(full)
+  assert sizes[40][0] == sizes[160][0]            # positions x (state + one chunk + conv)
+  assert sizes[160][1] > 3 * sizes[40][1]         # every chunk's state and every token
+
+
+def test_capture_at_rejects_positions_of_the_wrong_shape():
+  model = _model("deltanet")
+  with pytest.raises(ValueError, match="capture_at must be \\[batch, n\\]"):
+    model(jnp.zeros((2, 16), jnp.int32), capture_at=jnp.zeros((3, 2), jnp.int32))
+
+
+@pytest.mark.parametrize("use_ppo", [False, True], ids=["fused", "collect+ppo"])
+def test_refine_capture_selected_is_the_same_step(use_ppo):
+  """refine.capture="selected" (a selection pass, then a lean capture pass) vs "all": the same
+  positions, rollouts, loss, metrics and update, on packed ragged rows."""
+  model = _model("deltanet")
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  inputs, seg, _ = _packed(B=4, T=48, seed=3)
+  mask = (np.arange(48)[None] < np.array([[48], [40], [48], [31]])).astype(np.float32)
+  batch = {"inputs": inputs, "targets": jnp.roll(inputs, -1, axis=1), "segment_ids": seg,
+           "loss_mask": jnp.asarray(mask)}
+  tx = optax.sgd(0.1)
+  outs = {}
+  for capture in ("all", "selected"):
+    rc = default_refine_config()
+    rc.num_chunks, rc.rollout_len, rc.margin, rc.capture = 3, 3, 4, capture
+    if use_ppo:
+      rc.ppo_epochs, rc.ppo_minibatches = 2, 2
+      col = jax.jit(lambda p: refine_step.collect(nnx.merge(graphdef, p, rest), batch,
+                                                  jax.random.key(0), rc))(params)
+      make_step = ppo.ppo_step(rc)
+    else:
+      col = None
+      make_step = update.loss_step(refine_step.make_loss_fn(rc))
+    step = jax.jit(make_step(graphdef, tx, 1))
+    p1, _, metrics = step(params, tx.init(params), rest, batch, jax.random.key(0))
+    outs[capture] = col, p1, metrics
+  (col_a, p_a, m_a), (col_s, p_s, m_s) = outs["all"], outs["selected"]
+  if use_ppo:
+    np.testing.assert_array_equal(col_s.positions_Bc, col_a.positions_Bc)
+    np.testing.assert_array_equal(col_s.tokens_Gk, col_a.tokens_Gk)
+    np.testing.assert_allclose(col_s.rewards_BG, col_a.rewards_BG, rtol=0, atol=1e-6)
+  for k in ("loss", "ntp_loss", "pg_loss", "reward_mean", "entropy_selected", "grad_norm"):
+    np.testing.assert_allclose(m_s[k], m_a[k], rtol=1e-5, atol=1e-7, err_msg=k)
+  # The updates agree to a small part of one update's size.
+  for p0, a, b in zip(jax.tree.leaves(params), jax.tree.leaves(p_a), jax.tree.leaves(p_s)):
+    step_size = float(jnp.abs(a - p0).max())
+    assert float(jnp.abs(a - b).max()) <= 1e-4 * step_size + 1e-7
+
