@@ -66,3 +66,16 @@ def test_unknown_field_is_rejected():
   c.lock()
   with pytest.raises(AttributeError, match="batch_sise"):
     c.train.batch_sise = 3
+
+
+def test_config_defaults_name_the_libraries_own_lists():
+  """refine_jax/config.py imports nothing from the package, so its literal defaults must match
+  the lists their owners validate against."""
+  from refine_jax import config as base  # pylint: disable=g-import-not-at-top
+  from refine_jax.data import tasks  # pylint: disable=g-import-not-at-top
+  from refine_jax.models import config as model_config  # pylint: disable=g-import-not-at-top
+  from refine_jax.refine import step  # pylint: disable=g-import-not-at-top
+  assert tuple(base.default_data_config().synthetic_tasks.split(",")) == tasks.TASK_NAMES
+  assert base.default_model_config().remat in model_config.REMAT_CHOICES
+  assert base.default_refine_config().capture in step.CAPTURES
+  assert base.default_refine_config().group in step.GROUPS
