@@ -46,8 +46,10 @@ def _nbytes(tree):
 
 
 @pytest.mark.parametrize("arch,over", [("deltanet", {}), ("gated_deltanet", {}),
-                                       ("deltanet", {"scan_layers": False}),
-                                       ("deltanet", {"use_short_conv": False}),
+                                       pytest.param("deltanet", {"scan_layers": False},
+                                                    marks=pytest.mark.slow),
+                                       pytest.param("deltanet", {"use_short_conv": False},
+                                                    marks=pytest.mark.slow),
                                        ("transformer", {}), ("lact", {})],
                          ids=["deltanet", "gated", "unrolled", "no-conv", "attention", "lact"])
 def test_capture_at_gives_the_full_captures_caches_and_gradients(arch, over):

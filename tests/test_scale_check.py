@@ -136,7 +136,8 @@ def test_there_is_a_preset_per_model_and_stage():
 def test_presets_are_valid_paper_settings(name):
   c = importlib.import_module(f"configs.paper.{name}").get_config()
   validate.validate_config(c, num_devices=int(c.scale.chips), process_count=1)
-  assert c.data.seq_len == 16384 and c.model.dtype == "bfloat16" and c.model.scan_layers
+  assert c.data.seq_len == (65536 if "_64k" in name else 16384)
+  assert c.model.dtype == "bfloat16" and c.model.scan_layers
   assert c.train.lr == 1e-6 and c.train.weight_decay == 0.01
   official = name.endswith("_official")  # the public code's AdamW details, else ours
   assert (c.train.b2, c.train.decay_all, c.train.warmup_steps == 0) == (

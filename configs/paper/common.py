@@ -133,10 +133,12 @@ STAGES = {"midtrain": _midtrain, "posttrain": _posttrain, "ttt": _ttt}
 TENSOR = {"lact_760m": 2}
 
 
-def preset(model: str, stage: str, *, official: bool = False):
+def preset(model: str, stage: str, *, official: bool = False, seq_len: int = SEQ_LEN,
+           capture: str = "all"):
   """The paper preset for `model` x `stage`, sized for a v5p-8 slice (4 chips): one sequence
   per (tensor group of) chip(s) per microbatch. official: the public code's optimiser details
-  (official_optimizer; same shapes, so the same memory and FLOPs)."""
+  (official_optimizer; same shapes, so the same memory and FLOPs). seq_len: longer contexts
+  than the paper's 16K (the same 128 sequences per step); capture: refine.capture."""
   c = STAGES[stage]()
   paper_optimizer(c)
   if official:
@@ -145,11 +147,13 @@ def preset(model: str, stage: str, *, official: bool = False):
   groups = 4 // tensor                      # data-parallel groups on the 4 chips
   if stage == "ttt":
     c.ttt.batch_size = groups               # one 16K prompt per group per adaptation step
-    scale(c, topology="v5p-8", chips=4, batch=groups, microbatches=1, tensor=tensor)
+    scale(c, topology="v5p-8", chips=4, batch=groups, microbatches=1, tensor=tensor,
+          seq_len=seq_len)
   else:
     updates = c.refine.ppo_minibatches if stage == "midtrain" else 1
     scale(c, topology="v5p-8", chips=4, microbatches=GLOBAL_BATCH // (updates * groups),
-          tensor=tensor)
+          tensor=tensor, seq_len=seq_len)
+  c.refine.capture = capture
   MODELS[model](c)
   user_data(c)
   return c
