@@ -55,6 +55,8 @@ HEADER = ("| config | slice | params | peak HBM / chip | FLOPs / chip / step | t
 
 def main(argv):
   del argv
+  from refine_jax import platforms  # pylint: disable=g-import-not-at-top
+  platforms.skip_absent_tpu()  # compile-only TPU devices need libtpu, not its TPU backend
   from refine_jax.train import aot, validate  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value
   if config is None:
