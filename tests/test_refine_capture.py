@@ -50,7 +50,8 @@ def _nbytes(tree):
                                                     marks=pytest.mark.slow),
                                        pytest.param("deltanet", {"use_short_conv": False},
                                                     marks=pytest.mark.slow),
-                                       ("transformer", {}), ("lact", {})],
+                                       ("transformer", {}),
+                                       pytest.param("lact", {}, marks=pytest.mark.slow)],
                          ids=["deltanet", "gated", "unrolled", "no-conv", "attention", "lact"])
 def test_capture_at_gives_the_full_captures_caches_and_gradients(arch, over):
   model = _model(arch, **over)
@@ -102,7 +103,8 @@ def test_capture_at_rejects_positions_of_the_wrong_shape():
     model(jnp.zeros((2, 16), jnp.int32), capture_at=jnp.zeros((3, 2), jnp.int32))
 
 
-@pytest.mark.parametrize("use_ppo", [False, True], ids=["fused", "collect+ppo"])
+@pytest.mark.parametrize("use_ppo", [pytest.param(False, marks=pytest.mark.slow), True],
+                         ids=["fused", "collect+ppo"])  # collect+ppo covers selection + lean PPO
 def test_refine_capture_selected_is_the_same_step(use_ppo):
   """refine.capture="selected" (a selection pass, then a lean capture pass) vs "all": the same
   positions, rollouts, loss, metrics and update, on packed ragged rows."""
