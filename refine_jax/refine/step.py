@@ -226,14 +226,13 @@ def _coefs(rcfg):
           "kl": float(rcfg.lambda_rl) * float(rcfg.kl_coef)}
 
 
-def _forward_and_select(model, batch, rng, rcfg):
+def _forward_and_select(model, batch, r_sel, rcfg):
   """(out, positions, valid, entropies) of the pass that feeds the loss: with refine.capture
   "all" one capture pass, positions picked from its logits; "selected" a first pass without
   capture picks them, then a pass capturing only those positions' pieces (less memory, one
   more forward; the same positions and values up to the rounding of two compiled passes)."""
   inputs, _, mask = _batch_arrays(batch)
   seg = segments(batch)
-  r_sel = jax.random.split(rng)[0]
   keys_B = rollout.row_keys(r_sel, row_ids(batch))
 
   def select(logits):
@@ -246,7 +245,7 @@ def _forward_and_select(model, batch, rng, rcfg):
   return (out,) + select(out.logits)
 
 
-def _sample_and_score(model, out, batch, rng, rcfg, selected):
+def _sample_and_score(model, out, batch, r_roll, rcfg, selected):
   """Rollouts from the captured states at the selected positions, rewards and group
   advantages: the part shared by the fused loss and `collect`. Rollout log-probs stay
   differentiable.
@@ -256,7 +255,6 @@ def _sample_and_score(model, out, batch, rng, rcfg, selected):
   _, targets, _ = _batch_arrays(batch)
   B, T = targets.shape
   n, k, c = rcfg.rollouts_per_position, rcfg.rollout_len, rcfg.num_chunks
-  r_roll = jax.random.split(rng)[1]
   rows_B = row_ids(batch)
   pos_Bc, valid_Bc, ent_Bc = selected
   keys_BG = jax.vmap(lambda key: rollout.row_keys(key, jnp.arange(c * n)))(
@@ -286,10 +284,11 @@ def objective(rcfg, ref_model=None) -> losses.Objective:
   def terms(model, batch, rng):
     inputs, targets, mask = _batch_arrays(batch)
     seg = segments(batch)
-    out, *selected = _forward_and_select(model, batch, rng, rcfg)
+    r_sel, r_roll = jax.random.split(rng)
+    out, *selected = _forward_and_select(model, batch, r_sel, rcfg)
     ntp, _ = losses.ntp_terms(out.logits, targets, mask)
     pos_Bc, valid_Bc, ent_Bc, roll, _, rewards_BG, valid_BG, adv_BG = _sample_and_score(
-        model, out, batch, rng, rcfg, selected)
+        model, out, batch, r_roll, rcfg, selected)
     ref_lp = (_ref_logprobs(ref_model, inputs, seg, pos_Bc, roll.tokens_Gk, rcfg)
               if rcfg.kl_coef > 0 else None)
     pg, kl, clip = _rl_terms(rcfg, inputs.shape[0], roll.logp_Gk,
@@ -325,9 +324,10 @@ class Collected(NamedTuple):
 
 def collect(model, batch, rng, rcfg) -> Collected:
   """Selection + rollouts + rewards + advantages with the current weights (no gradient)."""
-  out, *selected = _forward_and_select(model, batch, rng, rcfg)
+  r_sel, r_roll = jax.random.split(rng)
+  out, *selected = _forward_and_select(model, batch, r_sel, rcfg)
   pos_Bc, valid_Bc, ent_Bc, roll, true_Bck, rewards_BG, _, adv_BG = _sample_and_score(
-      model, out, batch, rng, rcfg, selected)
+      model, out, batch, r_roll, rcfg, selected)
   col = Collected(pos_Bc, valid_Bc, roll.tokens_Gk,
                   rollout.repeat_rows(true_Bck, rcfg.rollouts_per_position),
                   roll.logp_Gk, rewards_BG, adv_BG, ent_Bc)
