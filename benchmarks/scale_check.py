@@ -33,6 +33,9 @@ _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice, e.g. v5p-8 (defaul
                                 "config's scale.topology).")
 _JSON = flags.DEFINE_string("json", None, "Write the report (and the NTP twin's) here.")
 _NO_NTP = flags.DEFINE_bool("no_ntp", False, "Skip the NTP baseline compile.")
+_DUMP_TO = flags.DEFINE_string("dump_to", None, "Write XLA:TPU's dumps of the step's compile "
+                               "here (HLO, buffer assignment, *memory-usage-report.txt: the "
+                               "buffers live at the peak) and print the largest of them.")
 
 GiB = 1 << 30
 H100_BYTES = 80 * GiB
@@ -73,7 +76,7 @@ def main(argv):
   except RuntimeError as e:
     print(f"cannot check here: {e}", file=sys.stderr)
     sys.exit(2)
-  report = aot.compile_step(config, topology, config_name=name)
+  report = aot.compile_step(config, topology, config_name=name, dump_to=_DUMP_TO.value or "")
   print(HEADER)
   print(_row(report))
   if "compile_error" in report.memory:

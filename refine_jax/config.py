@@ -219,11 +219,15 @@ def default_refine_config() -> config_dict.ConfigDict:
   c.kl_coef = 0.0              # > 0 needs a frozen reference model (k3 estimator)
   c.adv_eps = 1e-6
   # What the rollout caches are cut from (memory only: the same positions, rollouts and loss).
-  # "all": one forward pass keeps every chunk's state and the whole sequence's mixer inputs
-  # per layer (~0.6 GB per layer per 16K sequence at 1.3B); "selected": a first pass without
-  # them picks the positions, then the pass that feeds the loss keeps only those positions'
-  # pieces (one more forward pass). PPO updates always capture only the stored positions.
+  # "all": one forward pass keeps every chunk's state and the whole sequence's k/v/conv inputs
+  # per layer (~0.6 GB per layer per 16K sequence at 1.3B); "strided": one pass keeps every
+  # capture_stride-th chunk's state and each layer's input, and a position's cache recomputes
+  # the features of up to capture_stride chunks (fast-weight layers; a few % more FLOPs);
+  # "selected": a first pass without them picks the positions, then the pass that feeds the
+  # loss keeps only those positions' pieces (one more forward pass). PPO updates always
+  # capture only the stored positions.
   c.capture = "all"
+  c.capture_stride = 8         # "strided": chunks per kept state (memory / S, window S chunks)
   c.ppo_epochs = 1             # > 1 or minibatches > 1: collect once, several updates
   c.ppo_minibatches = 1
   c.log_rollouts_every = 50    # steps between rollouts.jsonl / TensorBoard samples; 0 = off

@@ -63,10 +63,16 @@ def segments(batch):
   return None if seg is None else jnp.asarray(seg, jnp.int32)
 
 
-def forward(model, inputs_BT, segment_ids_BT=None, *, capture=False, capture_at=None):
+def forward(model, inputs_BT, segment_ids_BT=None, *, capture=False, capture_at=None,
+            capture_stride=None, branch_tokens=None):
   """model(inputs) with documents kept apart when segment_ids are given; capture_at [B, n]:
-  capture only what cache_at needs for those positions (LM.__call__)."""
+  capture only what cache_at needs for those positions; capture_stride: a strided capture;
+  branch_tokens: tokens scored after the capture_at positions (LM.__call__)."""
   kw = {"capture": True} if capture else {}
+  if capture_stride is not None:
+    kw["capture_stride"] = capture_stride
+  if branch_tokens is not None:
+    kw["branch_tokens"] = branch_tokens
   if capture_at is not None:
     kw["capture_at"] = capture_at
   if segment_ids_BT is not None:

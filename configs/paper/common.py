@@ -125,8 +125,18 @@ def _ttt():
   return c
 
 
+def gated_deltanet_7b(c):
+  """Gated DeltaNet at 7B, FLA-style sizes (the 1.3B's heads of head_dim 256 with value heads
+  512 wide, scaled as LLaMA-7B's trunk): hidden 4096, 32 layers, 8 heads, MLP 11008, vocab
+  32000: 6.7B parameters."""
+  m = c.model
+  m.arch, m.hidden, m.layers, m.heads, m.vocab_size = "gated_deltanet", 4096, 32, 8, 32000
+  m.head_dim, m.expand_v, m.intermediate_size = 256, 2.0, 11008
+  return c
+
+
 MODELS = {"deltanet_1b3": deltanet_1b3, "gated_deltanet_1b3": gated_deltanet_1b3,
-          "lact_760m": lact_760m}
+          "lact_760m": lact_760m, "gated_deltanet_7b": gated_deltanet_7b}
 STAGES = {"midtrain": _midtrain, "posttrain": _posttrain, "ttt": _ttt}
 # LaCT's rollout caches hold a whole partial chunk (2048 tokens) per row and layer: with one
 # sequence per chip they need 109 GiB; heads split over 2 chips (mesh.tensor=2) halve it.
@@ -134,24 +144,25 @@ TENSOR = {"lact_760m": 2}
 
 
 def preset(model: str, stage: str, *, official: bool = False, seq_len: int = SEQ_LEN,
-           capture: str = "all"):
-  """The paper preset for `model` x `stage`, sized for a v5p-8 slice (4 chips): one sequence
-  per (tensor group of) chip(s) per microbatch. official: the public code's optimiser details
-  (official_optimizer; same shapes, so the same memory and FLOPs). seq_len: longer contexts
-  than the paper's 16K (the same 128 sequences per step); capture: refine.capture."""
+           capture: str = "all", topology: str = "v5p-8", chips: int = 4):
+  """The paper preset for `model` x `stage`, sized for a `topology` slice of `chips` chips
+  (default v5p-8, 4 chips): one sequence per (tensor group of) chip(s) per microbatch.
+  official: the public code's optimiser details (official_optimizer; same shapes, so the same
+  memory and FLOPs). seq_len: longer contexts than the paper's 16K (the same 128 sequences per
+  step); capture: refine.capture."""
   c = STAGES[stage]()
   paper_optimizer(c)
   if official:
     official_optimizer(c)
   tensor = TENSOR.get(model, 1)
-  groups = 4 // tensor                      # data-parallel groups on the 4 chips
+  groups = chips // tensor                  # data-parallel groups on the chips
   if stage == "ttt":
     c.ttt.batch_size = groups               # one 16K prompt per group per adaptation step
-    scale(c, topology="v5p-8", chips=4, batch=groups, microbatches=1, tensor=tensor,
+    scale(c, topology=topology, chips=chips, batch=groups, microbatches=1, tensor=tensor,
           seq_len=seq_len)
   else:
     updates = c.refine.ppo_minibatches if stage == "midtrain" else 1
-    scale(c, topology="v5p-8", chips=4, microbatches=GLOBAL_BATCH // (updates * groups),
+    scale(c, topology=topology, chips=chips, microbatches=GLOBAL_BATCH // (updates * groups),
           tensor=tensor, seq_len=seq_len)
   c.refine.capture = capture
   MODELS[model](c)

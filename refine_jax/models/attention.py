@@ -177,6 +177,8 @@ def kv_cache_at(k_BTKD, v_BTKD, positions_Bn, max_len: int, window, doc_start_BT
 class Attention(nnx.Module):
   """Multi-head (GQA) causal softmax attention with RoPE; projections q/k/v/o_proj."""
 
+  multi_token_decode = True   # T new tokens from a KV cache: one masked attention call
+
   def __init__(self, cfg, layer_idx: int, *, rngs: nnx.Rngs):
     a = sub_config(cfg, "attention", ATTENTION_DEFAULTS)
     D, H = int(cfg.hidden), int(cfg.heads)
@@ -203,7 +205,7 @@ class Attention(nnx.Module):
     return kv_init(batch, max_len, self.window, self.kv_heads, self.head_dim, self.dtype)
 
   def __call__(self, x_BTD, cache=None, *, segment_ids=None, capture: bool = False,
-               capture_at=None):
+               capture_at=None, capture_stride=None):
     """segment_ids [B,T] (segments.py; no cache): queries see only their document's keys and
     RoPE positions restart at each document start, so a document scores as if alone."""
     B, T, _ = x_BTD.shape

@@ -42,6 +42,9 @@ class DeltaNet(nnx.Module):
   """FLA `DeltaNet` layer (gated=False) / `GatedDeltaNet` layer (gated=True)."""
 
   gated = False
+  # A T-token call from a cache (the chunked path from the cache's state) costs about what T
+  # decode steps do, and its backward keeps the cache once instead of once per token.
+  multi_token_decode = True
 
   def __init__(self, cfg, layer_idx: int, *, rngs: nnx.Rngs):
     gated = self.gated
@@ -142,7 +145,8 @@ class DeltaNet(nnx.Module):
 
   # ---- mixer contract.
 
-  def __call__(self, x_BTD, cache=None, *, segment_ids=None, capture=False, capture_at=None):
+  def __call__(self, x_BTD, cache=None, *, segment_ids=None, capture=False, capture_at=None,
+               capture_stride=None):
     """Returns (y [B,T,D], new cache or None, captured or None).
 
     segment_ids [B,T] (segments.py): the state resets to zero and the convs forget at each
@@ -150,6 +154,9 @@ class DeltaNet(nnx.Module):
     capture_at [B, n] positions (with capture=True): keep only what cache_at needs for them
     (`_gather_at`: one boundary state, one chunk of k/v/beta/g and a conv window per position)
     instead of every chunk's state and the whole sequence's inputs.
+    capture_stride S (with capture=True, no capture_at): keep the state of every S-th chunk
+    boundary and this mixer's input x (in the compute dtype, which is all its projections
+    read); cache_at recomputes the features of the S chunks before a position (`_strided`).
     """
     if capture and cache is not None:
       raise ValueError("capture=True needs a full-sequence forward without a cache")
@@ -164,7 +171,9 @@ class DeltaNet(nnx.Module):
         chunk_size=self.chunk_size, backend=self.backend, return_chunk_states=capture,
         **seg_kw)
     captured = None
-    if capture:
+    if capture and capture_stride and capture_at is None:
+      captured = self._strided(x_BTD, chunk_states, segment_ids, int(capture_stride))
+    elif capture:
       captured = dict(chunk_states=chunk_states, k=k, v=v, beta=beta, g=g, pre_conv=pre_conv)
       if segment_ids is not None:
         captured["doc_start"] = segments.doc_start(segment_ids)
@@ -202,8 +211,54 @@ class DeltaNet(nnx.Module):
     those positions only); a full capture is gathered here. Either way the same arithmetic.
     """
     del max_len
-    at = captured if "at" in captured else self._gather_at(captured, positions_Bn)
+    if "at" in captured:
+      at = captured
+    elif "x" in captured:
+      at = self._window_at(captured, positions_Bn)
+    else:
+      at = self._gather_at(captured, positions_Bn)
     return self._advance(at)
+
+  def _strided(self, x_BTD, chunk_states, segment_ids, stride):
+    """A strided capture: states [B, ceil(N/S), HV, K, V] (every S-th chunk boundary), x
+    [B, T, D] in the compute dtype, window [S*C] (the offsets of a recompute window; its
+    length is how cache_at knows S) and, for packed rows, doc_start."""
+    cap = dict(states=chunk_states[:, ::stride], x=x_BTD.astype(self.dtype),
+               window=jnp.arange(stride * self.chunk_size, dtype=jnp.int32))
+    if segment_ids is not None:
+      cap["doc_start"] = segments.doc_start(segment_ids)
+    return cap
+
+  def _window_at(self, captured, positions_Bn):
+    """`_gather_at`'s pieces from a strided capture: per position, the kept state at the start
+    a of its window of L = S*C tokens, and the window's k/v/beta/g and conv inputs recomputed
+    from the kept x (with the W-1 inputs before a, so the convs see their history). The
+    arithmetic of the features is the forward's; only the batch of tokens differs."""
+    B, n = positions_Bn.shape
+    L = captured["window"].shape[-1]
+    W = self.conv_size if self.use_short_conv else 1
+    x = captured["x"]
+    T = x.shape[1]
+    p = positions_Bn.reshape(-1).astype(jnp.int32)            # [Bn]
+    b = jnp.repeat(jnp.arange(B), n)[:, None]
+    w = p // L
+    idx = w[:, None] * L - (W - 1) + jnp.arange(L + W - 1)[None, :]   # tokens a-W+1 .. a+L-1
+    inside = (idx >= 0) & (idx < T)
+    src = jnp.clip(idx, 0, T - 1)
+    xw = jnp.where(inside[..., None], x[b, src], 0)           # zeros: no input (as padding)
+    doc = None
+    if "doc_start" in captured:                                # a document id per token
+      doc = jnp.where(inside, captured["doc_start"][b, src], -1)
+    (_, k, v, beta, g), pre_conv, _ = self._features(xw, None, doc)
+    cut = lambda a: None if a is None else a[:, W - 1:]
+    at = dict(at=p, S0=captured["states"][b[:, 0], w], k=cut(k), v=cut(v), beta=cut(beta),
+              g=cut(g), conv=())
+    if self.use_short_conv:
+      j = (p - w * L)[:, None] + jnp.arange(W)[None, :]       # window index of u[p-W+1..p]
+      at["conv"] = tuple(u[jnp.arange(u.shape[0])[:, None], j] for u in pre_conv)
+    if "doc_start" in captured:
+      at["s"] = segments.start_at(captured["doc_start"], positions_Bn)
+    return at
 
   def _gather_at(self, captured, positions_Bn):
     """The pieces of a full capture that cache_at reads for positions [B, n] (row b*n + i):
@@ -236,18 +291,20 @@ class DeltaNet(nnx.Module):
     return at
 
   def _advance(self, at):
-    """cache_at's arithmetic on gathered pieces (`_gather_at`)."""
+    """cache_at's arithmetic on gathered pieces (`_gather_at`, `_window_at`): the window of L
+    tokens (one chunk, or S chunks of a strided capture) that starts at a multiple of L."""
     C = self.chunk_size
     p = at["at"]
-    c = p // C
-    j_C = jnp.arange(C)[None, :]
+    L = at["k"].shape[1]
+    a = p // L * L
+    j_L = jnp.arange(L)[None, :]
     seg = "s" in at
     s = at["s"] if seg else jnp.zeros_like(p)
     S0 = at["S0"]
-    mask = j_C <= (p - c * C)[:, None]
+    mask = j_L <= (p - a)[:, None]
     if seg:
-      S0 = jnp.where((s >= c * C)[:, None, None, None], 0.0, S0)
-      mask &= j_C >= (s - c * C)[:, None]
+      S0 = jnp.where((s >= a)[:, None, None, None], 0.0, S0)
+      mask &= j_L >= (s - a)[:, None]
     mask = mask.astype(jnp.float32)
     S = pallas_kernels.advance_state(S0, at["k"], at["v"], at["beta"], at["g"], mask,
                                      chunk_size=C, backend=self.backend)

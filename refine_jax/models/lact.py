@@ -40,6 +40,10 @@ def _inv_softplus(y: float) -> float:
 class LaCT(nnx.Module):
   """LaCT SwiGLU layer: sliding-window attention + chunked fast-weight SwiGLU."""
 
+  # A T-token call from a cache re-runs the cached partial chunk with the new tokens (a whole
+  # `chunk`-token stream per row): decode token by token instead.
+  multi_token_decode = False
+
   def __init__(self, cfg, layer_idx: int, *, rngs: nnx.Rngs):
     c = attn.sub_config(cfg, "lact", LACT_DEFAULTS)
     D, H, Hf = int(cfg.hidden), int(cfg.heads), int(c["num_fw_heads"])
@@ -165,7 +169,7 @@ class LaCT(nnx.Module):
     return dict(attn=kv, fw=dict(st), buf=buf)
 
   def __call__(self, x_BTD, cache=None, *, segment_ids=None, capture: bool = False,
-               capture_at=None):
+               capture_at=None, capture_stride=None):
     """segment_ids [B,T] (segments.py; no cache): every document runs as if alone (attention
     mask, RoPE from its start, its own fast-weight chunk grid: fw_scan_docs)."""
     B, T, _ = x_BTD.shape

@@ -77,6 +77,7 @@ class LMOutput(NamedTuple):
   hidden_states: jax.Array   # [B, T, D] after the final norm, float32
   cache: Any                 # tuple of per-layer caches, or None
   captured: Any              # tuple of per-layer captures (capture=True), or None
+  branch_logits: Any = None  # [G, m, vocab] float32 of branch_tokens, or None
 
 
 MIXERS = {"deltanet": DeltaNet, "gated_deltanet": GatedDeltaNet,
@@ -101,12 +102,31 @@ class Block(nnx.Module):
     width = layers.mlp_width(cfg.hidden, cfg.hidden_ratio, cfg.intermediate_size)
     self.mlp = layers.GatedMLP(cfg.hidden, width, std=cfg.initializer_range, dtype=dt, rngs=rngs)
 
-  def __call__(self, h_BTD, cache=None, *, segment_ids=None, capture=False, capture_at=None):
+  def __call__(self, h_BTD, cache=None, *, segment_ids=None, capture=False, capture_at=None,
+               capture_stride=None):
     y, cache, captured = self.attn(self.attn_norm(h_BTD), cache, segment_ids=segment_ids,
-                                   capture=capture, capture_at=capture_at)
+                                   capture=capture, capture_at=capture_at,
+                                   capture_stride=capture_stride)
     h_BTD = h_BTD + y.astype(h_BTD.dtype)
     h_BTD = h_BTD + self.mlp(self.mlp_norm(h_BTD)).astype(h_BTD.dtype)
     return h_BTD, cache, captured
+
+  def branch(self, hb_GmD, captured, positions_Bn, max_len: int):
+    """The branch stream [G, m, D] through this block: m tokens after each position, fed from
+    this layer's cache there (cut from its capture, each position's rows G / (B*n) times), in
+    one call where the mixer takes several tokens from a cache, else token by token. The
+    caches live inside the layer only."""
+    cache = self.attn.cache_at(captured, positions_Bn, max_len)
+    rep = hb_GmD.shape[0] // (positions_Bn.shape[0] * positions_Bn.shape[1])
+    cache = jax.tree.map(lambda x: jnp.repeat(x, rep, axis=0), cache)
+    if self.attn.multi_token_decode:
+      return self(hb_GmD, cache)[0]
+
+    def step(cache, h_GD):
+      h, cache, _ = self(h_GD[:, None], cache)
+      return cache, h[:, 0]
+    _, h_mGD = jax.lax.scan(step, cache, jnp.moveaxis(hb_GmD, 1, 0))
+    return jnp.moveaxis(h_mGD, 0, 1)
 
 
 class LM(nnx.Module):
@@ -125,6 +145,8 @@ class LM(nnx.Module):
     # Hybrids (several mixer kinds) keep the unrolled loop: their blocks differ in structure.
     self.scan = bool(cfg.scan_layers) and len(set(self.kinds)) == 1
     self.num_layers = len(self.kinds)
+    # Whether every mixer takes T tokens from a cache in one call at T decode steps' cost.
+    self.multi_token_decode = all(mixer_class(k).multi_token_decode for k in set(self.kinds))
     std = cfg.initializer_range
     self.embeddings = nnx.Embed(
         cfg.vocab_size, cfg.hidden, dtype=jnp.float32, param_dtype=jnp.float32,
@@ -139,7 +161,7 @@ class LM(nnx.Module):
                                    dtype=self.head_dtype, rngs=rngs)
 
   def __call__(self, input_ids_BT, cache=None, *, segment_ids=None, capture=False,
-               capture_at=None) -> LMOutput:
+               capture_at=None, capture_stride=None, branch_tokens=None) -> LMOutput:
     """segment_ids [B, T] int32 (packed rows, data/pipeline.py; no cache): a new document
     starts at every token whose id differs from the previous token's, and every mixer resets
     there (models/segments.py), so each document's logits are those of the document alone.
@@ -147,7 +169,18 @@ class LM(nnx.Module):
     capture=True: `captured` holds what cache_at needs for any position. capture_at=[B, n]
     positions (implies capture): fast-weight mixers keep only those positions' pieces (a
     boundary state and one chunk per position instead of every chunk's state and the whole
-    sequence's inputs); cache_at must then be asked for the same positions."""
+    sequence's inputs); cache_at must then be asked for the same positions.
+    capture_stride=S (with capture=True): fast-weight mixers keep every S-th chunk-boundary
+    state and their input instead of every state and their k/v/conv inputs; cache_at then
+    recomputes a position's features over the S chunks before it (less memory, a few FLOPs).
+    Attention and LaCT mixers capture everything either way.
+    branch_tokens [G, m] (with capture_at [B, n], G a multiple of B*n): also score m tokens
+    after each position (rows (b*n + i)*G/(B*n) + j continue position [b, i]), fed layer by
+    layer from that layer's cache there (Block.branch): `branch_logits` [G, m, V] equal
+    cache_at + feeding the tokens, without ever holding every layer's caches (under a
+    gradient those are a copy per layer and token). `captured` is then None."""
+    if capture_stride is not None and int(capture_stride) < 1:
+      raise ValueError(f"capture_stride={capture_stride} must be >= 1 (chunks per kept state)")
     if capture_at is not None:
       capture_at = jnp.asarray(capture_at, jnp.int32)
       if capture_at.ndim != 2 or capture_at.shape[0] != input_ids_BT.shape[0]:
@@ -169,53 +202,68 @@ class LM(nnx.Module):
         raise ValueError(f"segment_ids has shape {tuple(segment_ids.shape)}, input_ids "
                          f"{tuple(input_ids_BT.shape)}")
       segment_ids = jnp.asarray(segment_ids, jnp.int32)
+    hb, max_len = None, None
+    if branch_tokens is not None:
+      branch_tokens = jnp.asarray(branch_tokens, jnp.int32)
+      if capture_at is None or branch_tokens.ndim != 2 or (
+          branch_tokens.shape[0] % (capture_at.shape[0] * capture_at.shape[1])):
+        raise ValueError(f"branch_tokens must be [G, m] with capture_at [B, n] positions and G "
+                         f"a multiple of B*n; got {branch_tokens.shape} and "
+                         f"{None if capture_at is None else capture_at.shape}")
+      hb = self.embeddings(branch_tokens)
+      max_len = input_ids_BT.shape[1] + branch_tokens.shape[1]
     # The residual stream stays float32; mixers and MLPs compute in model.dtype.
     h = self.embeddings(input_ids_BT)
     # Also with a cache: ReFINE differentiates its rollout decode steps, and a LaCT step keeps
     # its (cond-selected) chunk update's intermediates for backward unless rematerialised.
     mode = self.remat
+    run = functools.partial(self._run_block, capture=capture, segment_ids=segment_ids,
+                            capture_at=capture_at, stride=capture_stride, max_len=max_len)
     if self.scan:
-      h, new_cache, captured = self._scan(h, cache, capture, mode, segment_ids, capture_at)
+      graphdef, state = nnx.split(self.layers)
+
+      def body(carry, xs):  # all blocks as one lax.scan over the stacked params (and caches)
+        (h, hb), c, cap = run(nnx.merge(graphdef, xs[0]), carry, xs[1])
+        return (h, hb), (c, cap)
+
+      stacked = None if cache is None else _stack(cache)
+      (h, hb), (new_cache, captured) = jax.lax.scan(_remat(body, mode, in_scan=True), (h, hb),
+                                                    (state, stacked))
+      new_cache = None if cache is None else _unstack(new_cache, L)
     else:
       new_cache, captured = [], []
       for i, block in enumerate(self.layers):
-        h, c, cap = self._block_fn(block, capture, mode)(
-            h, None if cache is None else cache[i], segment_ids, capture_at)
+        graphdef, state = nnx.split(block)
+        fn = _remat(lambda st, hh, c: run(nnx.merge(graphdef, st), hh, c), mode, in_scan=False)
+        (h, hb), c, cap = fn(state, (h, hb), None if cache is None else cache[i])
         new_cache.append(c)
         captured.append(cap)
       captured = tuple(captured)
+    logits, h = self._head(h)
+    return LMOutput(logits=logits, hidden_states=h,
+                    cache=None if cache is None else tuple(new_cache),
+                    captured=captured if capture and hb is None else None,
+                    branch_logits=None if hb is None else self._head(hb)[0])
+
+  @staticmethod
+  def _run_block(block, hh, cache_i, *, capture, segment_ids, capture_at, stride, max_len):
+    """One block on the main stream (and the branch stream, which takes its capture)."""
+    h, hb = hh
+    h, c, cap = block(h, cache_i, segment_ids=segment_ids, capture=capture,
+                      capture_at=capture_at, capture_stride=stride)
+    if hb is not None:
+      hb, cap = block.branch(hb, cap, capture_at, max_len), None
+    return (h, hb), c, cap
+
+  def _head(self, h):
+    """(logits float32, final-norm hidden states float32)."""
     h = self.norm(h)
     if self.tie_word_embeddings:
       # Embed computes in float32; logits_dtype="model" rounds h to model.dtype first (as before).
       logits = self.embeddings.attend(h.astype(self.head_dtype))
     else:
       logits = self.lm_head(h)
-    return LMOutput(logits=logits.astype(jnp.float32),
-                    hidden_states=h.astype(jnp.float32),
-                    cache=None if cache is None else tuple(new_cache),
-                    captured=captured if capture else None)
-
-  @staticmethod
-  def _block_fn(block, capture, mode):
-    graphdef, state = nnx.split(block)
-
-    def run(state, h, c, seg, at):
-      return nnx.merge(graphdef, state)(h, c, segment_ids=seg, capture=capture, capture_at=at)
-    return functools.partial(_remat(run, mode, in_scan=False), state)
-
-  def _scan(self, h, cache, capture, mode, segment_ids=None, capture_at=None):
-    """All blocks as one lax.scan over the stacked params (and stacked per-layer caches)."""
-    graphdef, state = nnx.split(self.layers)
-
-    def body(h, xs):
-      state_i, cache_i = xs
-      h, c, cap = nnx.merge(graphdef, state_i)(h, cache_i, segment_ids=segment_ids,
-                                               capture=capture, capture_at=capture_at)
-      return h, (c, cap)
-
-    stacked = None if cache is None else _stack(cache)
-    h, (c, cap) = jax.lax.scan(_remat(body, mode, in_scan=True), h, (state, stacked))
-    return h, (None if cache is None else _unstack(c, self.num_layers)), cap
+    return logits.astype(jnp.float32), h.astype(jnp.float32)
 
   def blocks(self):
     """The blocks as per-layer modules (views of the stacked params when scanned)."""

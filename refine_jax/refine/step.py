@@ -22,7 +22,7 @@ from refine_jax.refine import grpo, reward, rollout, selection
 
 
 GROUPS = ("auto", "position", "sequence")
-CAPTURES = ("all", "selected")
+CAPTURES = ("all", "strided", "selected")
 
 
 def _share_of(rcfg) -> tuple:
@@ -59,6 +59,9 @@ def validate(rcfg, seq_len):
     raise ValueError(f"refine.group={rcfg.group!r}; choose one of {GROUPS}.")
   if rcfg.capture not in CAPTURES:
     raise ValueError(f"refine.capture={rcfg.capture!r}; choose one of {CAPTURES}.")
+  if rcfg.capture_stride < 1:
+    raise ValueError(f"refine.capture_stride={rcfg.capture_stride} must be >= 1 (chunks per "
+                     "kept state with refine.capture='strided').")
   if group_of(rcfg) == "position" and rcfg.rollouts_per_position < 2:
     raise ValueError("refine.group='position' needs refine.rollouts_per_position >= 2 (a group "
                      "of one rollout has no baseline); use group='sequence' or raise n.")
@@ -167,7 +170,9 @@ def policy_logprobs(model, out, positions_Bc, tokens_Gk, rcfg, cache_Bc=None):
   """Teacher-forced log pi(tokens) of stored rollouts, differentiable through the caches.
 
   Token 0 is scored by the full-pass logits at the branch position; tokens 1..k-1 by feeding
-  tokens[:, :k-1] from the cache (decode path, as when sampling). Returns [G, k]."""
+  tokens[:, :k-1] from the cache, in one call where the model's mixers allow it
+  (`multi_token_decode`: the gradient then keeps one copy of the caches, not k - 1), else
+  token by token as when sampling. Returns [G, k]."""
   n, k, T = rcfg.rollouts_per_position, rcfg.rollout_len, out.logits.shape[1]
   if cache_Bc is None:
     cache_Bc = model.cache_at(out.captured, positions_Bc, T + k)
@@ -175,11 +180,31 @@ def policy_logprobs(model, out, positions_Bc, tokens_Gk, rcfg, cache_Bc=None):
   lp0_G = rollout.token_logprob(first_G, tokens_Gk[:, 0], rcfg.temperature)
   if k == 1:
     return lp0_G[:, None]
-  _, logits_GkV = rollout.feed_tokens(model, rollout.repeat_rows(cache_Bc, n), tokens_Gk[:, :-1])
+  _, logits_GkV = rollout.feed_tokens(model, rollout.repeat_rows(cache_Bc, n), tokens_Gk[:, :-1],
+                                      one_call=model.multi_token_decode)
   G, km1, V = logits_GkV.shape
   rest = rollout.token_logprob(logits_GkV.reshape(G * km1, V), tokens_Gk[:, 1:].reshape(-1),
                                rcfg.temperature).reshape(G, km1)
   return jnp.concatenate([lp0_G[:, None], rest], axis=1)
+
+
+def policy_forward(model, inputs_BT, seg_BT, positions_Bc, tokens_Gk, rcfg):
+  """(out, log pi(tokens) [G, k]) of stored rollouts in one forward pass: the sequence, and
+  tokens[:, :k-1] fed layer by layer from each layer's cache at their positions (LM
+  branch_tokens), so no layer's caches outlive the layer (under a gradient, feeding from
+  cache_at's caches keeps every layer's caches once per token). The same values as
+  cache_at + policy_logprobs. Token 0 is scored by the sequence's logits at the position."""
+  n, k = rcfg.rollouts_per_position, rcfg.rollout_len
+  branch = tokens_Gk[:, :-1] if k > 1 else None
+  out = forward(model, inputs_BT, seg_BT, capture_at=positions_Bc, branch_tokens=branch)
+  first_G = rollout.repeat_rows(rollout.first_logits_at(out.logits, positions_Bc), n)
+  lp0_G = rollout.token_logprob(first_G, tokens_Gk[:, 0], rcfg.temperature)
+  if k == 1:
+    return out, lp0_G[:, None]
+  G, km1, V = out.branch_logits.shape
+  rest = rollout.token_logprob(out.branch_logits.reshape(G * km1, V),
+                               tokens_Gk[:, 1:].reshape(-1), rcfg.temperature).reshape(G, km1)
+  return out, jnp.concatenate([lp0_G[:, None], rest], axis=1)
 
 
 def _rl_terms(rcfg, B, logp_Gk, old_logp_Gk, adv_BG, valid_BG, ref_logp_Gk=None):
@@ -204,8 +229,8 @@ def _rl_terms(rcfg, B, logp_Gk, old_logp_Gk, adv_BG, valid_BG, ref_logp_Gk=None)
 def _ref_logprobs(ref_model, inputs_BT, seg_BT, positions_Bc, tokens_Gk, rcfg):
   if ref_model is None:
     return None
-  out = forward(ref_model, inputs_BT, seg_BT, capture_at=positions_Bc)
-  return jax.lax.stop_gradient(policy_logprobs(ref_model, out, positions_Bc, tokens_Gk, rcfg))
+  _, lp = policy_forward(ref_model, inputs_BT, seg_BT, positions_Bc, tokens_Gk, rcfg)
+  return jax.lax.stop_gradient(lp)
 
 
 def _terms(rcfg, ntp, pg, kl, clip, rewards_BG, valid_BG, ent_Bc, valid_Bc):
@@ -228,9 +253,10 @@ def _coefs(rcfg):
 
 def _forward_and_select(model, batch, r_sel, rcfg):
   """(out, positions, valid, entropies) of the pass that feeds the loss: with refine.capture
-  "all" one capture pass, positions picked from its logits; "selected" a first pass without
-  capture picks them, then a pass capturing only those positions' pieces (less memory, one
-  more forward; the same positions and values up to the rounding of two compiled passes)."""
+  "all" / "strided" one capture pass, positions picked from its logits; "selected" a first
+  pass without capture picks them, then a pass capturing only those positions' pieces (less
+  memory, one more forward; the same positions and values up to the rounding of two compiled
+  passes)."""
   inputs, _, mask = _batch_arrays(batch)
   seg = segments(batch)
   keys_B = rollout.row_keys(r_sel, row_ids(batch))
@@ -241,7 +267,8 @@ def _forward_and_select(model, batch, r_sel, rcfg):
   if rcfg.capture == "selected":
     pos_Bc, valid_Bc, ent_Bc = select(jax.lax.stop_gradient(forward(model, inputs, seg).logits))
     return forward(model, inputs, seg, capture_at=pos_Bc), pos_Bc, valid_Bc, ent_Bc
-  out = forward(model, inputs, seg, capture=True)
+  stride = rcfg.capture_stride if rcfg.capture == "strided" else None
+  out = forward(model, inputs, seg, capture=True, capture_stride=stride)
   return (out,) + select(out.logits)
 
 
@@ -344,10 +371,9 @@ def policy_objective(rcfg, ref_model=None) -> losses.Objective:
     inputs, targets, mask = _batch_arrays(batch)
     seg = segments(batch)
     n = rcfg.rollouts_per_position
-    # The positions are known: capture only their pieces (cache_at's inputs).
-    out = forward(model, inputs, seg, capture_at=col.positions_Bc)
+    # The positions are known: each layer feeds the rollouts from its own cache there.
+    out, logp_Gk = policy_forward(model, inputs, seg, col.positions_Bc, col.tokens_Gk, rcfg)
     ntp, _ = losses.ntp_terms(out.logits, targets, mask)
-    logp_Gk = policy_logprobs(model, out, col.positions_Bc, col.tokens_Gk, rcfg)
     old_Gk = col.old_logp_Gk
     if batch.get("update_index") is not None:
       # A step's first update runs at the very weights that collected the rollouts: score it

@@ -31,6 +31,7 @@ GiB = 1 << 30
 # is 4 chips), v5e/v6e names count chips.
 TOPOLOGIES = {
     "v5p-8": "v5p:2x2x1", "v5p-16": "v5p:2x2x2", "v5p-32": "v5p:2x2x4",
+    "v5p-64": "v5p:2x4x4", "v5p-128": "v5p:4x4x4",
     "v5e-4": "v5e:2x2", "v5e-8": "v5e:2x4", "v5e-16": "v5e:4x4",
     "v6e-4": "v6e:2x2", "v6e-8": "v6e:2x4", "v6e-16": "v6e:4x4",
 }
@@ -141,8 +142,10 @@ def step_flops(config, devices) -> tuple[int, int, int]:
   return most, least, unknown
 
 
-def compile_step(config, topology: str, *, config_name: str = "") -> Report:
-  """Compiles config's train step for `topology` and reads its memory, FLOPs and time."""
+def compile_step(config, topology: str, *, config_name: str = "", dump_to: str = "") -> Report:
+  """Compiles config's train step for `topology` and reads its memory, FLOPs and time.
+  dump_to: a folder for XLA:TPU's dumps of this compile (HLO after optimisation, buffer
+  assignment and `*memory-usage-report.txt`: which buffers are live at the peak)."""
   devices = topology_devices(topology)
   config = for_tpu(config)
   mesh = parallel.make_mesh(config.mesh, devices)
@@ -150,7 +153,9 @@ def compile_step(config, topology: str, *, config_name: str = "") -> Report:
   t0 = time.perf_counter()
   try:
     with parallel.mesh_context(mesh):
-      compiled = jstep.trace(*args).lower().compile()
+      # XLA_FLAGS reach the CPU client only; the TPU compiler takes them as compile options.
+      opts = {"xla_dump_to": dump_to, "xla_dump_hlo_as_text": True} if dump_to else None
+      compiled = jstep.trace(*args).lower().compile(compiler_options=opts)
     mem = compiled.memory_analysis()
     memory = {k: int(getattr(mem, f"{k}_size_in_bytes")) for k in
               ("argument", "output", "alias", "temp", "generated_code")}

@@ -33,10 +33,11 @@ def ppo_step(rcfg):
   Every update's loss is the whole ReFINE loss on its minibatch, lambda_rl * GRPO + lambda_ntp
   * NTP (as the official code's per-minibatch loss): with E epochs the NTP term is applied E
   times per sequence, like any E-epoch pass (tests/test_train_microbatch.py checks it).
-  microbatches > 1: the collect pass runs in ppo_minibatches * microbatches parts (the size of an
-  update's microbatch: its captured states are the largest ReFINE buffer), and each update
-  accumulates its minibatch's grads over microbatches (update.accumulate); every update's terms
-  are divided by their weight in its whole minibatch (refine_jax.losses)."""
+  The collect pass runs in ppo_minibatches * microbatches parts (the size of an update's
+  microbatch: its captured states are the largest ReFINE buffer, so collecting never holds
+  more sequences at once than an update does); microbatches > 1: each update accumulates its
+  minibatch's grads over microbatches (update.accumulate); every update's terms are divided
+  by their weight in its whole minibatch (refine_jax.losses)."""
   epochs, mbs = int(rcfg.ppo_epochs), int(rcfg.ppo_minibatches)
   G = int(rcfg.num_chunks) * int(rcfg.rollouts_per_position)
 
@@ -50,10 +51,10 @@ def ppo_step(rcfg):
         col = refine_step.collect(nnx.merge(graphdef, params, rest), mb, rng, rcfg)
         return _by_sequence(col, G)
 
-      if M == 1:
+      parts = M * mbs
+      if parts == 1:
         return one(batch)
       # lax.map: rollouts of one update-microbatch of sequences at a time, one compiled body.
-      parts = M * mbs
       return update.merge_microbatches(jax.lax.map(one, update.split_microbatches(batch, parts)))
 
     policy = losses.on_view(refine_step.policy_objective(rcfg),
