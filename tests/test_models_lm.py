@@ -37,7 +37,7 @@ def arch_params():
   return list(ARCHS)
 
 
-step = nnx.jit(lambda m, ids, c: m(ids, c)[::2])          # (logits, cache)
+step = nnx.jit(lambda m, ids, c: (lambda o: (o.logits, o.cache))(m(ids, c)))
 forward = nnx.jit(lambda m, ids: m(ids).logits)
 capture_fwd = nnx.jit(lambda m, ids: m(ids, capture=True).captured)
 cache_at = nnx.jit(lambda m, cap, pos: m.cache_at(cap, pos, 32))

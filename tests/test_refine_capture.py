@@ -11,7 +11,7 @@ from flax import nnx
 
 from refine_jax.config import default_model_config, default_refine_config
 from refine_jax.models import build_model
-from refine_jax.refine import rollout
+from refine_jax.refine import policy, rollout
 from refine_jax.refine import step as refine_step
 from refine_jax.train import ppo, update
 
@@ -68,7 +68,7 @@ def test_capture_at_gives_the_full_captures_caches_and_gradients(arch, over):
     kw = dict(capture_at=pos) if lean else dict(capture=True)
     out = m(inputs, segment_ids=seg, **kw)
     cache = m.cache_at(out.captured, pos, inputs.shape[1] + 3)
-    lp = refine_step.policy_logprobs(m, out, pos, tokens, rc, cache_Bc=cache)
+    lp = policy.policy_logprobs(m, out, pos, tokens, rc, cache_Bc=cache)
     hid, _ = rollout.feed_tokens(m, cache, tokens[:, :2])
     return jnp.sum(lp) + 0.1 * jnp.sum(out.logits[:, ::7]), (cache, lp, hid, out.captured)
 
@@ -108,7 +108,7 @@ def test_a_strided_capture_gives_the_full_captures_caches_and_gradients(arch, st
     m = nnx.merge(graphdef, params, rest)
     out = m(inputs, segment_ids=seg, capture=True, capture_stride=stride if strided else None)
     cache = m.cache_at(out.captured, pos, inputs.shape[1] + 3)
-    lp = refine_step.policy_logprobs(m, out, pos, tokens, rc, cache_Bc=cache)
+    lp = policy.policy_logprobs(m, out, pos, tokens, rc, cache_Bc=cache)
     hid, _ = rollout.feed_tokens(m, cache, tokens[:, :2])
     return jnp.sum(lp) + 0.1 * jnp.sum(out.logits[:, ::7]), (cache, lp, hid)
 
@@ -155,9 +155,12 @@ def test_capture_at_rejects_positions_of_the_wrong_shape():
     model(jnp.zeros((2, 16), jnp.int32), capture_at=jnp.zeros((3, 2), jnp.int32))
 
 
-@pytest.mark.parametrize("use_ppo", [pytest.param(False, marks=pytest.mark.slow), True],
-                         ids=["fused", "collect+ppo"])  # collect+ppo covers selection + lean PPO
-def test_refine_capture_selected_and_strided_are_the_same_step(use_ppo):
+@pytest.mark.parametrize("use_ppo,captures", [
+    pytest.param(False, ("selected", "strided"), marks=pytest.mark.slow),
+    pytest.param(True, ("selected",), marks=pytest.mark.slow),
+    (True, ("strided",))],  # collect+ppo: the presets' path, the PPO updates' branch feed
+    ids=["fused", "collect+ppo-selected", "collect+ppo-strided"])
+def test_refine_capture_selected_and_strided_are_the_same_step(use_ppo, captures):
   """refine.capture="selected" (a selection pass, then a lean capture pass) and "strided" (every
   2nd chunk state, windows recomputed) vs "all": the same positions, rollouts, loss, metrics
   and update, on packed ragged rows."""
@@ -169,7 +172,7 @@ def test_refine_capture_selected_and_strided_are_the_same_step(use_ppo):
            "loss_mask": jnp.asarray(mask)}
   tx = optax.sgd(0.1)
   outs = {}
-  for capture in ("all", "selected", "strided"):
+  for capture in ("all",) + captures:
     rc = default_refine_config()
     rc.num_chunks, rc.rollout_len, rc.margin, rc.capture = 3, 3, 4, capture
     rc.capture_stride = 2
@@ -185,7 +188,7 @@ def test_refine_capture_selected_and_strided_are_the_same_step(use_ppo):
     p1, _, metrics = step(params, tx.init(params), rest, batch, jax.random.key(0))
     outs[capture] = col, p1, metrics
   col_a, p_a, m_a = outs["all"]
-  for capture in ("selected", "strided"):
+  for capture in captures:
     col_s, p_s, m_s = outs[capture]
     if use_ppo:
       np.testing.assert_array_equal(col_s.positions_Bc, col_a.positions_Bc)
@@ -200,7 +203,9 @@ def test_refine_capture_selected_and_strided_are_the_same_step(use_ppo):
 
 
 
-@pytest.mark.parametrize("arch,over", [("gated_deltanet", {}),
+# The PPO update's path (LM branch_tokens, tests/test_lm_branch.py) makes the same multi-token
+# calls from a cache by default; this checks policy_logprobs' own use of them.
+@pytest.mark.parametrize("arch,over", [pytest.param("gated_deltanet", {}, marks=pytest.mark.slow),
                                        pytest.param("transformer", {}, marks=pytest.mark.slow),
                                        pytest.param("deltanet", {"attn_layers": (1,)},
                                                     marks=pytest.mark.slow)],

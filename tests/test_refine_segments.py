@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from refine_jax.models import build_model, segments
-from refine_jax.refine import rollout, selection
+from refine_jax.refine import policy, rollout, selection
 from refine_jax.refine import step as refine_step
 from refine_jax.config import default_model_config, default_refine_config
 
@@ -41,7 +41,7 @@ def test_rollout_logprobs_from_packed_row_equal_document_alone(arch):
 
   def score(inputs, seg_ids, pos):
     out = refine_step.forward(model, jnp.asarray(inputs), seg_ids, capture=True)
-    lp = refine_step.policy_logprobs(model, out, pos, tokens, rc)
+    lp = policy.policy_logprobs(model, out, pos, tokens, rc)
     cache = model.cache_at(out.captured, pos, inputs.shape[1] + 3)
     hid, _ = rollout.feed_tokens(model, cache, tokens)
     return lp, hid

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from refine_jax.models import build_model
-from refine_jax.refine import rollout, step
+from refine_jax.refine import policy, rollout, step
 from refine_jax.config import default_model_config, default_refine_config
 
 V, T = 32, 24
@@ -72,7 +72,7 @@ def test_teacher_forced_logprobs_equal_sampling_logprobs():
   def both(model, batch, rng):
     col = step.collect(model, batch, rng, rc)
     out = model(jnp.asarray(batch["inputs"]), capture=True)
-    return col, step.policy_logprobs(model, out, col.positions_Bc, col.tokens_Gk, rc)
+    return col, policy.policy_logprobs(model, out, col.positions_Bc, col.tokens_Gk, rc)
 
   col, lp = both(model, batch, jax.random.key(0))
   np.testing.assert_allclose(lp, col.old_logp_Gk, rtol=1e-4, atol=1e-5)

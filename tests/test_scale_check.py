@@ -147,7 +147,8 @@ def test_presets_are_valid_paper_settings(name):
   # The parameter count is the paper's model size.
   from refine_jax.interop import modelio
   n = sum(int(np.prod(v.shape)) for v in modelio.abstract_params(c.model).values())
-  want = {"deltanet_1b3": 1.3e9, "gated_deltanet_1b3": 1.3e9, "lact_760m": 0.76e9}
+  want = {"deltanet_1b3": 1.3e9, "gated_deltanet_1b3": 1.3e9, "lact_760m": 0.76e9,
+          "gated_deltanet_7b": 7e9}
   target = next(v for k, v in want.items() if name.startswith(k))
   assert 0.85 * target < n < 1.2 * target, n
   doc = importlib.import_module(f"configs.paper.{name}").__doc__
@@ -156,15 +157,18 @@ def test_presets_are_valid_paper_settings(name):
 
 # ---- Real TPU compiles (opt-in: libtpu).
 
-def test_small_midtrain_step_compiles_for_v5p_and_reports_cost():
+def test_small_midtrain_step_compiles_for_v5p_and_reports_cost(tmp_path):
   reason = _libtpu_reason()
   if reason:
     pytest.skip(reason)
   c = importlib.import_module("configs.paper.deltanet_1b3_midtrain").get_config()
   c.model.layers, c.data.seq_len = 1, 1024
   c.model.hidden, c.model.heads, c.model.vocab_size = 256, 2, 512
-  r = aot.compile_step(c, "v5p-8", config_name="tiny")
+  r = aot.compile_step(c, "v5p-8", config_name="tiny", dump_to=str(tmp_path))
   assert r.chips == 4 and r.fits and 0 < r.peak_bytes_per_chip < r.hbm_bytes_per_chip
+  # --dump_to: XLA:TPU's own dumps of this compile, with its memory report.
+  assert any(f.endswith("memory-usage-report.txt") and "jit_step" in f
+             for f in os.listdir(tmp_path))
   assert r.tokens_per_step == 128 * 1024 and r.flops_per_step > 6 * 128 * 1024 * 256 * 512
   assert r.step_s_at["40%"] == pytest.approx(2.5 * r.step_s_at["100%"])
 

@@ -7,9 +7,11 @@ measured for it.
 Memory per parameter (float32 params, as trained here): params 4 B + grads 4 B + AdamW mu 4 B
 (2 B with train.mu_dtype=bfloat16) + nu 4 B = 16 B (14 B); FSDP divides all of it by the
 chips. Activations: with model.remat=full each block keeps only its float32 input
-[micro-batch, T, hidden] per layer; the fast-weight chunk states that ReFINE captures for its
-rollouts ([L, micro-batch, T/64, H, K, V] float32) are the largest ReFINE-only buffer, hence
-one 16K sequence per chip per microbatch.
+[micro-batch, T, hidden] per layer. ReFINE's own buffers are the rollouts' caches: a full
+capture keeps every fast-weight chunk state ([L, micro-batch, T/64, H, K, V] float32), which
+the mid-training presets avoid with refine.capture=strided (every 8th state and the layer
+inputs); the PPO updates feed their rollouts layer by layer. One sequence per chip per
+microbatch.
 """
 
 from ml_collections import config_dict
@@ -138,23 +140,26 @@ def gated_deltanet_7b(c):
 MODELS = {"deltanet_1b3": deltanet_1b3, "gated_deltanet_1b3": gated_deltanet_1b3,
           "lact_760m": lact_760m, "gated_deltanet_7b": gated_deltanet_7b}
 STAGES = {"midtrain": _midtrain, "posttrain": _posttrain, "ttt": _ttt}
-# LaCT's rollout caches hold a whole partial chunk (2048 tokens) per row and layer: with one
-# sequence per chip they need 109 GiB; heads split over 2 chips (mesh.tensor=2) halve it.
+# LaCT's rollout caches hold a whole partial chunk (2048 tokens) per row and layer. Since the
+# PPO updates feed their rollouts layer by layer (LM branch_tokens), the 16K mid-training step
+# fits one sequence per chip (lact_760m_midtrain: mesh.tensor=1, 54.8 GiB); the other LaCT
+# presets keep heads split over 2 chips (measured that way; the 64K step needs it).
 TENSOR = {"lact_760m": 2}
 
 
 def preset(model: str, stage: str, *, official: bool = False, seq_len: int = SEQ_LEN,
-           capture: str = "all", topology: str = "v5p-8", chips: int = 4):
+           capture: str = "all", topology: str = "v5p-8", chips: int = 4,
+           tensor: int | None = None):
   """The paper preset for `model` x `stage`, sized for a `topology` slice of `chips` chips
   (default v5p-8, 4 chips): one sequence per (tensor group of) chip(s) per microbatch.
   official: the public code's optimiser details (official_optimizer; same shapes, so the same
   memory and FLOPs). seq_len: longer contexts than the paper's 16K (the same 128 sequences per
-  step); capture: refine.capture."""
+  step); capture: refine.capture; tensor: mesh.tensor (default: TENSOR's, else 1)."""
   c = STAGES[stage]()
   paper_optimizer(c)
   if official:
     official_optimizer(c)
-  tensor = TENSOR.get(model, 1)
+  tensor = TENSOR.get(model, 1) if tensor is None else tensor
   groups = chips // tensor                  # data-parallel groups on the chips
   if stage == "ttt":
     c.ttt.batch_size = groups               # one 16K prompt per group per adaptation step

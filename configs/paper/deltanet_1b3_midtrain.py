@@ -6,16 +6,20 @@ positions, k=5, cosine reward, lambda_rl 0.2, 4 PPO minibatch updates per batch)
 Check it before renting the slice (CPU host, libtpu):
   python benchmarks/scale_check.py --config=configs/paper/deltanet_1b3_midtrain.py
 
+refine.capture=strided: rollout collection keeps every 8th chunk-boundary state and each
+layer's input (bf16), and recomputes the features of the 512-token window before a selected
+position; the PPO updates feed their stored rollouts layer by layer from each layer's own
+cache (no cache of every layer is held under the gradient).
+
 Measured by benchmarks/scale_check.py (libtpu 0.0.42.1, AOT for v5p-8 = 4 chips, mesh data x fsdp
-  x tensor = 1x4x1, 1.37B params; 2026-12-06, PPO updates capturing only their positions):
-  peak HBM 23.1 / 95 GiB per chip (24%), fits; compile 82 s on a 2-core CPU host;
-  6,684 TFLOP per chip per step (matmuls), 2,097,152 tokens per step;
-  step 36.4 s at 40% of bf16 peak (14.6 s at 100%), 57,609 tokens/s at 40%.
-  vs the NTP step of the same model and batch: FLOPs x1.270, peak memory x1.343 (NTP: 17.2 GiB,
-  compile 35 s). Before the PPO updates captured only their positions, the same step (the
-  official preset's shapes) peaked at 39.3 GiB (x2.02 at the last NTP measurement).
-  --config.refine.capture=selected (collect also captures only the positions, after a
-  selection pass): 23.8 GiB (x1.385), FLOPs x1.535: no gain at 16K.
+  x tensor = 1x4x1, 1.37B params; 2026-12-06):
+  peak HBM 19.8 / 95 GiB per chip (21%), fits; compile 263 s on a 2-core CPU host shared with
+  other compiles and tests;
+  6,774 TFLOP per chip per step (matmuls), 2,097,152 tokens per step;
+  step 36.9 s at 40% of bf16 peak (14.8 s at 100%), 56,837 tokens/s at 40%.
+  vs the NTP step of the same model and batch (17.2 GiB, 5,265 TFLOP): FLOPs x1.287, peak
+  memory x1.152. Before (refine.capture=all, PPO updates feeding from cache_at's caches):
+  23.1 GiB, x1.343 at FLOPs x1.270; before this stop's first change 39.3 GiB (x2.02).
 """
 
 from refine_jax import config
@@ -23,4 +27,4 @@ common = config.config_file(__file__, "common.py")
 
 
 def get_config():
-  return common.preset("deltanet_1b3", "midtrain")
+  return common.preset("deltanet_1b3", "midtrain", capture="strided")

@@ -7,18 +7,19 @@ sequences 4x the paper's 16K, one sequence per chip per microbatch on a v5p-8.
 Check it before renting the slice (CPU host, libtpu):
   python benchmarks/scale_check.py --config=configs/paper/deltanet_1b3_midtrain_64k.py
 
-refine.capture=selected: rollout collection first picks the positions with a forward pass that
-keeps no states, then captures only those positions' pieces (one boundary state and one chunk
-per position and layer); the PPO updates capture only the stored positions.
+refine.capture=strided: rollout collection keeps every 8th chunk-boundary state and each
+layer's input (bf16) and recomputes the 512-token window before a selected position; the PPO
+updates feed their rollouts layer by layer from each layer's own cache.
 
 Measured by benchmarks/scale_check.py (libtpu 0.0.42.1, AOT for v5p-8 = 4 chips, mesh data x fsdp
   x tensor = 1x4x1, 1.37B params, 2026-12-06):
-  peak HBM 52.6 / 95 GiB per chip (55%), fits; compile 114 s on a 2-core CPU host;
-  32,273 TFLOP per chip per step (matmuls), 8,388,608 tokens per step;
-  step 175.8 s at 40% of bf16 peak (70.3 s at 100%), 47,723 tokens/s at 40%.
-  vs the NTP step of the same model and batch (48.1 GiB, 21,058 TFLOP): FLOPs x1.53, peak
-  memory x1.09. With refine.capture=all (one pass keeping every chunk's state): 77.7 GiB (82%,
-  fits, x1.62) at FLOPs x1.27, 26,675 TFLOP: the faster choice while it fits.
+  peak HBM 49.2 / 95 GiB per chip (52%), fits; compile 249 s on a 2-core CPU host shared with
+  other compiles and tests;
+  26,766 TFLOP per chip per step (matmuls), 8,388,608 tokens per step;
+  step 145.8 s at 40% of bf16 peak (58.3 s at 100%), 57,541 tokens/s at 40%.
+  vs the NTP step of the same model and batch (48.1 GiB, 21,058 TFLOP): FLOPs x1.271, peak
+  memory x1.024. Before: refine.capture=selected 52.6 GiB (x1.09) at FLOPs x1.53; =all
+  77.7 GiB (x1.62) at FLOPs x1.27.
 """
 
 from refine_jax import config
@@ -26,4 +27,4 @@ common = config.config_file(__file__, "common.py")
 
 
 def get_config():
-  return common.preset("deltanet_1b3", "midtrain", seq_len=65536, capture="selected")
+  return common.preset("deltanet_1b3", "midtrain", seq_len=65536, capture="strided")

@@ -7,15 +7,11 @@ FLOPs and step time measured for configs/paper/deltanet_1b3_midtrain.py, is the 
       --config.init_checkpoint=hf://fla-hub/delta_net-1.3B-100B --workdir=runs/dn13_midtrain_official
   python benchmarks/scale_check.py --config=configs/paper/deltanet_1b3_midtrain_official.py
 
-Measured by benchmarks/scale_check.py (libtpu 0.0.42.1, AOT for v5p-8 = 4 chips, mesh data x fsdp
-  x tensor = 1x4x1, 1.37B params):
-  peak HBM 39.3 / 95 GiB per chip (41%), fits; compile 774 s on a loaded 2-core CPU host;
-  6,684 TFLOP per chip per step (matmuls), 2,097,152 tokens per step;
-  step 36.4 s at 40% of bf16 peak (14.6 s at 100%), 57,609 tokens/s at 40%.
-  The float32 LM head (model.logits_dtype, the default) costs 1.1 GiB per chip: 38.2 GiB with
-  --config.model.logits_dtype=model, same tree (an earlier tree measured 34.3 GiB).
-  vs the NTP step of the same model and batch (measured at 34.3 GiB): FLOPs x1.27, peak
-  memory x2.02.
+Its figures are deltanet_1b3_midtrain's, as benchmarks/scale_check.py measures it (same shapes
+and refine.capture=strided): peak HBM 19.8 GiB per chip, FLOPs x1.287 and memory x1.152 of
+the NTP step. The float32 LM head
+(model.logits_dtype, the default) costs 1.1 GiB per chip over --config.model.logits_dtype=model
+(measured on an earlier tree, at 39.3 vs 38.2 GiB).
 """
 
 from refine_jax import config
@@ -23,4 +19,4 @@ common = config.config_file(__file__, "common.py")
 
 
 def get_config():
-  return common.preset("deltanet_1b3", "midtrain", official=True)
+  return common.preset("deltanet_1b3", "midtrain", official=True, capture="strided")

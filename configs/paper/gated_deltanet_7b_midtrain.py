@@ -7,7 +7,18 @@ sequences per step) on a v5p-64 slice (32 chips), one sequence per chip per micr
 Check it before renting the slice (CPU host, libtpu):
   python benchmarks/scale_check.py --config=configs/paper/gated_deltanet_7b_midtrain.py
 
-MEASURED
+refine.capture=strided (every 8th chunk state and the layer inputs; see
+gated_deltanet_1b3_midtrain.py). Sizes: gated_deltanet_7b in common.py.
+
+Measured by benchmarks/scale_check.py (libtpu 0.0.42.1, AOT for v5p-64 = 32 chips, mesh data x
+  fsdp x tensor = 1x32x1, 6.74B params; 2026-12-06):
+  peak HBM 31.9 / 95 GiB per chip (34%), fits; compile 312 s on a 2-core CPU host shared with
+  a test run (COMPILE_ALONE);
+  4,275 TFLOP per chip per step (matmuls), 2,097,152 tokens per step;
+  step 23.3 s at 40% of bf16 peak (9.3 s at 100%), 90,075 tokens/s at 40%.
+  vs the NTP step of the same model and batch (25.3 GiB, 3,339 TFLOP): FLOPs x1.280, peak
+  memory x1.262. With refine.capture=selected: 36.9 GiB (x1.46) at FLOPs x1.53.
+H100_ESTIMATE
 """
 
 from refine_jax import config
@@ -16,4 +27,4 @@ common = config.config_file(__file__, "common.py")
 
 def get_config():
   return common.preset("gated_deltanet_7b", "midtrain", topology="v5p-64", chips=32,
-                       capture="selected")
+                       capture="strided")

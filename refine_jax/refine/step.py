@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from refine_jax import losses
 from refine_jax.refine import grpo, reward, rollout, selection
+from refine_jax.refine.policy import policy_forward
 
 
 GROUPS = ("auto", "position", "sequence")
@@ -164,47 +165,6 @@ def _rewards(model, rcfg, cache_Bc, roll, true_Bck):
   inp = reward.RewardInputs(roll.tokens_Gk, true_Gk, jax.lax.stop_gradient(roll.hidden_GkD),
                             true_hid)
   return reward.compute(rcfg.reward, inp)
-
-
-def policy_logprobs(model, out, positions_Bc, tokens_Gk, rcfg, cache_Bc=None):
-  """Teacher-forced log pi(tokens) of stored rollouts, differentiable through the caches.
-
-  Token 0 is scored by the full-pass logits at the branch position; tokens 1..k-1 by feeding
-  tokens[:, :k-1] from the cache, in one call where the model's mixers allow it
-  (`multi_token_decode`: the gradient then keeps one copy of the caches, not k - 1), else
-  token by token as when sampling. Returns [G, k]."""
-  n, k, T = rcfg.rollouts_per_position, rcfg.rollout_len, out.logits.shape[1]
-  if cache_Bc is None:
-    cache_Bc = model.cache_at(out.captured, positions_Bc, T + k)
-  first_G = rollout.repeat_rows(rollout.first_logits_at(out.logits, positions_Bc), n)
-  lp0_G = rollout.token_logprob(first_G, tokens_Gk[:, 0], rcfg.temperature)
-  if k == 1:
-    return lp0_G[:, None]
-  _, logits_GkV = rollout.feed_tokens(model, rollout.repeat_rows(cache_Bc, n), tokens_Gk[:, :-1],
-                                      one_call=model.multi_token_decode)
-  G, km1, V = logits_GkV.shape
-  rest = rollout.token_logprob(logits_GkV.reshape(G * km1, V), tokens_Gk[:, 1:].reshape(-1),
-                               rcfg.temperature).reshape(G, km1)
-  return jnp.concatenate([lp0_G[:, None], rest], axis=1)
-
-
-def policy_forward(model, inputs_BT, seg_BT, positions_Bc, tokens_Gk, rcfg):
-  """(out, log pi(tokens) [G, k]) of stored rollouts in one forward pass: the sequence, and
-  tokens[:, :k-1] fed layer by layer from each layer's cache at their positions (LM
-  branch_tokens), so no layer's caches outlive the layer (under a gradient, feeding from
-  cache_at's caches keeps every layer's caches once per token). The same values as
-  cache_at + policy_logprobs. Token 0 is scored by the sequence's logits at the position."""
-  n, k = rcfg.rollouts_per_position, rcfg.rollout_len
-  branch = tokens_Gk[:, :-1] if k > 1 else None
-  out = forward(model, inputs_BT, seg_BT, capture_at=positions_Bc, branch_tokens=branch)
-  first_G = rollout.repeat_rows(rollout.first_logits_at(out.logits, positions_Bc), n)
-  lp0_G = rollout.token_logprob(first_G, tokens_Gk[:, 0], rcfg.temperature)
-  if k == 1:
-    return out, lp0_G[:, None]
-  G, km1, V = out.branch_logits.shape
-  rest = rollout.token_logprob(out.branch_logits.reshape(G * km1, V),
-                               tokens_Gk[:, 1:].reshape(-1), rcfg.temperature).reshape(G, km1)
-  return out, jnp.concatenate([lp0_G[:, None], rest], axis=1)
 
 
 def _rl_terms(rcfg, B, logp_Gk, old_logp_Gk, adv_BG, valid_BG, ref_logp_Gk=None):
