@@ -57,32 +57,10 @@ def _nbytes(tree):
                          ids=["deltanet", "gated", "unrolled", "no-conv", "attention", "lact"])
 def test_capture_at_gives_the_full_captures_caches_and_gradients(arch, over):
   model = _model(arch, **over)
-  inputs, seg, pos = _packed()
-  tokens = jnp.asarray(np.random.default_rng(1).integers(0, V, (8, 3)), jnp.int32)
-  rc = default_refine_config()
-  rc.rollout_len = 3
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-
-  def score(params, lean):
-    m = nnx.merge(graphdef, params, rest)
-    kw = dict(capture_at=pos) if lean else dict(capture=True)
-    out = m(inputs, segment_ids=seg, **kw)
-    cache = m.cache_at(out.captured, pos, inputs.shape[1] + 3)
-    lp = policy.policy_logprobs(m, out, pos, tokens, rc, cache_Bc=cache)
-    hid, _ = rollout.feed_tokens(m, cache, tokens[:, :2])
-    return jnp.sum(lp) + 0.1 * jnp.sum(out.logits[:, ::7]), (cache, lp, hid, out.captured)
-
-  (v_full, (c_full, lp_full, h_full, _)), g_full = jax.jit(
-      jax.value_and_grad(lambda p: score(p, False), has_aux=True))(params)
-  (v_lean, (c_lean, lp_lean, h_lean, _)), g_lean = jax.jit(
-      jax.value_and_grad(lambda p: score(p, True), has_aux=True))(params)
+  pos = _packed()[2]
+  full, lean = _scored(model, dict(capture=True)), _scored(model, dict(capture_at=pos))
   # Gathers are exact: the caches and everything computed from them agree to rounding.
-  for a, b in zip(jax.tree.leaves((c_full, lp_full, h_full)), jax.tree.leaves((c_lean, lp_lean,
-                                                                                h_lean))):
-    np.testing.assert_allclose(b, a, rtol=0, atol=1e-6 * (1.0 + float(jnp.max(jnp.abs(a)))))
-  np.testing.assert_allclose(v_lean, v_full, rtol=1e-6)
-  for a, b in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_lean)):
-    np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * (1e-3 + float(jnp.max(jnp.abs(a)))))
+  _assert_same(full, lean, values=1e-6, grads=1e-5)
   # (sizes: test_a_lean_fast_weight_capture_does_not_grow_with_the_sequence)
 
 
@@ -98,30 +76,41 @@ def test_a_strided_capture_gives_the_full_captures_caches_and_gradients(arch, st
   another order: caches, log-probs, decode states and gradients agree to rounding (relative to
   each quantity's scale), on packed rows whose documents start inside windows."""
   model = _model(arch, **over)
+  full = _scored(model, dict(capture=True))
+  strided = _scored(model, dict(capture=True, capture_stride=stride))
+  _assert_same(full, strided, values=2e-5, grads=1e-4)
+
+
+def _scored(model, capture_kw):
+  """((value, (caches, log-probs, decode hidden states)), grads) of a score that reads the
+  caches cut at _packed()'s positions from a pass with capture_kw."""
   inputs, seg, pos = _packed()
   tokens = jnp.asarray(np.random.default_rng(1).integers(0, V, (8, 3)), jnp.int32)
   rc = default_refine_config()
   rc.rollout_len = 3
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
-  def score(params, strided):
+  def score(params):
     m = nnx.merge(graphdef, params, rest)
-    out = m(inputs, segment_ids=seg, capture=True, capture_stride=stride if strided else None)
+    out = m(inputs, segment_ids=seg, **capture_kw)
     cache = m.cache_at(out.captured, pos, inputs.shape[1] + 3)
     lp = policy.policy_logprobs(m, out, pos, tokens, rc, cache_Bc=cache)
     hid, _ = rollout.feed_tokens(m, cache, tokens[:, :2])
     return jnp.sum(lp) + 0.1 * jnp.sum(out.logits[:, ::7]), (cache, lp, hid)
 
-  grad = lambda strided: jax.jit(jax.value_and_grad(lambda p: score(p, strided),
-                                                    has_aux=True))(params)
-  (v_full, full), g_full = grad(False)
-  (v_str, strd), g_str = grad(True)
-  for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(strd)):
-    scale = 1.0 + float(jnp.max(jnp.abs(a)))
-    np.testing.assert_allclose(b, a, rtol=0, atol=2e-5 * scale)
-  np.testing.assert_allclose(v_str, v_full, rtol=1e-5)
-  for a, b in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_str)):
-    np.testing.assert_allclose(b, a, rtol=0, atol=1e-4 * (1e-3 + float(jnp.max(jnp.abs(a)))))
+  return jax.jit(jax.value_and_grad(score, has_aux=True))(params)
+
+
+def _assert_same(want, got, *, values, grads):
+  """Every cache / log-prob / hidden value within `values` and every gradient within `grads`
+  of its tree's largest magnitude."""
+  (v_want, aux_want), g_want = want
+  (v_got, aux_got), g_got = got
+  for a, b in zip(jax.tree.leaves(aux_want), jax.tree.leaves(aux_got)):
+    np.testing.assert_allclose(b, a, rtol=0, atol=values * (1.0 + float(jnp.max(jnp.abs(a)))))
+  np.testing.assert_allclose(v_got, v_want, rtol=values)
+  for a, b in zip(jax.tree.leaves(g_want), jax.tree.leaves(g_got)):
+    np.testing.assert_allclose(b, a, rtol=0, atol=grads * (1e-3 + float(jnp.max(jnp.abs(a)))))
 
 
 def test_a_strided_capture_keeps_one_state_in_s_and_the_inputs():

@@ -12,13 +12,16 @@ gated_deltanet_1b3_midtrain.py). Sizes: gated_deltanet_7b in common.py.
 
 Measured by benchmarks/scale_check.py (libtpu 0.0.42.1, AOT for v5p-64 = 32 chips, mesh data x
   fsdp x tensor = 1x32x1, 6.74B params; 2026-12-06):
-  peak HBM 31.9 / 95 GiB per chip (34%), fits; compile 312 s on a 2-core CPU host shared with
-  a test run (COMPILE_ALONE);
+  peak HBM 31.9 / 95 GiB per chip (34%), fits; compile 106 s on an otherwise idle 2-core CPU
+  host (312 s while a test run shared it);
   4,275 TFLOP per chip per step (matmuls), 2,097,152 tokens per step;
   step 23.3 s at 40% of bf16 peak (9.3 s at 100%), 90,075 tokens/s at 40%.
   vs the NTP step of the same model and batch (25.3 GiB, 3,339 TFLOP): FLOPs x1.280, peak
   memory x1.262. With refine.capture=selected: 36.9 GiB (x1.46) at FLOPs x1.53.
-H100_ESTIMATE
+8xH100 estimate (not measured): the same step on 8 devices (FSDP over 8, 4 microbatches per
+update: --topology=v5p-16 --config.train.microbatches=4) needs 50.3 GiB per device, 63% of an
+H100's 80 GiB, and 17,099 TFLOP per device per step: 43 s per step at 40% of the H100's
+989 TFLOP/s bf16 peak, about 48,500 tokens/s for the node.
 """
 
 from refine_jax import config
