@@ -156,7 +156,7 @@ class DeltaNet(nnx.Module):
     instead of every chunk's state and the whole sequence's inputs.
     capture_stride S (with capture=True, no capture_at): keep the state of every S-th chunk
     boundary and this mixer's input x (in the compute dtype, which is all its projections
-    read); cache_at recomputes the features of the S chunks before a position (`_strided`).
+    read); cache_at recomputes the features of the S-chunk window holding a position.
     """
     if capture and cache is not None:
       raise ValueError("capture=True needs a full-sequence forward without a cache")
