@@ -172,7 +172,8 @@ class LM(nnx.Module):
     sequence's inputs); cache_at must then be asked for the same positions.
     capture_stride=S (with capture=True): fast-weight mixers keep every S-th chunk-boundary
     state and their input instead of every state and their k/v/conv inputs; cache_at then
-    recomputes a position's features over the S chunks before it (less memory, a few FLOPs).
+    recomputes the features of the S-chunk window holding a position (less memory, a few
+    FLOPs more).
     Attention and LaCT mixers capture everything either way.
     branch_tokens [G, m] (with capture_at [B, n], G a multiple of B*n): also score m tokens
     after each position (rows (b*n + i)*G/(B*n) + j continue position [b, i]), fed layer by
