@@ -34,8 +34,9 @@ _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice, e.g. v5p-8 (defaul
 _JSON = flags.DEFINE_string("json", None, "Write the report (and the NTP twin's) here.")
 _NO_NTP = flags.DEFINE_bool("no_ntp", False, "Skip the NTP baseline compile.")
 _DUMP_TO = flags.DEFINE_string("dump_to", None, "Write XLA:TPU's dumps of the step's compile "
-                               "here (HLO, buffer assignment, *memory-usage-report.txt: the "
-                               "buffers live at the peak) and print the largest of them.")
+                               "here (optimised HLO, buffer assignment and "
+                               "*memory-usage-report.txt: the largest buffers, each with the "
+                               "JAX op it comes from).")
 
 GiB = 1 << 30
 H100_BYTES = 80 * GiB

@@ -31,7 +31,7 @@ GiB = 1 << 30
 # is 4 chips), v5e/v6e names count chips.
 TOPOLOGIES = {
     "v5p-8": "v5p:2x2x1", "v5p-16": "v5p:2x2x2", "v5p-32": "v5p:2x2x4",
-    "v5p-64": "v5p:2x4x4", "v5p-128": "v5p:4x4x4",
+    "v5p-64": "v5p:2x4x4",
     "v5e-4": "v5e:2x2", "v5e-8": "v5e:2x4", "v5e-16": "v5e:4x4",
     "v6e-4": "v6e:2x2", "v6e-8": "v6e:2x4", "v6e-16": "v6e:4x4",
 }
